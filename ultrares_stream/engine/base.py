@@ -1,0 +1,64 @@
+"""What every engine backend provides, and the device/precision choice they share."""
+from __future__ import annotations
+
+import logging
+from typing import Literal, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+class Engine(Protocol):
+    """Runs one generator on one device.
+
+    ``__call__`` takes an NCHW float tensor in [0, 1] on ``device`` whose height and
+    width are multiples of the network's size multiple, and returns the upscaled
+    NCHW float32 tensor. ``load_weights`` swaps in new weights of the same
+    architecture (alpha changes) without interrupting callers for long.
+    """
+
+    name: str
+    device: torch.device
+    precision: Precision
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import UserError
+
+        raise UserError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(precision: str, device: torch.device) -> Precision:
+    """``auto``: fp16 on CUDA; bf16 on a CPU with native bf16, else fp32. fp16 on CPU is refused."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision not in ("fp32", "fp16", "bf16"):
+        from ..errors import UserError
+
+        raise UserError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
+    if precision == "fp16" and device.type == "cpu":
+        from ..errors import UserError
+
+        raise UserError("fp16 is not supported on the CPU (slow and inaccurate); use bf16 or fp32")
+    return precision  # type: ignore[return-value]

@@ -1,0 +1,61 @@
+"""Eager PyTorch backend: CUDA fp16 (falls back to fp32 on NaN/Inf), CPU bf16 autocast + channels_last."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from torch import nn
+
+from .base import Precision
+
+log = logging.getLogger(__name__)
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class EagerEngine:
+    name = "eager"
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: Precision):
+        self.device = device
+        self.precision: Precision = precision
+        self.net = net.eval().to(device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.channels_last = device.type == "cpu" and precision == "bf16"
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and precision == "fp16":
+            self.net = self.net.half()
+        self._lock = threading.Lock()
+        self._fell_back = False
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy new weights into the live parameters (same shapes), between two batches."""
+        with self._lock, torch.no_grad():
+            params = dict(self.net.state_dict())
+            for key, value in state_dict.items():
+                params[key].copy_(value.to(params[key].device, params[key].dtype))
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            if self.device.type == "cuda" and self.precision == "fp16":
+                out = self.net(x.half())
+                if not torch.isfinite(out).all():
+                    self._fall_back_to_fp32()
+                    out = self.net(x.float())
+                return out.float()
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.precision == "bf16":
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                    return self.net(x).float()
+            return self.net(x.float()).float()
+
+    def _fall_back_to_fp32(self) -> None:
+        if not self._fell_back:
+            log.warning("fp16 output has NaN/Inf for this model; running it in fp32 from now on")
+            self._fell_back = True
+        self.net = self.net.float()
+        self.precision = "fp32"

@@ -1,0 +1,1 @@
+"""Generator architectures, checkpoint layouts, network interpolation and the model registry."""

@@ -1,0 +1,153 @@
+"""The upscaler: a generator (or an alpha-interpolated PSNR/GAN pair) on an engine.
+
+It takes batches of NCHW float frames in [0, 1], pads them to the network's
+size multiple, runs them whole or in overlapping tiles, crops back, and
+optionally resizes to a requested output size (on the tensor, once).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from .engine import Engine, EagerEngine, pick_device, pick_precision
+from .models.checkpoint import infer_arch
+from .models.interpolation import check_alpha, check_compatible, interpolate
+from .models.registry import ResolvedModel, resolve
+from .tiling import auto_tile_size, upscale_tiled
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.5
+TILE_PAD = 16
+
+
+class Upscaler:
+    """Upscale frames with one model at one alpha; alpha can change while frames flow.
+
+    ``tile``: None = automatic (whole frame when it fits in memory), 0 = never tile,
+    N = tiles of N x N input pixels.
+    """
+
+    def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
+                 device: str | torch.device = "auto", precision: str = "auto",
+                 tile: int | None = None, tile_pad: int = TILE_PAD, tile_batch: int = 4,
+                 engine: str = "eager"):
+        resolved = model if isinstance(model, ResolvedModel) else resolve(model)
+        self.model_name = resolved.name
+        self._psnr, self._gan = resolved.psnr, resolved.gan
+        if self._gan is not None:
+            check_compatible(self._psnr, self._gan)
+        self.arch = infer_arch(self._psnr, resolved.name)
+        self.scale = self.arch.scale
+        self.device = pick_device(device)
+        net = self.arch.build()
+        self.multiple = net.size_multiple
+        self.engine: Engine = make_engine(engine, net, self.device, pick_precision(precision, self.device))
+        self.tile, self.tile_pad, self.tile_batch = tile, tile_pad, tile_batch
+        self._alpha_lock = threading.Lock()
+        self.alpha = -1.0
+        self.set_alpha(alpha)
+        self._bytes_per_pixel = _estimate_bytes_per_pixel(self.arch, self.engine.precision)
+        log.info("model %s (%s) on %s, %s, engine %s", self.model_name, self.arch.describe(),
+                 self.device, self.engine.precision, self.engine.name)
+
+    @property
+    def is_pair(self) -> bool:
+        return self._gan is not None
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def set_alpha(self, alpha: float) -> None:
+        """Interpolate ``(1 - alpha) * PSNR + alpha * GAN`` and swap it into the engine."""
+        alpha = check_alpha(alpha)
+        with self._alpha_lock:
+            if alpha == self.alpha:
+                return
+            weights = interpolate(self._psnr, self._gan, alpha) if self._gan is not None else self._psnr
+            self.engine.load_weights(weights)
+            self.alpha = alpha
+
+    def weights_at(self, alpha: float) -> dict[str, torch.Tensor]:
+        return interpolate(self._psnr, self._gan, alpha) if self._gan is not None else self._psnr
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass on the engine's device, no tiling: pad, run, crop."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        out = self.engine(x.to(self.device, non_blocking=True))
+        return out[..., : h * self.scale, : w * self.scale]
+
+    def tile_size_for(self, height: int, width: int) -> int:
+        """0 when the frame fits whole, else the tile side (input pixels)."""
+        if self.tile is not None:
+            return 0 if self.tile <= 0 or (height <= self.tile and width <= self.tile) else self.tile
+        free = _free_memory(self.device)
+        if height * width * self._bytes_per_pixel <= free * 0.4:
+            return 0
+        return auto_tile_size(self._bytes_per_pixel, free)
+
+    def upscale(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """NCHW float [0, 1] -> upscaled NCHW float [0, 1] (clamped).
+
+        The result is on the engine's device, except when tiling was needed: then
+        it stays where ``x`` was (the whole frame never visits the device).
+        ``size`` = (width, height) resizes the result, antialiased bicubic.
+        """
+        tile = self.tile_size_for(*x.shape[-2:])
+        if tile:
+            out = upscale_tiled(x, self.run, self.scale, tile, self.tile_pad, self.tile_batch,
+                                device=self.device, multiple=self.multiple)
+        else:
+            out = self.run(x)
+        out = out.clamp_(0.0, 1.0)
+        if size is not None and (out.shape[-1], out.shape[-2]) != tuple(size):
+            out = resize(out, size)
+        return out
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize NCHW float to (width, height): bicubic with antialiasing when shrinking."""
+    w, h = size
+    shrinking = w < x.shape[-1] or h < x.shape[-2]
+    return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=shrinking).clamp_(0, 1)
+
+
+def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision: str) -> Engine:
+    if name == "eager":
+        return EagerEngine(net, device, precision)  # type: ignore[arg-type]
+    from .errors import UserError
+
+    raise UserError(f"engine {name!r} is not available (available: eager)")
+
+
+def _estimate_bytes_per_pixel(arch, precision: str) -> float:
+    """Rough peak activation memory per *input* pixel for a forward pass."""
+    d = dict(arch.kwargs)
+    elem = 2 if precision in ("fp16", "bf16") else 4
+    s2 = arch.scale ** 2
+    if arch.arch == "RRDBNet":
+        lr = (d["num_feat"] + 4 * d["num_grow_ch"]) * 3
+        hr = d["num_feat"] * 16 * 3 // (16 // s2 if s2 < 16 else 1)
+        return (lr + hr) * elem + 3 * s2 * 4 * 2
+    return d["num_feat"] * 3 * elem + 3 * s2 * 4 * 3
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
