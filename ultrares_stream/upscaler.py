@@ -12,7 +12,8 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .engine import Engine, EagerEngine, pick_device, pick_precision
+from .engine import Engine, pick_device, pick_precision
+from .engine.select import make_engine
 from .models.checkpoint import infer_arch
 from .models.interpolation import check_alpha, check_compatible, interpolate
 from .models.registry import ResolvedModel, resolve
@@ -34,7 +35,7 @@ class Upscaler:
     def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
                  device: str | torch.device = "auto", precision: str = "auto",
                  tile: int | None = None, tile_pad: int = TILE_PAD, tile_batch: int = 4,
-                 engine: str = "eager"):
+                 engine: str = "auto"):
         resolved = model if isinstance(model, ResolvedModel) else resolve(model)
         self.model_name = resolved.name
         self._psnr, self._gan = resolved.psnr, resolved.gan
@@ -117,14 +118,6 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     w, h = size
     shrinking = w < x.shape[-1] or h < x.shape[-2]
     return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=shrinking).clamp_(0, 1)
-
-
-def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision: str) -> Engine:
-    if name == "eager":
-        return EagerEngine(net, device, precision)  # type: ignore[arg-type]
-    from .errors import UserError
-
-    raise UserError(f"engine {name!r} is not available (available: eager)")
 
 
 def _estimate_bytes_per_pixel(arch, precision: str) -> float:

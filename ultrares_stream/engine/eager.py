@@ -37,7 +37,7 @@ class EagerEngine:
             for key, value in state_dict.items():
                 params[key].copy_(value.to(params[key].device, params[key].dtype))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock:
             if self.device.type == "cuda" and self.precision == "fp16":
