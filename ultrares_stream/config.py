@@ -1,0 +1,145 @@
+"""Typed configuration of ``ultrares serve`` (pydantic), loaded from YAML.
+
+Errors name the field: ``cameras[1].alpha: Input should be less than or equal to 1``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+from .sizes import parse_size
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_token: str | None = Field(None, description="required for write endpoints when set")
+
+
+class InferenceConfig(_Strict):
+    device: str = "auto"
+    engine: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    max_batch: int = Field(4, ge=1, le=64)
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    tile: int | None = Field(None, ge=0)
+
+
+class QueueConfig(_Strict):
+    size: int = Field(8, ge=1, le=1024)
+    policy: Literal["auto", "drop_oldest", "block"] = Field(
+        "auto", description="auto: drop_oldest for live sources, block for files")
+
+
+class EncoderConfig(_Strict):
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    crf: int | None = Field(23, ge=0, le=51)
+    bitrate: str | None = Field(None, description="e.g. 4M; overrides crf")
+    gop: int | None = Field(None, ge=1, description="keyframe interval in frames; default 2 s of video")
+
+
+class ReconnectConfig(_Strict):
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0, le=60, description="read/connect timeout of a source")
+
+
+class CameraConfig(_Strict):
+    name: str
+    input: str
+    output: str
+    model: str | None = None
+    alpha: float | None = Field(None, ge=0, le=1)
+    output_size: str | None = Field(None, description="720p, 1080p, 1440p, 4k or WxH; default: model scale")
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    queue: QueueConfig = QueueConfig()
+    encoder: EncoderConfig | None = None
+    enabled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("output_size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_size(v)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+
+class Defaults(_Strict):
+    model: str = "ultrares-compact-x4"
+    alpha: float = Field(0.5, ge=0, le=1)
+    output_size: str | None = None
+    encoder: EncoderConfig = EncoderConfig()
+
+
+class ServiceConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    inference: InferenceConfig = InferenceConfig()
+    reconnect: ReconnectConfig = ReconnectConfig()
+    defaults: Defaults = Defaults()
+    cameras: list[CameraConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServiceConfig:
+        seen: set[str] = set()
+        for i, cam in enumerate(self.cameras):
+            if cam.name in seen:
+                raise ValueError(f"cameras[{i}].name: duplicate camera name {cam.name!r}")
+            seen.add(cam.name)
+        return self
+
+    def camera_model(self, cam: CameraConfig) -> str:
+        return cam.model or self.defaults.model
+
+    def camera_alpha(self, cam: CameraConfig) -> float:
+        return self.defaults.alpha if cam.alpha is None else cam.alpha
+
+    def camera_encoder(self, cam: CameraConfig) -> EncoderConfig:
+        return cam.encoder or self.defaults.encoder
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "config"
+
+
+def parse_config(data: object, source: str = "config") -> ServiceConfig:
+    try:
+        return ServiceConfig.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        lines = [f"{source}: {_field_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise UserError("invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))
