@@ -1,0 +1,66 @@
+"""``ultrares train``: train a PSNR/GAN pair of compact generators (see docs/model_card.md)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..settings import data_dir
+
+    sr = data_dir() / "sr"
+    p = sub.add_parser(
+        "train", help="train the PSNR (stage 1) or GAN (stage 2) generator",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Two-stage ESRGAN-style training of an SRVGGNetCompact generator. Stage psnr: L1 loss. "
+                    "Stage gan: initialised from stage psnr (--init), L1 + perceptual + relativistic-average GAN. "
+                    "Resumes from OUT/last.pt when it exists; writes OUT/generator_ema.safetensors.")
+    p.add_argument("--stage", choices=["psnr", "gan"], default="psnr")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
+    p.add_argument("--images", type=Path, action="append", default=None,
+                   help=f"HR image folder (repeatable; default {sr / 'T91'} and {sr / 'BSD200'})")
+    p.add_argument("--videos", type=Path, action="append", default=None,
+                   help=f"folder of clips to take frames from (first half of each clip; default {data_dir() / 'video'} if present)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--budget-minutes", type=float, default=None, help="stop (and checkpoint) after this wall-clock time")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128, help="HR crop size")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--num-feat", type=int, default=32)
+    p.add_argument("--num-conv", type=int, default=6)
+    p.add_argument("--init", type=Path, default=None, help="generator weights to start from (stage gan: the psnr run's generator_ema.safetensors)")
+    p.add_argument("--perceptual", default=None,
+                   help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
+                        "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
+                        "the shared realesr-animevideov3 weights if present, else none")
+    p.add_argument("--degradation", choices=["mixed", "traffic", "bicubic"], default="mixed",
+                   help="bicubic = paper protocol; traffic = blur/noise/JPEG/H.264; mixed = half and half")
+    p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..settings import data_dir
+    from ..train.degradations import DegradationConfig
+    from ..train.trainer import TrainConfig, Trainer
+
+    sr = data_dir() / "sr"
+    images = args.images if args.images is not None else [sr / "T91", sr / "BSD200"]
+    videos = args.videos if args.videos is not None else [d for d in [data_dir() / "video"] if d.is_dir()]
+    perceptual = args.perceptual
+    if perceptual is None and args.stage == "gan":
+        fallback = data_dir() / "weights" / "realesr-animevideov3.pth"
+        perceptual = f"srnet:{fallback}" if fallback.is_file() else "none"
+    cfg = TrainConfig(
+        out_dir=args.out, stage=args.stage, images=images, videos=videos, steps=args.steps,
+        budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
+        num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
+        degradation=DegradationConfig(mode=args.degradation),
+        val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
+        seed=args.seed, threads=args.threads)
+    Trainer(cfg).fit(resume=not args.no_resume)
+    return 0
