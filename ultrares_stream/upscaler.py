@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .engine import Engine, pick_device, pick_precision
+from .errors import UserError
 from .engine.select import make_engine
 from .models.checkpoint import infer_arch
 from .models.interpolation import check_alpha, check_compatible, interpolate
@@ -29,12 +30,14 @@ class Upscaler:
     """Upscale frames with one model at one alpha; alpha can change while frames flow.
 
     ``tile``: None = automatic (whole frame when it fits in memory), 0 = never tile,
-    N = tiles of N x N input pixels.
+    N = tiles of N x N input pixels. ``tile_pad``: context pixels around each tile;
+    None = the network's receptive-field radius for SRVGGNetCompact (tiles then
+    reproduce the untiled result exactly), :data:`TILE_PAD` for RRDBNet.
     """
 
     def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
                  device: str | torch.device = "auto", precision: str = "auto",
-                 tile: int | None = None, tile_pad: int = TILE_PAD, tile_batch: int = 4,
+                 tile: int | None = None, tile_pad: int | None = None, tile_batch: int = 4,
                  engine: str = "auto"):
         resolved = model if isinstance(model, ResolvedModel) else resolve(model)
         self.model_name = resolved.name
@@ -47,7 +50,10 @@ class Upscaler:
         net = self.arch.build()
         self.multiple = net.size_multiple
         self.engine: Engine = make_engine(engine, net, self.device, pick_precision(precision, self.device))
-        self.tile, self.tile_pad, self.tile_batch = tile, tile_pad, tile_batch
+        if tile is not None and tile < 0:
+            raise UserError(f"tile size must be 0 (never tile) or a positive number of pixels, not {tile}")
+        self.tile, self.tile_batch = tile, max(1, tile_batch)
+        self.tile_pad = default_tile_pad(self.arch) if tile_pad is None else tile_pad
         self._alpha_lock = threading.Lock()
         self.alpha = -1.0
         self.set_alpha(alpha)
@@ -85,14 +91,21 @@ class Upscaler:
         out = self.engine(x.to(self.device, non_blocking=True))
         return out[..., : h * self.scale, : w * self.scale]
 
-    def tile_size_for(self, height: int, width: int) -> int:
-        """0 when the frame fits whole, else the tile side (input pixels)."""
+    def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:
+        """0 when ``frames`` frames of ``height x width`` fit whole, else the tile side (input pixels).
+
+        Automatic (``tile=None``): the activations of a whole batch must fit in 40% of the
+        device's free memory; otherwise the largest tile whose batch of ``tile_batch``
+        padded tiles does (:func:`~ultrares_stream.tiling.auto_tile_size`).
+        """
         if self.tile is not None:
             return 0 if self.tile <= 0 or (height <= self.tile and width <= self.tile) else self.tile
         free = _free_memory(self.device)
-        if height * width * self._bytes_per_pixel <= free * 0.4:
+        if frames * height * width * self._bytes_per_pixel <= free * 0.4:
             return 0
-        return auto_tile_size(self._bytes_per_pixel, free)
+        per_tile_pixel = self._bytes_per_pixel * frames * self.tile_batch
+        side = auto_tile_size(per_tile_pixel, free) - 2 * self.tile_pad
+        return max(side, 32)
 
     def upscale(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """NCHW float [0, 1] -> upscaled NCHW float [0, 1] (clamped).
@@ -101,7 +114,7 @@ class Upscaler:
         it stays where ``x`` was (the whole frame never visits the device).
         ``size`` = (width, height) resizes the result, antialiased bicubic.
         """
-        tile = self.tile_size_for(*x.shape[-2:])
+        tile = self.tile_size_for(x.shape[-2], x.shape[-1], x.shape[0])
         if tile:
             out = upscale_tiled(x, self.run, self.scale, tile, self.tile_pad, self.tile_batch,
                                 device=self.device, multiple=self.multiple)
@@ -118,6 +131,15 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     w, h = size
     shrinking = w < x.shape[-1] or h < x.shape[-2]
     return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=shrinking).clamp_(0, 1)
+
+
+def default_tile_pad(arch) -> int:
+    """Context around a tile: the exact receptive-field radius (input pixels) of an
+    SRVGGNetCompact (one per 3x3 conv), :data:`TILE_PAD` for RRDBNet, whose receptive
+    field is far wider but whose far context contributes below 1/255 (tested)."""
+    if arch.arch == "SRVGGNetCompact":
+        return int(dict(arch.kwargs)["num_conv"]) + 2
+    return TILE_PAD
 
 
 def _estimate_bytes_per_pixel(arch, precision: str) -> float:

@@ -25,7 +25,7 @@ class EagerEngine:
         self.channels_last = device.type == "cpu" and precision == "bf16"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if device.type == "cuda" and precision == "fp16":
+        if precision == "fp16":  # CUDA only in practice: pick_precision refuses fp16 on the CPU
             self.net = self.net.half()
         self._lock = threading.Lock()
         self._fell_back = False
@@ -40,12 +40,12 @@ class EagerEngine:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock:
-            if self.device.type == "cuda" and self.precision == "fp16":
+            if self.precision == "fp16":
                 out = self.net(x.half())
-                if not torch.isfinite(out).all():
-                    self._fall_back_to_fp32()
-                    out = self.net(x.float())
-                return out.float()
+                if bool(torch.isfinite(out).all()):
+                    return out.float()
+                self._fall_back_to_fp32()
+                return self.net(x.float()).float()
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.precision == "bf16":

@@ -1,0 +1,242 @@
+"""``ultrares enhance INPUT... -o OUTPUT``: upscale image files, folders and recorded video."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger("ultrares.enhance")
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".flv", ".mpg", ".mpeg",
+                            ".wmv", ".264", ".h264"})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..models.registry import DEFAULT_MODEL
+    from ..upscaler import DEFAULT_ALPHA
+
+    p = sub.add_parser(
+        "enhance", help="upscale image files, folders of images, or recorded video",
+        description="Upscale PNG, JPEG, WebP, BMP and TIFF images (type detected from content), folders of "
+                    "them (recursively, mirrored under OUTPUT) and recorded video files. Alpha channels are "
+                    "kept, grayscale stays grayscale, 16-bit PNG stays 16-bit. A file that cannot be read is "
+                    "reported in one line and the batch goes on; the exit status is 1 if any file failed.",
+        epilog="examples:  ultrares enhance photo.jpg -o photo_x4.png\n"
+               "           ultrares enhance shots/ -o shots_4k/ --size 4k --alpha 0.3\n"
+               "           ultrares enhance clip.mp4 -o clip_1080p.mp4 --size 1080p",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="image or video files, or folders")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="output file (one input file) or folder (created if needed)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registry name, checkpoint path, or PSNR.pth+GAN.pth pair (default {DEFAULT_MODEL}; "
+                        "see `ultrares models`)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"for a pair: 0 = faithful (PSNR net) ... 1 = detailed (GAN net) (default {DEFAULT_ALPHA})")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, help="output size as a multiple of the input (default: the model's)")
+    size.add_argument("--size", help="fit the output inside 720p, 1080p, 1440p, 4k or WIDTHxHEIGHT, "
+                                     "keeping the aspect ratio")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in input pixels; 0 = never tile (default: automatic from free memory)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 "
+                        "(use fp32 for the full precision of 16-bit images)")
+    p.add_argument("--alpha-upsampler", default="model", choices=["model", "bicubic"],
+                   help="how transparency is upscaled: through the model as a grey image (default, as "
+                        "Real-ESRGAN does) or bicubic")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path  # a folder in folder mode (the name is decided once the type is known), else the file
+    to_folder: bool
+    kind: str = "image"  # or "video"
+
+
+def plan_jobs(inputs: list[Path], output: Path) -> list[Job]:
+    """Pair each input file with its destination. Folder inputs are walked recursively
+    (image and video extensions only, hidden files skipped) and mirrored under ``output``."""
+    for src in inputs:
+        if not src.exists():
+            raise UserError(f"{src}: no such file or folder")
+    single_file = len(inputs) == 1 and inputs[0].is_file()
+    if single_file and not output.is_dir() and not str(output).endswith(("/", "\\")):
+        if not output.suffix:
+            raise UserError(f"{output}: give the output file an extension (.png, .jpg, .mp4 ...) "
+                            "or end it with / for a folder")
+        return [Job(inputs[0], output, False)]
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: exists and is not a folder (several inputs need an output folder)")
+    from ..images import IMAGE_SUFFIXES
+
+    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    out_root = output.resolve()
+    jobs = []
+    for src in inputs:
+        if src.is_file():
+            jobs.append(Job(src, output, True))
+            continue
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+                continue
+            if path.suffix.lower() not in wanted:
+                log.debug("skipping %s (not an image or video extension)", path)
+                continue
+            if out_root in path.resolve().parents:
+                continue  # an earlier run's output inside the input folder
+            jobs.append(Job(path, output / rel.parent, True))
+    if not jobs:
+        raise UserError(f"no image or video files found in {', '.join(map(str, inputs))}")
+    return jobs
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sizes import parse_size
+
+    size = parse_size(args.size) if args.size else None
+    if args.scale is not None and not 0 < args.scale <= 16:
+        raise UserError(f"--scale must be between 0 and 16, not {args.scale}")
+    from ..models.interpolation import check_alpha
+
+    check_alpha(args.alpha)
+    jobs = plan_jobs(args.inputs, args.output)
+    for job in jobs:
+        job.kind = _kind(job.src)
+    upscaler = _make_upscaler(args)
+    failures = 0
+    seen: set[Path] = set()
+    progress = _progress(len(jobs))
+    with progress:
+        task = progress.add_task("enhancing", total=len(jobs))
+        for job in jobs:
+            try:
+                _one(job, upscaler, args, size, seen, video_progress=len(jobs) == 1)
+            except UserError as exc:
+                failures += 1
+                _fail(progress, f"{exc}")
+            except Exception as exc:  # a bug or resource problem on one file must not stop the batch
+                failures += 1
+                log.debug("failure on %s", job.src, exc_info=True)
+                _fail(progress, f"{job.src}: failed: {exc.__class__.__name__}: {exc}")
+            progress.advance(task)
+    done = len(jobs) - failures
+    log.info("%d of %d file(s) enhanced%s", done, len(jobs), f", {failures} failed" if failures else "")
+    return 1 if failures else 0
+
+
+def _fail(progress, message: str) -> None:
+    """One line per failed file, on stderr (above the progress bar while it shows)."""
+    line = f"ultrares enhance: error: {message}"
+    if progress.disable:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        progress.console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _progress(count: int):
+    """A bar over files when there are several and the output is a terminal."""
+    from rich import get_console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = get_console()  # the one the log handler writes to, so log lines print above the bar
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), disable=count < 2 or not console.is_terminal, console=console)
+
+
+def _kind(src: Path) -> str:
+    from ..images import detect_format
+
+    if detect_format(src) is not None:
+        return "image"
+    try:
+        from .. import recorded
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
+            raise
+        return "video" if src.suffix.lower() in VIDEO_SUFFIXES else "image"
+    return "video" if recorded.is_video(src) else "image"
+
+
+def _make_upscaler(args: argparse.Namespace):
+    from ..upscaler import Upscaler
+
+    if args.tile is not None and args.tile < 0:
+        raise UserError(f"--tile must be 0 (never tile) or a positive number of pixels, not {args.tile}")
+    return Upscaler(args.model, alpha=args.alpha, device=args.device, precision=args.precision, tile=args.tile)
+
+
+def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) -> None:
+    from ..images import detect_format, enhance_image, format_for_path, output_name
+
+    start = time.perf_counter()
+    if job.kind == "video":
+        dst = job.dst / job.src.name if job.to_folder else job.dst
+        _check_dst(job.src, dst, seen)
+        info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress)
+        log.info("%s -> %s (%.1f s) %s", job.src, dst, time.perf_counter() - start, info or "")
+        return
+    fmt = detect_format(job.src)
+    if job.to_folder:
+        if fmt is None:  # let the reader say exactly what is wrong
+            from ..images import read_image
+
+            read_image(job.src)
+            raise UserError(f"{job.src}: not a supported image")
+        from ..images import SUPPORTED_FORMATS
+
+        if fmt not in SUPPORTED_FORMATS:
+            raise UserError(f"{job.src}: {fmt} images are not supported (supported: {', '.join(SUPPORTED_FORMATS)})")
+        dst, out_fmt = job.dst / output_name(job.src, fmt), fmt
+    else:
+        dst, out_fmt = job.dst, format_for_path(job.dst)
+    _check_dst(job.src, dst, seen)
+    info = enhance_image(job.src, dst, upscaler, scale=args.scale, size=size,
+                         alpha_mode=args.alpha_upsampler, fmt=out_fmt)
+    (w, h), (ow, oh) = info["in_size"], info["out_size"]
+    log.info("%s -> %s (%s, %dx%d -> %dx%d, %.1f s)", job.src, dst, info["kind"], w, h, ow, oh,
+             time.perf_counter() - start)
+
+
+def _check_dst(src: Path, dst: Path, seen: set[Path]) -> None:
+    resolved = dst.resolve()
+    if resolved == src.resolve():
+        raise UserError(f"{src}: the output would overwrite the input; choose another output")
+    if resolved in seen:
+        raise UserError(f"{src}: its output {dst} is also the output of an earlier input; skipped")
+    seen.add(resolved)
+
+
+def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool):
+    try:
+        from .. import recorded
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
+            raise
+        raise UserError(f"{src}: video input is not available in this build "
+                        "(ultrares_stream.recorded is missing)") from None
+    if scale is not None:
+        size = _scaled_video_size(src, scale)
+    return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress)
+
+
+def _scaled_video_size(src: Path, scale: float) -> tuple[int, int]:
+    import av
+
+    try:
+        with av.open(str(src)) as container:
+            stream = container.streams.video[0]
+            w, h = stream.codec_context.width, stream.codec_context.height
+    except (av.FFmpegError, IndexError) as exc:
+        raise UserError(f"{src}: cannot read the video ({exc})") from None
+    w, h = round(w * scale), round(h * scale)
+    return max(2, w - w % 2), max(2, h - h % 2)

@@ -1,0 +1,383 @@
+"""Image files in and out: PNG, JPEG, WebP, BMP and TIFF, detected from content.
+
+:func:`read_image` turns a file into a :class:`Picture` (float tensors in [0, 1]:
+colour planes, plus an alpha plane when the file has one), :func:`upscale_picture`
+runs it through an :class:`~ultrares_stream.upscaler.Upscaler`, and
+:func:`write_image` writes it back atomically (temporary name in the destination
+folder, renamed on success).
+
+* Grayscale stays grayscale: the grey plane goes through the RGB model as three
+  equal channels and comes back as BT.601 luma (as Real-ESRGAN does).
+* Alpha is kept and upscaled separately, as Real-ESRGAN does: by default the alpha
+  plane goes through the model as a grey image in the same batch as the colour
+  (``alpha_mode="model"``); ``alpha_mode="bicubic"`` resizes it instead.
+* 16-bit PNGs (grey, grey+alpha, RGB, RGBA) are read and written at 16 bits with
+  PyAV's PNG codec (Pillow reads 16-bit colour PNGs as 8-bit); processing is in
+  float. 16-bit grey TIFFs stay 16-bit through Pillow.
+* Decompression bombs (more than Pillow's ``MAX_IMAGE_PIXELS``) are refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Pillow format name -> the extension written for it
+FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+SUPPORTED_FORMATS = tuple(FORMAT_SUFFIX)
+#: extensions picked up when a folder is given (files named explicitly are taken whatever their name)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".tif", ".tiff"})
+#: largest output written (pixels): 16384 x 16384
+MAX_OUTPUT_PIXELS = 16384 * 16384
+#: BT.601 luma weights (what Real-ESRGAN's cv2 RGB2GRAY uses)
+_LUMA = (0.299, 0.587, 0.114)
+_ALPHA_MODES = ("model", "bicubic")
+
+
+@dataclass
+class Picture:
+    """An image as float tensors in [0, 1].
+
+    ``colour``: 1xCxHxW, C = 3 (RGB) or 1 (grey). ``alpha``: 1x1xHxW or None.
+    ``bits``: 8 or 16 (what the file held and what will be written where the format allows).
+    ``format``: the Pillow format name of the source file.
+    """
+
+    colour: torch.Tensor
+    alpha: torch.Tensor | None = None
+    bits: int = 8
+    format: str = "PNG"
+    icc_profile: bytes | None = field(default=None, repr=False)
+
+    @property
+    def grey(self) -> bool:
+        return self.colour.shape[1] == 1
+
+    @property
+    def width(self) -> int:
+        return int(self.colour.shape[-1])
+
+    @property
+    def height(self) -> int:
+        return int(self.colour.shape[-2])
+
+    def describe(self) -> str:
+        kind = "grey" if self.grey else "RGB"
+        return f"{self.width}x{self.height} {kind}{'+alpha' if self.alpha is not None else ''} {self.bits}-bit"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path) -> Picture:
+    """Read an image file; the type comes from its content, not its name.
+
+    Raises :class:`UserError` naming the file for anything that is not a complete,
+    supported image of an acceptable size.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format or "?"
+                if fmt not in SUPPORTED_FORMATS:
+                    raise UserError(f"{path}: {fmt} images are not supported "
+                                    f"(supported: {', '.join(SUPPORTED_FORMATS)})")
+                if getattr(im, "n_frames", 1) > 1:
+                    log.warning("%s: has %d frames; only the first is enhanced", path, im.n_frames)
+                if fmt == "PNG" and _png_bit_depth(path) == 16:
+                    pic = _read_png16(path)
+                    pic.icc_profile = im.info.get("icc_profile")
+                    return pic
+                im.load()
+                return _from_pillow(ImageOps.exif_transpose(im), fmt, path)
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image in a supported format (or corrupt)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: image is too large (more than {Image.MAX_IMAGE_PIXELS} pixels; "
+                        "refused as a possible decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise UserError(f"{path}: cannot decode the image (corrupt or truncated: {exc})") from None
+
+
+def _from_pillow(im: Image.Image, fmt: str, path: Path) -> Picture:
+    mode = im.mode
+    icc = im.info.get("icc_profile")
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        log.info("%s: converting %s to RGB", path, mode)
+        im = im.convert("RGB")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    elif mode == "La":
+        im = im.convert("LA")
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float32)
+        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+            raise UserError(f"{path}: 32-bit integer images are not supported")
+        return Picture(_planes(arr[..., None] / 65535.0), None, 16, fmt, icc)
+    if mode == "F":
+        raise UserError(f"{path}: floating-point images are not supported")
+    arr = np.asarray(im)
+    if arr.dtype != np.uint8 or mode not in ("L", "LA", "RGB", "RGBA"):
+        raise UserError(f"{path}: pixel mode {mode} is not supported")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    x = _planes(arr.astype(np.float32) / 255.0)
+    colour, alpha = (x[:, :-1], x[:, -1:]) if mode in ("LA", "RGBA") else (x, None)
+    return Picture(colour, alpha, 8, fmt, icc)
+
+
+def _planes(hwc: np.ndarray) -> torch.Tensor:
+    """HxWxC float array -> 1xCxHxW float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(hwc, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+# PNG colour type -> (channels, PyAV 16-bit big-endian pixel format)
+_PNG16 = {0: (1, "gray16be"), 4: (2, "ya16be"), 2: (3, "rgb48be"), 6: (4, "rgba64be")}
+
+
+def _png_bit_depth(path: Path) -> int:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
+
+
+def _read_png16(path: Path) -> Picture:
+    import av
+
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+        data = head + fh.read()
+    width, height = struct.unpack(">II", head[16:24])
+    colour_type = head[25]
+    if colour_type not in _PNG16:
+        raise UserError(f"{path}: 16-bit PNG colour type {colour_type} is not supported")
+    channels, pix_fmt = _PNG16[colour_type]
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError("too large")
+    try:
+        codec = av.CodecContext.create("png", "r")
+        frames = codec.decode(av.Packet(data))
+    except av.FFmpegError as exc:
+        raise UserError(f"{path}: cannot decode the 16-bit PNG (corrupt or truncated: {exc})") from None
+    if not frames:
+        raise UserError(f"{path}: cannot decode the 16-bit PNG (corrupt or truncated)")
+    frame = frames[0]
+    if frame.format.name != pix_fmt:
+        frame = frame.reformat(format=pix_fmt)
+    plane = frame.planes[0]
+    rows = np.frombuffer(bytes(plane), dtype=">u2").reshape(height, plane.line_size // 2)
+    arr = rows[:, : width * channels].reshape(height, width, channels).astype(np.float32) / 65535.0
+    x = _planes(arr)
+    colour, alpha = (x[:, :-1], x[:, -1:]) if channels in (2, 4) else (x, None)
+    return Picture(colour, alpha, 16, "PNG")
+
+
+# ---------------------------------------------------------------- upscaling
+
+
+def output_size(width: int, height: int, model_scale: int, scale: float | None = None,
+                size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The output (width, height): the model's own scale, ``scale`` times the input, or
+    the largest size fitting inside the ``size`` box with the aspect ratio kept."""
+    from .sizes import fit_inside
+
+    if scale is not None and size is not None:
+        raise UserError("give either a scale or an output size, not both")
+    if size is not None:
+        return fit_inside(width, height, size)
+    s = model_scale if scale is None else scale
+    if not s > 0:
+        raise UserError(f"scale must be positive, not {s}")
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def upscale_picture(pic: Picture, upscaler, size: tuple[int, int] | None = None,
+                    alpha_mode: str = "model") -> Picture:
+    """Upscale colour (and alpha) with ``upscaler``; ``size`` = final (width, height)."""
+    if alpha_mode not in _ALPHA_MODES:
+        raise UserError(f"alpha mode must be one of {', '.join(_ALPHA_MODES)}, not {alpha_mode!r}")
+    size = size or (pic.width * upscaler.scale, pic.height * upscaler.scale)
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise UserError(f"output would be {size[0]}x{size[1]} pixels, more than the limit of "
+                        f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels; choose a smaller --size or --scale")
+    batch = [_as_rgb(pic.colour)]
+    if pic.alpha is not None and alpha_mode == "model":
+        batch.append(_as_rgb(pic.alpha))
+    out = upscaler.upscale(torch.cat(batch), size=size).float().cpu()
+    colour = _luma(out[:1]) if pic.grey else out[:1]
+    alpha = None
+    if pic.alpha is not None:
+        if alpha_mode == "model":
+            alpha = _luma(out[1:2])
+        else:
+            alpha = F.interpolate(pic.alpha, size=(size[1], size[0]), mode="bicubic", align_corners=False,
+                                  antialias=size[0] < pic.width or size[1] < pic.height).clamp_(0, 1)
+    return Picture(colour.contiguous(), alpha, pic.bits, pic.format, pic.icc_profile)
+
+
+def _as_rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_LUMA, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb * w).sum(1, keepdim=True).clamp_(0, 1)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def format_for_path(path: str | Path) -> str:
+    """Pillow format name for an output file name (by extension)."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt not in SUPPORTED_FORMATS:
+        raise UserError(f"{path}: cannot tell the output format from {suffix or 'no extension'!r}; "
+                        f"use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
+    return fmt
+
+
+def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality: int = 95) -> Path:
+    """Write ``pic`` to ``path`` (format from ``fmt`` or the extension), atomically.
+
+    Formats without alpha (JPEG) drop it, with a warning; formats without 16-bit
+    samples (JPEG, WebP, BMP, 16-bit colour TIFF) get 8 bits, with a warning.
+    """
+    path = Path(path)
+    fmt = fmt or format_for_path(path)
+    if fmt not in SUPPORTED_FORMATS:
+        raise UserError(f"{path}: cannot write {fmt} images (supported: {', '.join(SUPPORTED_FORMATS)})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    alpha = pic.alpha
+    if alpha is not None and fmt == "JPEG":
+        log.warning("%s: JPEG has no alpha channel; transparency dropped", path)
+        alpha = None
+    x = pic.colour if alpha is None else torch.cat((pic.colour, alpha), 1)
+    hwc = x[0].permute(1, 2, 0).numpy()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if pic.bits == 16 and fmt == "PNG":
+                fh.write(_encode_png16(hwc))
+            else:
+                _pillow_image(hwc, pic.bits, fmt, path).save(fh, format=fmt, **_save_options(fmt, quality, pic))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pillow_image(hwc: np.ndarray, bits: int, fmt: str, path: Path) -> Image.Image:
+    channels = hwc.shape[2]
+    if bits == 16 and channels == 1 and fmt == "TIFF":
+        return Image.fromarray(np.round(hwc[..., 0] * 65535.0).astype("<u2"), mode="I;16")
+    if bits == 16:
+        log.warning("%s: %s cannot hold %d-channel 16-bit samples here; writing 8 bits", path, fmt, channels)
+    arr = np.round(hwc * 255.0).clip(0, 255).astype(np.uint8)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    im = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
+    if fmt == "WEBP" and mode in ("L", "LA"):  # WebP has no grey storage
+        im = im.convert("RGBA" if mode == "LA" else "RGB")
+    elif fmt == "BMP" and mode == "LA":
+        im = im.convert("RGBA")
+    return im
+
+
+def _save_options(fmt: str, quality: int, pic: Picture) -> dict:
+    opts: dict = {}
+    if pic.icc_profile and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
+        opts["icc_profile"] = pic.icc_profile
+    if fmt in ("JPEG", "WEBP"):
+        opts["quality"] = quality
+    if fmt == "TIFF":
+        opts["compression"] = "tiff_deflate"
+    return opts
+
+
+def _encode_png16(hwc: np.ndarray) -> bytes:
+    import av
+
+    h, w, channels = hwc.shape
+    pix_fmt = {c: f for c, f in _PNG16.values()}[channels]
+    frame = av.VideoFrame(w, h, pix_fmt)
+    plane = frame.planes[0]
+    rows = np.zeros((h, plane.line_size // 2), dtype=">u2")
+    rows[:, : w * channels] = np.round(hwc * 65535.0).clip(0, 65535).astype(">u2").reshape(h, w * channels)
+    plane.update(rows.tobytes())
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = w, h, pix_fmt
+    packets = codec.encode(frame) + codec.encode(None)
+    return b"".join(bytes(p) for p in packets)
+
+
+# ---------------------------------------------------------------- one file
+
+
+def enhance_image(src: str | Path, dst: str | Path, upscaler, scale: float | None = None,
+                  size: tuple[int, int] | None = None, alpha_mode: str = "model",
+                  fmt: str | None = None) -> dict:
+    """Read ``src``, upscale it, write ``dst`` (format ``fmt``, else from ``dst``'s name).
+
+    Returns what was done: input/output sizes and the output path.
+    """
+    pic = read_image(src)
+    out_size = output_size(pic.width, pic.height, upscaler.scale, scale=scale, size=size)
+    result = upscale_picture(pic, upscaler, size=out_size, alpha_mode=alpha_mode)
+    written = write_image(result, dst, fmt=fmt)
+    return {"input": str(src), "output": str(written), "in_size": (pic.width, pic.height),
+            "out_size": out_size, "kind": pic.describe()}
+
+
+def output_name(src: Path, fmt: str) -> str:
+    """``src``'s name, with the extension corrected when it does not match the content."""
+    if Image.registered_extensions().get(src.suffix.lower()) == fmt:
+        return src.name
+    return src.stem + FORMAT_SUFFIX[fmt]
+
+
+def detect_format(path: str | Path) -> str | None:
+    """Pillow format name from the file's content, or None when Pillow does not recognise it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.format
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    except OSError:
+        return None
