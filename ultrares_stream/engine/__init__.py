@@ -1,5 +1,15 @@
-"""Inference engines: one interface, several backends (eager now; compile and TensorRT on CUDA)."""
-from .base import Engine, Precision, pick_device, pick_precision
-from .eager import EagerEngine
+"""Inference engines: one interface, several backends.
 
-__all__ = ["Engine", "EagerEngine", "Precision", "pick_device", "pick_precision"]
+``eager`` (PyTorch), ``compile`` (torch.compile, CUDA graphs on CUDA) and ``tensorrt``
+(torch-tensorrt, optional extra); :func:`select.make_engine` builds one by name and
+``auto`` picks the fastest usable (see :mod:`.select`). Compiled engines are cached
+on disk (:mod:`.cache`); :mod:`.transfer` moves uint8 frames through an engine with
+overlapped CUDA copies; :mod:`.bench` measures the backends side by side.
+"""
+from .base import Engine, Precision, pick_device, pick_precision
+from .cache import EngineCache, EngineKey, ShapeRange
+from .eager import EagerEngine
+from .select import BACKENDS, choose_backend, make_engine
+
+__all__ = ["Engine", "EagerEngine", "Precision", "pick_device", "pick_precision", "EngineCache", "EngineKey",
+           "ShapeRange", "BACKENDS", "choose_backend", "make_engine"]

@@ -1,0 +1,135 @@
+"""``ultrares engine``: build TensorRT engines ahead of time, list and prune the engine cache."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engine", help="build TensorRT engines ahead of time; list or prune the engine cache",
+                       description="Compiled engines are cached (ULTRARES_ENGINE_CACHE, default engines/cache), keyed "
+                                   "by model weights, precision, shape ranges, GPU and library versions, and reused "
+                                   "on the next start. Build them ahead of time so a camera starts at once.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    b = actions.add_parser("build", help="build (or verify) the TensorRT engine for a model and shape range",
+                           description="Build a refittable TensorRT engine for MODEL at ALPHA and store it in the "
+                                       "cache. Needs CUDA and the tensorrt extra "
+                                       "(pip install 'ultrares-stream[tensorrt]').")
+    b.add_argument("--model", default=None, help="model name, pair or checkpoint path (default: the shipped pair)")
+    b.add_argument("--alpha", type=float, default=0.5, help="PSNR -> GAN interpolation to build with (default 0.5; "
+                                                            "other alphas are refitted, not rebuilt)")
+    b.add_argument("--batch", default="1:4:8", metavar="MIN:OPT:MAX",
+                   help="batch sizes the engine accepts, MIN:OPT:MAX or one number (default 1:4:8)")
+    b.add_argument("--shape", default="960x540", metavar="WxH[:WxH:WxH]",
+                   help="input frame size, or MIN:OPT:MAX sizes for a dynamic range (default 960x540)")
+    b.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                   help="engine precision (default auto = fp16 on CUDA)")
+    b.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
+    b.set_defaults(func=build)
+
+    ls = actions.add_parser("list", help="show the engine cache",
+                            description="List cached engines; entries built for another GPU or other torch / "
+                                        "TensorRT versions are marked stale (never loaded; `engine prune` removes them).")
+    ls.set_defaults(func=list_entries)
+
+    pr = actions.add_parser("prune", help="remove stale and corrupt cache entries")
+    pr.set_defaults(func=prune)
+
+
+def parse_batch(text: str):
+    """``1:4:8`` -> (1, 4, 8); one number ``8`` -> (8, 8, 8), exactly that batch."""
+    from ..errors import UserError
+
+    parts = text.split(":")
+    try:
+        nums = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--batch {text!r}: expected MIN:OPT:MAX or one number, e.g. 1:4:8") from None
+    if len(nums) == 1:
+        nums = nums * 3
+    if len(nums) != 3:
+        raise UserError(f"--batch {text!r}: expected MIN:OPT:MAX or one number, e.g. 1:4:8")
+    return nums
+
+
+def parse_shapes(text: str, batch: tuple[int, int, int]):
+    """``960x540`` or ``480x270:960x540:1920x1080`` -> a ShapeRange."""
+    from ..engine.cache import ShapeRange
+    from ..errors import UserError
+    from ..sizes import parse_size
+
+    sizes = [parse_size(p) for p in text.split(":")]
+    if len(sizes) == 1:
+        sizes = sizes * 3
+    if len(sizes) != 3:
+        raise UserError(f"--shape {text!r}: expected WxH or MIN:OPT:MAX sizes, e.g. 480x270:960x540:960x540")
+    return ShapeRange(batch=batch, width=tuple(s[0] for s in sizes), height=tuple(s[1] for s in sizes))
+
+
+def build(args: argparse.Namespace) -> int:
+    from ..engine.base import pick_device, pick_precision
+    from ..engine.cache import EngineCache
+    from ..engine.tensorrt import TensorRTEngine
+    from ..models.checkpoint import infer_arch
+    from ..models.interpolation import check_alpha, interpolate
+    from ..models.registry import resolve
+
+    shapes = parse_shapes(args.shape, parse_batch(args.batch))
+    alpha = check_alpha(args.alpha)
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    resolved = resolve(args.model)
+    weights = interpolate(resolved.psnr, resolved.gan, alpha) if resolved.gan is not None else resolved.psnr
+    arch = infer_arch(weights, resolved.name)
+    cache = EngineCache()
+    engine = TensorRTEngine(arch.build(), device, precision, shapes=shapes, cache=cache)
+    engine.load_weights(weights)
+    print(f"{resolved.name} ({arch.describe()}), alpha {alpha}, {precision}, {shapes.describe()}: "
+          f"{engine.last_weights_update} -> {cache.root}")
+    return 0
+
+
+def list_entries(args: argparse.Namespace) -> int:
+    import datetime
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..engine.cache import EngineCache, device_fingerprint
+
+    cache = EngineCache()
+    fingerprint = device_fingerprint("cuda") if torch.cuda.is_available() else None
+    entries = cache.entries(fingerprint)
+    table = Table(title=f"Engine cache: {cache.root}")
+    for col in ("entry", "state", "backend", "arch", "precision", "shapes", "weights", "gpu", "versions", "size",
+                "built"):
+        table.add_column(col)
+    for e in entries:
+        built = datetime.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M")
+        size = f"{e.size_bytes / 1e6:.1f} MB"
+        if e.key is None:
+            table.add_row(e.path.name, e.state, *["?"] * 7, size, built)
+            continue
+        k = e.key
+        table.add_row(e.path.name, e.state + (" (refittable)" if e.refittable else ""), k.backend, k.arch,
+                      k.precision, k.shapes.describe(), k.model_hash, f"{k.gpu} (sm {k.compute_capability})",
+                      f"torch {k.torch}, torch-tensorrt {k.torch_tensorrt}, TensorRT {k.tensorrt}", size, built)
+    Console(width=200).print(table)
+    if not entries:
+        print(f"no engines cached in {cache.root} (build one with `ultrares engine build`)")
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.cache import EngineCache, device_fingerprint
+
+    cache = EngineCache()
+    removed = cache.prune(device_fingerprint("cuda") if torch.cuda.is_available() else None)
+    print(f"removed {len(removed)} stale or corrupt entr{'y' if len(removed) == 1 else 'ies'} from {cache.root}")
+    return 0

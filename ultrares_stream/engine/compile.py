@@ -1,0 +1,108 @@
+"""torch.compile backend: Inductor kernels, CUDA graphs on CUDA (``reduce-overhead``), fp16 or bf16.
+
+Batches are padded up to a few fixed sizes (:func:`batch_bucket`: 1, 2, 4, 8 ... up to
+``max_batch``) so a stream of varying batch sizes compiles, and records CUDA graphs,
+a handful of times rather than once per size. Alpha changes copy the new weights into
+the live parameters in place: compiled kernels and CUDA graphs read them from the same
+memory, so nothing recompiles. fp16 output with NaN/Inf falls back to bf16 (or fp32
+where bf16 is unsupported) for that model, logged once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from torch import nn
+
+from .base import Precision
+
+log = logging.getLogger(__name__)
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def batch_bucket(n: int, max_batch: int) -> int:
+    """The padded batch size for ``n`` frames: the next power of two, capped at ``max_batch``."""
+    if n < 1:
+        raise ValueError("batch must have at least one frame")
+    if n >= max_batch:
+        return max_batch
+    b = 1
+    while b < n:
+        b *= 2
+    return min(b, max_batch)
+
+
+class CompiledEngine:
+    name = "compile"
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
+                 max_batch: int = 8, mode: str | None = None):
+        self.device = torch.device(device)
+        self.precision: Precision = precision
+        self.max_batch = max(1, int(max_batch))
+        self.mode = mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else None)
+        self.net = net.eval().to(self.device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        # CPU bf16 runs under autocast on fp32 weights (as eager does); CUDA casts the weights.
+        self._autocast = self.device.type == "cpu" and precision == "bf16"
+        self._channels_last = self._autocast
+        self._lock = threading.Lock()
+        self._fell_back = False
+        self._set_dtype(precision)
+
+    def _set_dtype(self, precision: Precision) -> None:
+        self.precision = precision
+        if self.device.type == "cuda":
+            self.net = self.net.to(_DTYPES[precision])
+        if self._channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._compiled = torch.compile(self.net, mode=self.mode, dynamic=False, fullgraph=True)
+        log.info("torch.compile engine: mode %s, %s on %s, batch buckets up to %d",
+                 self.mode or "default", precision, self.device, self.max_batch)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy new weights into the live parameters (same storage: no recompile), between two batches."""
+        with self._lock, torch.no_grad():
+            params = self.net.state_dict()
+            for key, value in state_dict.items():
+                params[key].copy_(value.to(params[key].device, params[key].dtype))
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            out = self._run(x)
+            if self.device.type == "cuda" and self.precision == "fp16" and not torch.isfinite(out).all():
+                self._fall_back()
+                out = self._run(x)
+            return out
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, x.shape[0], self.max_batch):
+            chunk = x[start:start + self.max_batch]
+            n = chunk.shape[0]
+            size = batch_bucket(n, self.max_batch)
+            if size > n:
+                chunk = torch.cat([chunk, chunk[-1:].expand(size - n, *chunk.shape[1:])])
+            if self.device.type == "cuda":
+                chunk = chunk.to(_DTYPES[self.precision])
+                torch.compiler.cudagraph_mark_step_begin()
+            elif self._channels_last:
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            if self._autocast:
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                    out = self._compiled(chunk)
+            else:
+                out = self._compiled(chunk)
+            # CUDA graph outputs are overwritten by the next replay: always take a copy.
+            outs.append(out[:n].to(torch.float32, copy=True))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _fall_back(self) -> None:
+        target: Precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        if not self._fell_back:
+            log.warning("fp16 output has NaN/Inf for this model; running it in %s from now on", target)
+            self._fell_back = True
+        self._set_dtype(target)

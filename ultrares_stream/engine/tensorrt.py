@@ -1,0 +1,272 @@
+"""TensorRT backend through torch-tensorrt's dynamo frontend (an optional extra).
+
+Build: ``torch.export`` the generator with dynamic batch / height / width, then
+``torch_tensorrt.dynamo.compile`` it with min/opt/max shapes, in the engine's
+precision (the network and its inputs are cast, so explicit typing builds an fp16
+engine), with ``immutable_weights=False`` so its weights can be refitted later.
+Built engines go to the engine cache (``torch_tensorrt.save`` as an exported program).
+
+Alpha changes: :func:`refit_or_rebuild` refits the running engine's weights with
+``torch_tensorrt.dynamo.refit_module_weights`` into a *new* module while frames keep
+flowing through the old one, checks the refitted engine against eager fp32 on a probe
+frame, and swaps it in; a refit that raises or disagrees falls back to a rebuild.
+
+``import torch_tensorrt`` raises a plain ``Exception`` when the TensorRT libraries are
+missing, so :func:`tensorrt_available` catches ``Exception``, not only ``ImportError``.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import Precision
+from .cache import EngineCache, EngineKey, ShapeRange
+
+log = logging.getLogger(__name__)
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DEFAULT_TOLERANCE = 1e-2
+M = TypeVar("M")
+
+
+@functools.lru_cache(maxsize=1)
+def tensorrt_available() -> tuple[bool, str]:
+    """(usable, reason): torch-tensorrt imports with its TensorRT libraries, and CUDA is present."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as exc:  # plain Exception when the TensorRT libs are missing
+        return False, f"torch_tensorrt cannot be imported ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    return True, f"torch-tensorrt {getattr(torch_tensorrt, '__version__', '?')}"
+
+
+def _torch_tensorrt():
+    ok, why = tensorrt_available()
+    if not ok:
+        raise UserError(f"the tensorrt engine is not available: {why} "
+                        "(install the extra: pip install 'ultrares-stream[tensorrt]')")
+    import torch_tensorrt
+
+    return torch_tensorrt
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in fp32 (inf when ``out`` has NaN/Inf)."""
+    out, ref = out.detach().float(), ref.detach().float().to(out.device)
+    if out.shape != ref.shape:
+        return float("inf")
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def dynamic_shapes_for(shapes: ShapeRange, multiple: int = 1) -> tuple[dict[int, Any]]:
+    """``torch.export`` dynamic_shapes for one NCHW input: a Dim per varying dimension
+    (height / width as ``multiple * Dim`` where the net needs a size multiple)."""
+    from torch.export import Dim
+
+    dims: dict[int, Any] = {}
+    if shapes.batch[0] != shapes.batch[2]:
+        dims[0] = Dim("batch", min=shapes.batch[0], max=shapes.batch[2])
+    for axis, name, (lo, _, hi) in ((2, "height", shapes.height), (3, "width", shapes.width)):
+        if lo == hi:
+            continue
+        if multiple > 1:
+            dims[axis] = multiple * Dim(f"{name}_div{multiple}", min=-(-lo // multiple), max=hi // multiple)
+        else:
+            dims[axis] = Dim(name, min=lo, max=hi)
+    return (dims,)
+
+
+def export_program(net: nn.Module, shapes: ShapeRange, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
+    """``torch.export`` of the generator over ``shapes`` (traced at the opt shape)."""
+    multiple = int(getattr(net, "size_multiple", 1))
+    example = torch.rand(shapes.opt_shape, dtype=dtype, device=device)
+    with torch.no_grad():
+        return torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes_for(shapes, multiple))
+
+
+def refit_or_rebuild(refit: Callable[[], M] | None, rebuild: Callable[[], M], check: Callable[[M], float],
+                     tolerance: float = DEFAULT_TOLERANCE) -> tuple[M, str, float]:
+    """Return (engine, "refit" | "rebuild", relative error vs eager).
+
+    Tries ``refit`` (None: the engine is not refittable), accepts it when ``check`` (relative error
+    against eager on a probe frame) is below ``tolerance``; otherwise, or when the refit raises,
+    rebuilds. A rebuilt engine that still disagrees raises :class:`EngineCheckError`.
+    """
+    if refit is not None:
+        try:
+            t0 = time.perf_counter()
+            candidate = refit()
+            err = check(candidate)
+            if err < tolerance:
+                log.info("refitted engine weights in %.2f s (probe rel. error %.2e)", time.perf_counter() - t0, err)
+                return candidate, "refit", err
+            log.warning("refitted engine differs from eager by %.3g (limit %g); rebuilding it", err, tolerance)
+        except Exception as exc:  # torch-tensorrt raises assorted types on a failed refit
+            log.warning("engine refit failed (%s: %s); rebuilding it", exc.__class__.__name__, exc)
+    t0 = time.perf_counter()
+    candidate = rebuild()
+    err = check(candidate)
+    if not err < tolerance:
+        raise EngineCheckError(f"rebuilt engine differs from eager by {err:.3g} (limit {tolerance:g})")
+    log.info("rebuilt engine in %.1f s (probe rel. error %.2e)", time.perf_counter() - t0, err)
+    return candidate, "rebuild", err
+
+
+class EngineCheckError(RuntimeError):
+    """A built engine's output disagrees with eager fp32 on the probe frame."""
+
+
+class TensorRTEngine:
+    """A torch-tensorrt engine over a shape range; weights swap by refit while frames flow.
+
+    The engine is built lazily, with the first weights it gets (``load_weights``, which the
+    upscaler calls right after construction) or the network's own on the first call.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
+                 shapes: ShapeRange, cache: EngineCache | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                 arch: str | None = None):
+        self._trt = _torch_tensorrt()
+        if torch.device(device).type != "cuda":
+            raise UserError("the tensorrt engine needs a CUDA device")
+        self.device = torch.device(device)
+        self.precision: Precision = precision
+        self.shapes = shapes
+        self.cache = cache if cache is not None else EngineCache()
+        self.tolerance = tolerance
+        self.arch = arch or _describe(net)
+        self._template = net.eval().cpu()
+        for p in self._template.parameters():
+            p.requires_grad_(False)
+        self._reference = copy.deepcopy(self._template).to(self.device).float()  # eager fp32 for probe checks
+        self._probe = torch.rand(shapes.min_shape, generator=torch.Generator().manual_seed(0)).to(self.device)
+        self._module: Any = None
+        self._swap_lock = threading.Lock()  # held only to swap / read the live module
+        self._build_lock = threading.Lock()  # one build or refit at a time
+        self.last_weights_update: str | None = None  # "built", "hit", "refit" or "rebuild"
+
+    # -- running -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self._module
+        if module is None:
+            self.load_weights(self._template.state_dict())
+            module = self._module
+        n, _, h, w = x.shape
+        lo, hi = self.shapes.min_shape, self.shapes.max_shape
+        if not (lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3]):
+            raise UserError(f"frame {w}x{h} is outside this TensorRT engine's range ({self.shapes.describe()}); "
+                            "build one for it: ultrares engine build --shape WxH")
+        dtype = _DTYPES[self.precision]
+        outs = []
+        for start in range(0, n, hi[0]):  # batches larger than the engine's max run in chunks
+            chunk = x[start:start + hi[0]]
+            if chunk.shape[0] < lo[0]:
+                pad = chunk[-1:].expand(lo[0] - chunk.shape[0], *chunk.shape[1:])
+                out = module(torch.cat([chunk, pad]).to(dtype).contiguous())[: chunk.shape[0]]
+            else:
+                out = module(chunk.to(dtype).contiguous())
+            outs.append(out.float())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    # -- weights -------------------------------------------------------------------------
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """New weights (alpha change): refit a copy of the live engine, check it, swap it in.
+        Frames keep running on the previous engine until the swap."""
+        with self._build_lock:
+            self._reference.load_state_dict(state_dict)
+            weights_net = self._weights_net(state_dict)
+            if self._module is None:
+                module, how = self._initial(weights_net, state_dict)
+            else:
+                live = self._module
+                module, how, _ = refit_or_rebuild(lambda: self._refit(live, weights_net),
+                                                  lambda: self._build(weights_net), self._check, self.tolerance)
+            with self._swap_lock:
+                self._module = module
+            self.last_weights_update = how
+
+    def _initial(self, weights_net: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[Any, str]:
+        """First engine: exact cache hit, else refit a cached engine of the same structure, else build."""
+        from ..models.checkpoint import state_dict_hash
+
+        key = EngineKey.for_device(model_hash=state_dict_hash(state_dict), arch=self.arch, backend=self.name,
+                                   precision=self.precision, shapes=self.shapes, device=self.device)
+        cached = self.cache.load(key, self._load)
+        if cached is not None and self._check(cached) < self.tolerance:
+            return cached, "hit"
+        similar = self.cache.find_refittable(key)
+        refit = None
+        if similar is not None:
+            def refit():
+                return self._refit(self._load(similar / "engine.bin"), weights_net)
+        module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check, self.tolerance)
+        self.cache.save(key, lambda path: self._save(module, path), refittable=True)
+        return module, "built" if how == "rebuild" else "refit"
+
+    def _weights_net(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        net = copy.deepcopy(self._template)
+        net.load_state_dict(state_dict)
+        return net.to(self.device, _DTYPES[self.precision]).eval()
+
+    def _check(self, module: Any) -> float:
+        with torch.no_grad():
+            ref = self._reference(self._probe)
+            out = module(self._probe.to(_DTYPES[self.precision]))
+        return relative_error(out, ref)
+
+    # -- torch-tensorrt calls ------------------------------------------------------------
+    def _inputs(self) -> list[Any]:
+        s = self.shapes
+        return [self._trt.Input(min_shape=s.min_shape, opt_shape=s.opt_shape, max_shape=s.max_shape,
+                                dtype=_DTYPES[self.precision])]
+
+    def _build(self, weights_net: nn.Module) -> Any:
+        dtype = _DTYPES[self.precision]
+        log.info("building TensorRT %s engine for %s, %s (takes a while; cached afterwards)",
+                 self.precision, self.arch, self.shapes.describe())
+        program = export_program(weights_net, self.shapes, dtype, self.device)
+        kwargs: dict[str, Any] = {"arg_inputs": self._inputs(), "immutable_weights": False,
+                                  "min_block_size": 1, "device": self.device}
+        params = inspect.signature(self._trt.dynamo.compile).parameters
+        if "use_explicit_typing" in params:  # the network and inputs carry the dtype
+            kwargs["use_explicit_typing"] = True
+        elif "enabled_precisions" in params:
+            kwargs["enabled_precisions"] = {dtype}
+        return self._trt.dynamo.compile(program, **kwargs)
+
+    def _refit(self, live: Any, weights_net: nn.Module) -> Any:
+        program = export_program(weights_net, self.shapes, _DTYPES[self.precision], self.device)
+        return self._trt.dynamo.refit_module_weights(compiled_module=live, new_weight_module=program,
+                                                      arg_inputs=(self._probe.to(_DTYPES[self.precision]),),
+                                                      in_place=False)
+
+    def _save(self, module: Any, path: Path) -> None:
+        self._trt.save(module, str(path), output_format="exported_program", arg_inputs=self._inputs())
+
+    def _load(self, path: Path) -> Any:
+        loaded = self._trt.load(str(path))
+        return loaded.module() if hasattr(loaded, "module") else loaded
+
+
+def _describe(net: nn.Module) -> str:
+    """Architecture string for cache keys: class and parameter shapes (not values)."""
+    import hashlib
+
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
+    return f"{type(net).__name__}-{hashlib.sha256(shapes.encode()).hexdigest()[:12]}"

@@ -1,0 +1,126 @@
+"""Moving frames through an engine with uint8 on the wire, overlapped on CUDA.
+
+:class:`FramePipe` takes batches of uint8 NHWC RGB frames (what the decoder gives),
+and on CUDA
+
+* copies them into pinned (page-locked) host buffers and uploads them on an
+  *upload* stream (asynchronous DMA, 1 byte a channel instead of 4),
+* converts to float and runs the model on a *compute* stream (conversion on the GPU),
+* converts back to uint8 on the GPU and downloads on a *download* stream into
+  pinned buffers,
+
+so batch k+1 uploads while batch k computes and batch k-1 downloads. Two slots of
+buffers alternate; :meth:`FramePipe.submit` returns at once with a handle and
+:meth:`FramePipe.result` waits for that batch only. On the CPU the same calls run
+synchronously, so callers (the batcher) use one code path everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+Model = Callable[[torch.Tensor], torch.Tensor]  # NCHW float [0, 1] on the device -> NCHW float
+
+
+def frames_to_input(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1] (on whatever device ``frames`` is)."""
+    return frames.permute(0, 3, 1, 2).to(dtype).div_(255.0)
+
+
+def output_to_frames(out: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [0, 1] -> uint8 NHWC (rounded, clamped), contiguous."""
+    return out.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@dataclass
+class _Slot:
+    host_in: torch.Tensor | None = None
+    host_out: torch.Tensor | None = None
+    done: Any = None  # torch.cuda.Event: the slot's last download finished
+
+
+@dataclass
+class Pending:
+    """A submitted batch: pass to :meth:`FramePipe.result`."""
+
+    slot: int
+    count: int
+    event: Any = None
+    value: torch.Tensor | None = None  # CPU path: the finished result
+
+
+class FramePipe:
+    """uint8 NHWC frames -> ``model`` -> uint8 NHWC frames, overlapped on three CUDA streams."""
+
+    def __init__(self, model: Model, device: torch.device | str, slots: int = 2):
+        self.model = model
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self._slots = [_Slot() for _ in range(max(1, slots))]
+        self._next = 0
+        if self.cuda:
+            self.upload = torch.cuda.Stream(self.device)
+            self.compute = torch.cuda.Stream(self.device)
+            self.download = torch.cuda.Stream(self.device)
+
+    def submit(self, frames: torch.Tensor | np.ndarray) -> Pending:
+        """Start one batch (N, H, W, 3) uint8; returns at once on CUDA."""
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4:
+            raise ValueError(f"expected uint8 NHWC frames, got {frames.dtype} {tuple(frames.shape)}")
+        if not self.cuda:
+            with torch.no_grad():
+                out = output_to_frames(self.model(frames_to_input(frames.to(self.device))))
+            return Pending(slot=-1, count=frames.shape[0], value=out.cpu())
+        index = self._next
+        self._next = (self._next + 1) % len(self._slots)
+        slot = self._slots[index]
+        if slot.done is not None:
+            slot.done.synchronize()  # its previous batch has been downloaded (and read by result())
+        n = frames.shape[0]
+        slot.host_in = _pinned(slot.host_in, frames.shape, torch.uint8)
+        host_in = slot.host_in[:n]
+        host_in.copy_(frames)
+        with torch.cuda.stream(self.upload):
+            dev_in = host_in.to(self.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record(self.upload)
+        with torch.cuda.stream(self.compute), torch.no_grad():
+            self.compute.wait_event(uploaded)
+            dev_in.record_stream(self.compute)
+            dev_out = output_to_frames(self.model(frames_to_input(dev_in)))
+            computed = torch.cuda.Event()
+            computed.record(self.compute)
+        slot.host_out = _pinned(slot.host_out, dev_out.shape, torch.uint8)
+        host_out = slot.host_out[:n]
+        with torch.cuda.stream(self.download):
+            self.download.wait_event(computed)
+            dev_out.record_stream(self.download)
+            host_out.copy_(dev_out, non_blocking=True)
+            slot.done = torch.cuda.Event()
+            slot.done.record(self.download)
+        return Pending(slot=index, count=n, event=slot.done)
+
+    def result(self, pending: Pending) -> torch.Tensor:
+        """The batch's uint8 NHWC frames on the CPU (a copy the caller owns)."""
+        if pending.value is not None:
+            return pending.value
+        pending.event.synchronize()
+        return self._slots[pending.slot].host_out[: pending.count].clone()
+
+    def __call__(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return self.result(self.submit(frames))
+
+
+def _pinned(buf: torch.Tensor | None, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A pinned host buffer holding at least ``shape`` (reallocated when the frame size changes)."""
+    shape = tuple(shape)
+    if buf is not None and buf.shape[1:] == shape[1:] and buf.shape[0] >= shape[0]:
+        return buf
+    log.debug("allocating pinned buffer %s", shape)
+    return torch.empty(shape, dtype=dtype).pin_memory()
