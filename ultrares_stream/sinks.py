@@ -1,0 +1,414 @@
+"""Encoders and publishers (PyAV): RTSP push (ANNOUNCE/RECORD), files (mp4/mkv) and HLS.
+
+* :class:`EncoderSettings` - codec, preset, CRF or bitrate, GOP; ``libx264`` with
+  ``tune=zerolatency`` for live output; ``h264_nvenc``/``hevc_nvenc`` when present.
+* :class:`TimestampMapper` - output timestamps in ``1/fps`` units from the source's
+  own times: strictly increasing, also across camera reconnects (a new
+  connection continues one frame after the last output frame).
+* :class:`Publisher` - one output container; takes packed ``yuv420p`` frames.
+* :class:`SinkWorker` - a thread that encodes and publishes a camera's enhanced
+  frames, with a watchdog: a write that takes longer than ``watchdog_s`` (a hung
+  server) or fails (server gone) closes the output and reconnects with backoff.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import UserError
+from .frame_queue import FrameQueue
+from .sources import backoff_delay, mask_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderSettings:
+    codec: str = "libx264"
+    preset: str | None = "veryfast"
+    crf: int | None = 23
+    bitrate: str | None = None  # "4M", "800k"; overrides crf
+    gop: int | None = None  # frames between keyframes; default 2 s of video
+    tune: str | None = "zerolatency"  # live output; None for files
+    threads: int = 0  # 0 = codec default
+
+    @classmethod
+    def from_config(cls, cfg, live: bool = True) -> EncoderSettings:
+        """From :class:`config.EncoderConfig` (or anything with codec/preset/crf/bitrate/gop)."""
+        return cls(codec=cfg.codec, preset=cfg.preset, crf=cfg.crf, bitrate=cfg.bitrate, gop=cfg.gop,
+                   tune="zerolatency" if live else None)
+
+
+def parse_bitrate(text: str) -> int:
+    """``4M`` / ``800k`` / ``1500000`` -> bits per second."""
+    t = str(text).strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult != 1 else t) * mult
+    except ValueError:
+        raise UserError(f"bitrate {text!r} is not a number like 4M or 800k") from None
+    if value <= 0:
+        raise UserError(f"bitrate {text!r} must be positive")
+    return int(value)
+
+
+def codec_available(name: str) -> bool:
+    import av
+
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:  # noqa: BLE001 - UnknownCodecError and friends
+        return False
+
+
+def pick_codec(name: str) -> str:
+    """``auto``: h264_nvenc on a CUDA machine whose FFmpeg has it, else libx264. Named codecs are checked."""
+    if name == "auto":
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        except ImportError:  # pragma: no cover
+            cuda = False
+        return "h264_nvenc" if cuda and codec_available("h264_nvenc") else "libx264"
+    if not codec_available(name):
+        raise UserError(f"video encoder {name!r} is not available in this FFmpeg build (try libx264)")
+    return name
+
+
+def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], int | None, int]:
+    """FFmpeg codec options, bit rate (or None) and GOP for the settings."""
+    opts: dict[str, str] = {}
+    gop = s.gop or max(1, round(float(fps) * 2))
+    bit_rate = parse_bitrate(s.bitrate) if s.bitrate else None
+    if s.codec in ("libx264", "libx265"):
+        if s.preset:
+            opts["preset"] = s.preset
+        if s.tune:
+            opts["tune"] = s.tune
+        if bit_rate is None and s.crf is not None:
+            opts["crf"] = str(s.crf)
+        if s.codec == "libx264":
+            opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+    elif s.codec.endswith("_nvenc"):
+        opts["preset"] = "p4" if not s.preset or s.preset in ("veryfast", "fast", "medium") else s.preset
+        if s.tune:
+            opts["tune"] = "ll"
+        if bit_rate is None and s.crf is not None:
+            opts.update(rc="vbr", cq=str(s.crf))
+        opts["bf"] = "0"
+    return opts, bit_rate, gop
+
+
+def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[str, str | None, dict[str, str]]:
+    """(target, container format, muxer options) for an output URL or path."""
+    text = str(url)
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme in ("rtsp", "rtsps"):
+        return text, "rtsp", {"rtsp_transport": "tcp", "timeout": str(int(timeout_s * 1e6))}
+    if scheme in ("rtmp", "rtmps"):
+        return text, "flv", {"rw_timeout": str(int(timeout_s * 1e6))}
+    if scheme in ("srt", "udp", "tcp"):
+        return text, "mpegts", {}
+    if scheme in ("http", "https"):
+        raise UserError(f"{mask_url(text)}: publishing over HTTP is not supported; use rtsp://, rtmp://, "
+                        "a .m3u8 path for HLS or a file")
+    suffix = Path(text).suffix.lower()
+    if suffix == ".m3u8":
+        return text, "hls", {"hls_time": "2", "hls_list_size": "6" if live else "0",
+                             "hls_flags": "delete_segments+independent_segments" if live else "independent_segments"}
+    if suffix in (".mp4", ".mov", ".m4v"):
+        # live files are fragmented so that a crash still leaves a playable file
+        return text, "mp4", ({"movflags": "frag_keyframe+empty_moov+default_base_moof"} if live
+                             else {"movflags": "+faststart"})
+    if suffix in (".mkv", ".webm"):
+        return text, "matroska" if suffix == ".mkv" else "webm", {}
+    if suffix in (".ts", ".m2ts"):
+        return text, "mpegts", {}
+    if suffix in (".flv",):
+        return text, "flv", {}
+    raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .ts or .m3u8 path")
+
+
+class TimestampMapper:
+    """Source times -> strictly increasing output pts in units of ``1/fps``.
+
+    Within one connection (``epoch``) the source's spacing is kept (a dropped frame
+    leaves a gap, so playback speed stays real time); a new epoch (reconnect)
+    continues one frame after the last output timestamp.
+    """
+
+    def __init__(self, fps: Fraction):
+        self.fps = Fraction(fps)
+        self.last: int | None = None
+        self._epoch: int | None = None
+        self._offset = 0
+
+    def map(self, time_s: float | None, epoch: int = 0) -> int:
+        if time_s is None:
+            pts = 0 if self.last is None else self.last + 1
+        else:
+            ticks = round(time_s * self.fps)
+            if epoch != self._epoch or self.last is None:
+                self._epoch = epoch
+                self._offset = (0 if self.last is None else self.last + 1) - ticks
+            pts = ticks + self._offset
+            if self.last is not None and pts <= self.last:
+                pts = self.last + 1
+                self._offset = pts - ticks
+        self.last = pts
+        return pts
+
+
+class Publisher:
+    """One open output: encoder + container. ``write`` takes packed yuv420p frames."""
+
+    def __init__(self, url: str, settings: EncoderSettings | None = None, *, live: bool = True,
+                 timeout_s: float = 5.0, name: str = "camera"):
+        self.url = str(url)
+        self.settings = settings or EncoderSettings()
+        self.live = live
+        self.timeout_s = timeout_s
+        self.name = name
+        self.container = None
+        self.stream = None
+        self.frames = 0
+        self.width = self.height = 0
+        self.target, self.format, self.options = output_args(self.url, live, timeout_s)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def open(self, width: int, height: int, fps: Fraction, container=None):
+        """Open the output (or add the video stream to an already open ``container``)."""
+        import av
+
+        codec = pick_codec(self.settings.codec)
+        fps = Fraction(fps).limit_denominator(1001)
+        opts, bit_rate, gop = codec_options(EncoderSettings(**{**self.settings.__dict__, "codec": codec}), fps)
+        if container is None:
+            if self.format in ("mp4", "matroska", "webm", "mpegts", "hls") and "://" not in self.target:
+                Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                container = av.open(self.target, "w", format=self.format, options=self.options,
+                                    timeout=self.timeout_s)
+            except av.error.FFmpegError as exc:
+                raise ConnectionError(f"cannot open output {self.masked_url}: {exc}") from None
+        self.container = container
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1) / fps
+        stream.codec_context.time_base = Fraction(1) / fps
+        stream.codec_context.gop_size = gop
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        if self.settings.threads:
+            stream.codec_context.thread_count = self.settings.threads
+        stream.options = opts
+        self.stream = stream
+        self.width, self.height = width, height
+        self.fps = fps
+        log.info("%s: publishing %dx%d at %.3g fps with %s to %s", self.name, width, height, float(fps),
+                 codec, self.masked_url)
+        return self
+
+    def encode(self, data: np.ndarray, pts: int) -> list:
+        """Encode one packed yuv420p frame; returns the packets (not yet muxed)."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = self.stream.codec_context.time_base
+        return self.stream.encode(frame)
+
+    def mux(self, packets) -> None:
+        if packets:
+            self.container.mux(packets)
+
+    def write(self, data: np.ndarray, pts: int) -> None:
+        self.mux(self.encode(data, pts))
+        self.frames += 1
+
+    def close(self, flush: bool = True) -> None:
+        container, self.container = self.container, None
+        if container is None:
+            return
+        try:
+            if flush and self.stream is not None:
+                container.mux(self.stream.encode(None))
+        except Exception as exc:  # noqa: BLE001 - a gone server must not stop the close
+            log.debug("%s: flushing %s: %s", self.name, self.masked_url, exc)
+        finally:
+            try:
+                container.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("%s: closing %s: %s", self.name, self.masked_url, exc)
+
+
+class SinkWorker:
+    """Thread: take enhanced frames from ``queue``, encode and publish; reconnect on failure.
+
+    ``fps``: a callable returning the output frame rate (the input's), read when
+    the output is (re)opened. ``on_published(enhanced, seconds)`` is called after
+    each frame is written.
+    """
+
+    def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
+                 name: str = "camera", live: bool = True, timeout_s: float = 5.0, watchdog_s: float = 5.0,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, metrics=None,
+                 on_published: Callable | None = None):
+        self.url, self.settings, self.fps_fn, self.queue = url, settings, fps, queue
+        self.name, self.live, self.timeout_s, self.watchdog_s = name, live, timeout_s, watchdog_s
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.metrics = metrics
+        self.on_published = on_published
+        output_args(url, live, timeout_s)  # validate the URL early (UserError)
+        self.published = 0
+        self.reconnects = 0
+        self.state = "idle"
+        self.mapper: TimestampMapper | None = None
+        self._pub: Publisher | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_started: float | None = None
+        self._watchdog: threading.Thread | None = None
+        self._hung = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> SinkWorker:
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.name}", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the frames already queued, flush and close the output."""
+        self.queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("%s: publisher did not finish within %.0f s", self.name, timeout)
+        self._stop.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _watch(self) -> None:
+        """Notice a write that hangs (a server that stopped reading) and report it."""
+        while not self._stop.wait(0.5):
+            started = self._write_started
+            if started is not None and time.monotonic() - started > self.watchdog_s and not self._hung.is_set():
+                self._hung.set()
+                self.state = "hung"
+                log.warning("%s: publisher %s has not accepted a frame for %.0f s; reconnecting",
+                            self.name, mask_url(self.url), time.monotonic() - started)
+                if self.metrics is not None:
+                    self.metrics.errors.labels(self.name, "publish").inc()
+                pub = self._pub
+                if pub is not None and pub.container is not None:
+                    # the FFmpeg socket timeout ends the blocked write; closing from here would race it
+                    pass
+
+    def _open(self, width: int, height: int) -> Publisher:
+        attempt = 0
+        while True:
+            pub = Publisher(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name)
+            try:
+                self._write_started = time.monotonic()
+                pub.open(width, height, self.fps_fn())
+                return pub
+            except ConnectionError as exc:
+                if not self.live:
+                    raise UserError(str(exc)) from None
+                attempt += 1
+                delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s)
+                log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
+                if self.metrics is not None:
+                    self.metrics.errors.labels(self.name, "publish").inc()
+                if self._stop.wait(delay):
+                    raise
+            finally:
+                self._write_started = None
+
+    def _run(self) -> None:
+        self.state = "waiting"
+        try:
+            while True:
+                got = self.queue.get_with_wait(0.25)
+                if got is None:
+                    if self.queue.drained():
+                        break
+                    continue
+                enhanced, _ = got
+                self._publish(enhanced)
+        except Exception as exc:  # noqa: BLE001
+            self.error = exc
+            self.state = "failed"
+            log.error("%s: publisher stopped: %s", self.name, exc)
+        finally:
+            if self._pub is not None:
+                self._pub.close()
+                self._pub = None
+            if self.state != "failed":
+                self.state = "stopped"
+
+    def _publish(self, enhanced) -> None:
+        if self.mapper is None:
+            self.mapper = TimestampMapper(self.fps_fn())
+        pts = self.mapper.map(enhanced.source.time_s, enhanced.source.epoch)
+        for attempt in range(2):
+            pub = self._pub
+            if pub is not None and (pub.width, pub.height) != (enhanced.width, enhanced.height):
+                log.info("%s: output size changed to %dx%d; reopening", self.name, enhanced.width, enhanced.height)
+                pub.close()
+                pub = self._pub = None
+            if pub is None:
+                pub = self._pub = self._open(enhanced.width, enhanced.height)
+                self.state = "running"
+            t0 = time.perf_counter()
+            self._write_started = time.monotonic()
+            try:
+                packets = pub.encode(enhanced.data, pts)
+                t1 = time.perf_counter()
+                pub.mux(packets)
+                pub.frames += 1
+            except Exception as exc:  # noqa: BLE001 - server gone or hung (socket timeout)
+                self._write_started = None
+                if not self.live:
+                    raise
+                log.warning("%s: publishing to %s failed (%s); reconnecting", self.name, mask_url(self.url),
+                            exc if str(exc) else type(exc).__name__)
+                pub.close(flush=False)
+                self._pub = None
+                self._hung.clear()
+                self.reconnects += 1
+                if self.metrics is not None:
+                    self.metrics.reconnects.labels(self.name, "sink").inc()
+                    self.metrics.errors.labels(self.name, "publish").inc()
+                if self._stop.wait(backoff_delay(1, self.backoff_initial_s, self.backoff_max_s)):
+                    return
+                continue
+            finally:
+                self._write_started = None
+            t2 = time.perf_counter()
+            self._hung.clear()
+            self.published += 1
+            if self.metrics is not None:
+                self.metrics.observe_stage(self.name, "encode", t1 - t0)
+                self.metrics.observe_stage(self.name, "publish", t2 - t1)
+            if self.on_published is not None:
+                self.on_published(enhanced, t2 - t0)
+            return

@@ -1,0 +1,298 @@
+"""Video sources (PyAV): RTSP (TCP or UDP), RTMP, HTTP/HLS, files and V4L2 devices.
+
+A :class:`Source` yields decoded frames as packed ``yuv420p`` arrays (the colour
+conversion to RGB happens once, on the inference device). Live sources never
+"end": a decode loop that stops, an I/O error or a read timeout is a disconnect,
+followed by a reconnect after an exponential backoff with jitter, forever, until
+:meth:`Source.stop`. Every open sets FFmpeg's ``timeout`` option (microseconds;
+FFmpeg 8 ignores the old ``stimeout``) *and* PyAV's interrupt-callback timeout,
+so a dead or hung camera is noticed within ``timeout_s``.
+
+Container frame counts (``nb_frames``) are never used: they are absent or wrong
+for streams and often for files too.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+DEFAULT_FPS = Fraction(25)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL's user info: ``rtsp://admin:***@cam/...``. Safe on non-URLs."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", text)
+    if parts.password is None:
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", text)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def is_live(url: str) -> bool:
+    """Network URLs and capture devices are live; local files are not (HLS over http counts as live)."""
+    text = str(url)
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme in LIVE_SCHEMES:
+        return True
+    return text.startswith("/dev/video") or scheme == "v4l2"
+
+
+def backoff_delay(attempt: int, initial: float = 0.5, cap: float = 30.0, jitter: float = 0.25,
+                  rand: float | None = None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (1, 2, ...): ``initial * 2**(attempt-1)``,
+    capped, then spread by +/- ``jitter`` (a fraction) so many cameras do not reconnect in step."""
+    if attempt < 1:
+        return 0.0
+    base = min(cap, initial * 2.0 ** min(attempt - 1, 60))
+    r = random.random() if rand is None else rand
+    return max(0.0, min(cap, base * (1.0 + jitter * (2.0 * r - 1.0))))
+
+
+def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
+    """Keyword arguments for ``av.open`` for this input: format, FFmpeg options, PyAV timeout."""
+    text = str(url)
+    us = str(int(timeout_s * 1_000_000))
+    options: dict[str, str] = {}
+    fmt = None
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme in ("rtsp", "rtsps"):
+        if transport not in ("tcp", "udp"):
+            raise UserError(f"rtsp_transport must be tcp or udp, not {transport!r}")
+        options.update(rtsp_transport=transport, timeout=us)
+        # the RTP jitter buffer adds latency; keep reordering short for live video
+        options["max_delay"] = "500000"
+    elif scheme in ("http", "https"):
+        options.update(rw_timeout=us, reconnect="0")
+    elif scheme in ("rtmp", "rtmps"):
+        options.update(rw_timeout=us)
+    elif scheme in ("udp", "tcp", "srt", "rtp"):
+        options.update(timeout=us)
+    elif text.startswith("/dev/video") or scheme == "v4l2":
+        fmt = "v4l2"
+        text = text.split("://", 1)[1] if scheme == "v4l2" else text
+    return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, timeout_s)}
+
+
+@dataclass
+class Frame:
+    """One decoded frame: packed yuv420p (``(H*3/2, W)`` uint8: Y rows, then U, then V)."""
+
+    data: np.ndarray
+    width: int
+    height: int
+    index: int  # per-source sequence number, never reset (monotonic across reconnects)
+    time_s: float | None  # source presentation time in seconds (None if unknown)
+    received: float = field(default_factory=time.monotonic)  # monotonic clock at decode
+    decode_s: float = 0.0
+    epoch: int = 0  # connection number: changes after every reconnect
+
+
+def frame_to_yuv420p(frame) -> tuple[np.ndarray, int, int]:
+    """A PyAV VideoFrame -> packed yuv420p array with even width and height."""
+    w, h = frame.width, frame.height
+    ew, eh = w - w % 2, h - h % 2
+    if (ew, eh) != (w, h):
+        frame = frame.reformat(width=ew, height=eh, format="yuv420p")
+    return frame.to_ndarray(format="yuv420p"), ew, eh
+
+
+class Source:
+    """A reader of one input. Iterate :meth:`frames`; call :meth:`stop` from another thread.
+
+    ``live``: None = decide from the URL (:func:`is_live`). Live sources reconnect
+    forever; files are read once and end.
+    """
+
+    def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
+                 timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 metrics=None, decode_threads: int = 1):
+        self.url = str(url)
+        self.name = name
+        self.live = is_live(self.url) if live is None else live
+        if not self.live and "://" not in self.url and not Path(self.url).exists():
+            raise UserError(f"{self.url}: no such file")
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.metrics = metrics
+        self.decode_threads = decode_threads
+        self.fps: Fraction | None = None  # frame rate of the input, known once connected
+        self.state = "starting"
+        self.reconnects = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._index = 0
+        self._epoch = 0
+        self._container = None
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def frames(self) -> Iterator[Frame]:
+        """Decoded frames; for live sources this only ends when :meth:`stop` is called."""
+        attempt = 0
+        while not self._stop.is_set():
+            got_any = False
+            try:
+                for frame in self._read_once():
+                    got_any = True
+                    attempt = 0
+                    yield frame
+                    if self._stop.is_set():
+                        return
+                if not self.live:
+                    self.state = "finished"
+                    return
+                log.warning("%s: stream from %s ended; reconnecting", self.name, self.masked_url)
+            except UserError as exc:
+                if not self.live:
+                    raise
+                log.warning("%s: %s", self.name, exc)
+            except Exception as exc:  # av.error.* and OSError: the camera is gone or hung
+                if not self.live:
+                    raise UserError(f"{self.masked_url}: cannot decode: {_describe(exc)}") from None
+                log.warning("%s: source %s: %s", self.name, self.masked_url, _describe(exc))
+                if self.metrics is not None:
+                    self.metrics.errors.labels(self.name, "decode").inc()
+            finally:
+                self._set_down()
+            if self._stop.is_set():
+                return
+            attempt = 1 if got_any else attempt + 1
+            delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s)
+            self.state = "reconnecting"
+            log.info("%s: reconnecting to %s in %.1f s (attempt %d)", self.name, self.masked_url, delay, attempt)
+            if self._stop.wait(delay):
+                return
+            self.reconnects += 1
+            if self.metrics is not None:
+                self.metrics.reconnects.labels(self.name, "source").inc()
+
+    def _set_down(self) -> None:
+        self.connected.clear()
+        if self.metrics is not None:
+            self.metrics.up.labels(self.name).set(0)
+
+    def _read_once(self) -> Iterator[Frame]:
+        import av
+
+        args = open_args(self.url, self.transport, self.timeout_s)
+        self.state = "connecting"
+        log.info("%s: opening %s", self.name, self.masked_url)
+        try:
+            container = av.open(args["file"], format=args["format"], options=args["options"],
+                                timeout=args["timeout"])
+        except (av.error.FileNotFoundError, av.error.InvalidDataError) as exc:
+            if not self.live:
+                raise UserError(f"{self.masked_url}: not a readable video ({_describe(exc)})") from None
+            raise
+        self._container = container
+        try:
+            if not container.streams.video:
+                raise UserError(f"{self.masked_url}: has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "SLICE" if self.live else "AUTO"
+            stream.codec_context.thread_count = self.decode_threads
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if rate and 1 <= float(rate) <= 240:
+                self.fps = Fraction(rate).limit_denominator(1001)
+            elif self.fps is None:
+                self.fps = DEFAULT_FPS
+            self._epoch += 1
+            self.state = "running"
+            self.connected.set()
+            if self.metrics is not None:
+                self.metrics.up.labels(self.name).set(1)
+            log.info("%s: connected to %s: %s %dx%d at %.3g fps", self.name, self.masked_url,
+                     stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
+                     float(self.fps))
+            clock = _FrameClock(self.fps)
+            t0 = time.perf_counter()
+            for frame in container.decode(stream):
+                data, w, h = frame_to_yuv420p(frame)
+                t1 = time.perf_counter()
+                out = Frame(data, w, h, self._index, clock.time(frame.time), decode_s=t1 - t0, epoch=self._epoch)
+                self._index += 1
+                if self.metrics is not None:
+                    self.metrics.frames_in.labels(self.name).inc()
+                    self.metrics.observe_stage(self.name, "decode", out.decode_s)
+                yield out
+                if self._stop.is_set():
+                    return
+                t0 = time.perf_counter()
+        finally:
+            self._container = None
+            container.close()
+
+
+class _FrameClock:
+    """Frame times in seconds: the container's while they increase; after the first
+    non-increasing or missing one (AVI with B-frames, broken cameras) the rest of the
+    connection is timed from the frame rate instead."""
+
+    def __init__(self, fps: Fraction):
+        self.fps = fps
+        self.last: float | None = None
+        self.synthetic = False
+
+    def time(self, t: float | None) -> float:
+        if not self.synthetic and t is not None and (self.last is None or t > self.last):
+            self.last = t
+            return t
+        if not self.synthetic:
+            self.synthetic = True
+            log.debug("timestamps not increasing; timing frames from the frame rate")
+        self.last = (self.last if self.last is not None else 0.0) + 1.0 / float(self.fps)
+        return self.last
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line, URL-masked description of an error."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: mask_url(m.group(0)), text, flags=re.I)
+
+
+def probe(path: str | Path, timeout_s: float = 10.0) -> dict:
+    """Width, height, fps (Fraction) and codec of a video's first stream; UserError if unreadable."""
+    import av
+
+    try:
+        with av.open(str(path), timeout=timeout_s) as c:
+            if not c.streams.video:
+                raise UserError(f"{mask_url(str(path))}: has no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or DEFAULT_FPS
+            return {"width": s.codec_context.width, "height": s.codec_context.height,
+                    "fps": Fraction(rate).limit_denominator(1001), "codec": s.codec_context.name}
+    except av.error.FFmpegError as exc:
+        raise UserError(f"{mask_url(str(path))}: not a readable video ({_describe(exc)})") from None

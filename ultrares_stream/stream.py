@@ -1,0 +1,367 @@
+"""One camera wired end to end: source -> bounded queue -> (shared) batcher -> publisher.
+
+Threads: a reader (decode into the camera's :class:`FrameQueue`), the device's
+:class:`Batcher` worker (shared by all cameras on the device) and a
+:class:`SinkWorker` (encode + publish). A :class:`Stream` implements the
+``Stream`` contract of docs/architecture.md used by the web app.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+
+from .batcher import Batcher, Enhanced
+from .frame_queue import FrameQueue, QueueClosed
+from .sinks import EncoderSettings, SinkWorker
+from .sizes import fit_inside, parse_size
+from .sources import DEFAULT_FPS, Source, mask_url
+
+log = logging.getLogger(__name__)
+
+
+class UpscalerPool:
+    """Upscalers shared by cameras with the same model and alpha (one copy of the weights each).
+
+    ``get`` returns an upscaler for (model, alpha), creating it on first use;
+    ``release`` forgets one nobody uses any more.
+    """
+
+    def __init__(self, device: str = "auto", precision: str = "auto", engine: str = "auto",
+                 tile: int | None = None, factory=None):
+        self.device, self.precision, self.engine, self.tile = device, precision, engine, tile
+        self._factory = factory
+        self._items: dict[tuple[str | None, float], object] = {}
+        self._users: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _make(self, model: str | None, alpha: float):
+        if self._factory is not None:
+            return self._factory(model, alpha)
+        from .upscaler import Upscaler
+
+        return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
+                        engine=self.engine)
+
+    def get(self, model: str | None, alpha: float):
+        key = (model, round(float(alpha), 4))
+        with self._lock:
+            up = self._items.get(key)
+            if up is None:
+                up = self._items[key] = self._make(model, key[1])
+            self._users[id(up)] = self._users.get(id(up), 0) + 1
+            return up
+
+    def release(self, upscaler) -> None:
+        with self._lock:
+            n = self._users.get(id(upscaler), 0) - 1
+            if n > 0:
+                self._users[id(upscaler)] = n
+                return
+            self._users.pop(id(upscaler), None)
+            for k, v in list(self._items.items()):
+                if v is upscaler:
+                    del self._items[k]
+
+
+class _Rate:
+    """Events per second over a sliding window."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._t: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._t.append(now)
+            while self._t and now - self._t[0] > self.window_s:
+                self._t.popleft()
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._t and now - self._t[0] > self.window_s:
+                self._t.popleft()
+            if len(self._t) < 2:
+                return 0.0
+            span = max(now - self._t[0], 1e-6)
+            return (len(self._t) - 1) / span if span > 0 else 0.0
+
+
+def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
+    """Nearest-rank percentiles of ``values`` as ``{"p50": ..}`` (None when empty)."""
+    v = sorted(values)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        out[f"p{q}"] = v[min(len(v) - 1, max(0, int(round(q / 100 * len(v) + 0.5)) - 1))] if v else None
+    return out
+
+
+class Stream:
+    """One camera. Create, :meth:`start`, and later :meth:`stop` (flushes the output)."""
+
+    def __init__(self, name: str, input_url: str, output_url: str, *, batcher: Batcher, pool: UpscalerPool,
+                 model: str | None = None, alpha: float = 0.5, output_size: str | tuple[int, int] | None = None,
+                 queue_size: int = 8, queue_policy: str = "auto", rtsp_transport: str = "tcp",
+                 encoder: EncoderSettings | None = None, timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0, watchdog_s: float = 5.0, metrics=None, live: bool | None = None):
+        self.name = name
+        self.input_url, self.output_url = input_url, output_url
+        self.metrics = metrics
+        self.batcher, self.pool = batcher, pool
+        self.source = Source(input_url, name, live=live, transport=rtsp_transport, timeout_s=timeout_s,
+                             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s, metrics=metrics)
+        self.live = self.source.live
+        policy = ("drop_oldest" if self.live else "block") if queue_policy == "auto" else queue_policy
+        self.queue: FrameQueue = FrameQueue(queue_size, policy, on_drop=self._on_drop)
+        self.out_queue: FrameQueue = FrameQueue(max(4, queue_size * 2), "drop_oldest" if self.live else "block",
+                                                on_drop=self._on_drop)
+        self._size_spec = parse_size(output_size) if isinstance(output_size, str) else output_size
+        self.model_name = model
+        self._route_lock = threading.Lock()
+        self.upscaler = pool.get(model, alpha)
+        self.alpha = float(alpha)
+        self.encoder = encoder or EncoderSettings(tune="zerolatency" if self.live else None)
+        self.sink = SinkWorker(output_url, self.encoder, self._fps, self.out_queue, name=name, live=self.live,
+                               timeout_s=timeout_s, watchdog_s=watchdog_s, backoff_initial_s=backoff_initial_s,
+                               backoff_max_s=backoff_max_s, metrics=metrics, on_published=self._on_published)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.started_at: float | None = None
+        self.last_frame_at: float | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.output_size: tuple[int, int] | None = None
+        self._latencies: deque[float] = deque(maxlen=512)
+        self._rate_in, self._rate_out = _Rate(), _Rate()
+        self._latest: Enhanced | None = None
+        self._jpeg: tuple[float, bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.first_output = threading.Event()
+        if metrics is not None:
+            self._bind_metrics(metrics)
+
+    # --- metrics --------------------------------------------------------------
+    def _bind_metrics(self, m) -> None:
+        n = self.name
+        m.frames_in.labels(n)
+        m.frames_out.labels(n)
+        m.frames_dropped.labels(n)
+        for side in ("source", "sink"):
+            m.reconnects.labels(n, side)
+        m.queue_capacity.labels(n).set(self.queue.maxsize)
+        m.queue_depth.labels(n).set_function(lambda: self.queue.depth)
+        m.fps.labels(n, "in").set_function(self._rate_in.rate)
+        m.fps.labels(n, "out").set_function(self._rate_out.rate)
+        m.last_frame_age.labels(n).set_function(
+            lambda: (time.monotonic() - self.last_frame_at) if self.last_frame_at is not None else float("nan"))
+        m.up.labels(n).set(0)
+        self._publish_model_info()
+
+    def _publish_model_info(self) -> None:
+        if self.metrics is None:
+            return
+        up = self.upscaler
+        self.metrics.alpha.labels(self.name).set(self.alpha)
+        size = self.output_size or self._size_spec
+        self.metrics.model.labels(self.name).info({
+            "model": str(getattr(up, "model_name", self.model_name)), "alpha": f"{self.alpha:g}",
+            "engine": str(getattr(getattr(up, "engine", None), "name", "")),
+            "device": str(getattr(up, "device", "")),
+            "output_size": f"{size[0]}x{size[1]}" if size else "model scale"})
+
+    def _on_drop(self, _frame) -> None:
+        if self.metrics is not None:
+            self.metrics.frames_dropped.labels(self.name).inc()
+
+    # --- batcher client ---------------------------------------------------------
+    def _fps(self) -> Fraction:
+        return self.source.fps or DEFAULT_FPS
+
+    def route(self):
+        with self._route_lock:
+            up = self.upscaler
+        size = self._size_spec
+        if size is not None and self.input_size is not None:
+            w, h = self.input_size
+            size = fit_inside(w, h, size, even=True)
+        return up, size
+
+    def deliver(self, out: Enhanced) -> None:
+        self.output_size = (out.width, out.height)
+        try:
+            self.out_queue.put(out)
+        except QueueClosed:
+            pass
+
+    def _on_published(self, out: Enhanced, seconds: float) -> None:
+        now = time.monotonic()
+        self.frames_out += 1
+        self._rate_out.tick(now)
+        latency = now - out.source.received
+        self._latencies.append(latency)
+        self._latest = out
+        if self.metrics is not None:
+            self.metrics.frames_out.labels(self.name).inc()
+            self.metrics.end_to_end_seconds.labels(self.name).observe(latency)
+        if not self.first_output.is_set():
+            self.first_output.set()
+            log.info("%s: first enhanced frame published (%dx%d, %.2f s end to end)", self.name, out.width,
+                     out.height, latency)
+
+    # --- life cycle -----------------------------------------------------------
+    def start(self) -> Stream:
+        self.started_at = time.monotonic()
+        self.batcher.attach(self)
+        self.sink.start()
+        self._reader = threading.Thread(target=self._read, name=f"source-{self.name}", daemon=True)
+        self._reader.start()
+        log.info("%s: %s -> %s", self.name, mask_url(self.input_url), mask_url(self.output_url))
+        return self
+
+    def _read(self) -> None:
+        try:
+            for frame in self.source.frames():
+                self.frames_in += 1
+                self.last_frame_at = time.monotonic()
+                self.input_size = (frame.width, frame.height)
+                self._rate_in.tick(self.last_frame_at)
+                try:
+                    while not self.queue.put(frame, timeout=0.5):
+                        if self.source.stopped:
+                            return
+                except QueueClosed:
+                    return
+        except Exception as exc:  # noqa: BLE001 - a file that cannot be read
+            self.error = exc
+            log.error("%s: %s", self.name, exc)
+        finally:
+            self.queue.close()
+
+    @property
+    def finished(self) -> bool:
+        """A file source read to the end and everything published (never true for live cameras)."""
+        return (not self.live and self._reader is not None and not self._reader.is_alive()
+                and self.queue.drained() and not self.sink.alive)
+
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        """For file inputs: wait until every frame is published and the output closed."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if self._reader is not None:
+            self._reader.join(timeout)
+        while self.queue.depth and (end is None or time.monotonic() < end):
+            time.sleep(0.02)
+        # the last batch may still be in the worker: wait until the delivered count settles
+        while (self.frames_in > self.frames_out + self.source_drops()) and (end is None or time.monotonic() < end):
+            if not self.batcher.alive or not self.sink.alive:
+                break
+            time.sleep(0.02)
+        self.out_queue.close()
+        self.sink.stop(None if end is None else max(0.1, end - time.monotonic()))
+        return not self.sink.alive
+
+    def source_drops(self) -> int:
+        return self.queue.dropped + self.out_queue.dropped
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop reading, finish what is queued, flush and close the output."""
+        self.source.stop()
+        self.queue.close()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        end = time.monotonic() + timeout
+        while self.queue.depth and self.batcher.alive and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.05)
+        self.batcher.detach(self.name)
+        self.out_queue.close()
+        self.sink.stop(max(0.5, end - time.monotonic()))
+        self.pool.release(self.upscaler)
+        log.info("%s: stopped (%d frames in, %d published, %d dropped)", self.name, self.frames_in,
+                 self.frames_out, self.source_drops())
+
+    # --- the Stream contract --------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "failed"
+        if self.sink.state == "failed":
+            return "failed"
+        if self.finished:
+            return "finished"
+        if self.source.state in ("reconnecting", "connecting", "starting"):
+            return self.source.state
+        if self.sink.state == "hung":
+            return "publisher-hung"
+        return "running" if self.first_output.is_set() else "starting"
+
+    def status(self) -> dict:
+        lat = percentiles(self._latencies)
+        return {
+            "name": self.name,
+            "state": self.state,
+            "input": mask_url(self.input_url),
+            "output": mask_url(self.output_url),
+            "input_resolution": list(self.input_size) if self.input_size else None,
+            "output_resolution": list(self.output_size) if self.output_size else None,
+            "fps_in": round(self._rate_in.rate(), 2),
+            "fps_out": round(self._rate_out.rate(), 2),
+            "source_fps": float(self.source.fps) if self.source.fps else None,
+            "latency_s": lat,
+            "latency_p50_s": lat["p50"], "latency_p95_s": lat["p95"], "latency_p99_s": lat["p99"],
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "drops": self.source_drops(),
+            "queue_depth": self.queue.depth,
+            "queue_capacity": self.queue.maxsize,
+            "reconnects": self.source.reconnects,
+            "publisher_reconnects": self.sink.reconnects,
+            "last_frame_age_s": (time.monotonic() - self.last_frame_at) if self.last_frame_at else None,
+            "alpha": self.alpha,
+            "model": str(getattr(self.upscaler, "model_name", self.model_name)),
+            "error": str(self.error) if self.error else None,
+        }
+
+    def set_alpha(self, alpha: float) -> None:
+        """Switch to ``alpha`` between two batches (the stream keeps running)."""
+        from .models.interpolation import check_alpha
+
+        alpha = check_alpha(alpha)
+        self._swap(self.model_name, alpha)
+
+    def set_model(self, model: str) -> None:
+        """Switch model between two batches; raises UserError if it cannot be loaded."""
+        self._swap(model, self.alpha)
+
+    def _swap(self, model: str | None, alpha: float) -> None:
+        new = self.pool.get(model, alpha)
+        with self._route_lock:
+            old, self.upscaler = self.upscaler, new
+            self.model_name, self.alpha = model, float(alpha)
+        if old is not new:
+            self.pool.release(old)
+        else:
+            self.pool.release(new)  # same object: undo the extra use count
+        log.info("%s: model %s, alpha %.3g", self.name, getattr(new, "model_name", model), alpha)
+        self._publish_model_info()
+
+    def snapshot_jpeg(self, max_rate_s: float = 1.0, quality: int = 80) -> bytes | None:
+        """Latest enhanced frame as JPEG, encoded at most once per ``max_rate_s``."""
+        now = time.monotonic()
+        if self._jpeg is not None and now - self._jpeg[0] < max_rate_s:
+            return self._jpeg[1]
+        latest = self._latest
+        if latest is None:
+            return None
+        import av
+
+        img = av.VideoFrame.from_ndarray(latest.data, format="yuv420p").to_image()
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        self._jpeg = (now, buf.getvalue())
+        return self._jpeg[1]
