@@ -297,9 +297,15 @@ def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _pillow_image(hwc: np.ndarray, bits: int, fmt: str, path: Path) -> Image.Image:

@@ -21,15 +21,17 @@ def check_alpha(alpha: float) -> float:
 
 
 def check_compatible(psnr: StateDict, gan: StateDict) -> None:
-    """Raise :class:`ModelError` naming the first key or shape that differs."""
-    for key in sorted(set(psnr) | set(gan)):
-        if key not in psnr:
-            raise ModelError(f"cannot interpolate: key {key!r} is only in the GAN network")
+    """Raise :class:`ModelError` naming the first key (in the PSNR network's order) or
+    shape that differs."""
+    for key, value in psnr.items():
         if key not in gan:
             raise ModelError(f"cannot interpolate: key {key!r} is only in the PSNR network")
-        if psnr[key].shape != gan[key].shape:
-            raise ModelError(f"cannot interpolate: {key!r} has shape {tuple(psnr[key].shape)} "
+        if value.shape != gan[key].shape:
+            raise ModelError(f"cannot interpolate: {key!r} has shape {tuple(value.shape)} "
                              f"in the PSNR network and {tuple(gan[key].shape)} in the GAN network")
+    for key in gan:
+        if key not in psnr:
+            raise ModelError(f"cannot interpolate: key {key!r} is only in the GAN network")
 
 
 def interpolate(psnr: StateDict, gan: StateDict, alpha: float) -> StateDict:

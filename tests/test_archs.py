@@ -1,0 +1,84 @@
+"""The generator architectures: shapes, scales, and agreement with reference forward
+passes written here with plain torch.nn.functional ops."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+
+
+def _lrelu(x):
+    return F.leaky_relu(x, 0.2)
+
+
+def _conv(sd, name, x):
+    return F.conv2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=1)
+
+
+def reference_rrdbnet(sd, x, scale, num_block):
+    """ESRGAN generator from the paper's description, straight from the state dict."""
+    if scale in (1, 2):
+        x = F.pixel_unshuffle(x, 4 // scale)
+    feat = _conv(sd, "conv_first", x)
+    body = feat
+    for b in range(num_block):
+        block_in = body
+        for r in (1, 2, 3):
+            p = f"body.{b}.rdb{r}"
+            xs = [body]
+            for j in range(1, 5):
+                xs.append(_lrelu(_conv(sd, f"{p}.conv{j}", torch.cat(xs, 1))))
+            body = _conv(sd, f"{p}.conv5", torch.cat(xs, 1)) * 0.2 + body
+        body = body * 0.2 + block_in
+    feat = feat + _conv(sd, "conv_body", body)
+    feat = _lrelu(_conv(sd, "conv_up1", F.interpolate(feat, scale_factor=2, mode="nearest")))
+    feat = _lrelu(_conv(sd, "conv_up2", F.interpolate(feat, scale_factor=2, mode="nearest")))
+    return _conv(sd, "conv_last", _lrelu(_conv(sd, "conv_hr", feat)))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_rrdbnet_matches_reference_and_scales(scale):
+    torch.manual_seed(scale)
+    net = RRDBNet(scale=scale, num_feat=8, num_block=2, num_grow_ch=4).eval()
+    x = torch.rand(2, 3, 12, 16)
+    with torch.no_grad():
+        out = net(x)
+        ref = reference_rrdbnet(net.state_dict(), x, scale, 2)
+    assert out.shape == (2, 3, 12 * scale, 16 * scale)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert net.size_multiple == {4: 1, 2: 2, 1: 4}[scale]
+
+
+def test_rrdbnet_default_hyper_parameters_are_esrgans():
+    net = RRDBNet()
+    assert len(net.body) == 23 and net.conv_first.out_channels == 64
+    assert net.body[0].rdb1.conv1.out_channels == 32
+    assert sum(p.numel() for p in net.parameters()) == 16_697_987  # the published ESRGAN x4 size
+
+
+def test_rrdbnet_rejects_unknown_scale():
+    with pytest.raises(ValueError, match="scale 1, 2 or 4"):
+        RRDBNet(scale=3)
+
+
+def test_compact_residual_is_nearest_upsampled_input():
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).eval()
+    torch.nn.init.zeros_(net.body[-1].weight)
+    torch.nn.init.zeros_(net.body[-1].bias)
+    x = torch.rand(1, 3, 5, 7)
+    with torch.no_grad():
+        out = net(x)
+    assert torch.equal(out, x.repeat_interleave(4, 2).repeat_interleave(4, 3))
+
+
+@pytest.mark.parametrize("act", ["prelu", "relu", "lrelu"])
+def test_compact_layer_layout(act):
+    net = SRVGGNetCompact(num_feat=8, num_conv=3, upscale=2, act_type=act)
+    convs = [m for m in net.body if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 + 2 and convs[-1].out_channels == 3 * 2 * 2
+    assert net(torch.rand(1, 3, 6, 6)).shape == (1, 3, 12, 12)
+    with pytest.raises(ValueError, match="unknown activation"):
+        SRVGGNetCompact(act_type="gelu")
