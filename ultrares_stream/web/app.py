@@ -1,0 +1,415 @@
+"""The HTTP side of UltraRes Stream: the page, the versioned API, metrics and probes.
+
+``create_app(service, metrics)`` builds one FastAPI app. ``ultrares serve`` runs it
+next to the cameras (same port as ``/metrics``); ``ultrares web`` runs it alone
+(no cameras: the image upscaler only).
+
+Routes: ``/`` (the page), ``/static/...``, ``/metrics`` (Prometheus), ``/healthz``,
+``/readyz``, and ``/api/v1/...`` (described by ``/openapi.json``, browsable at ``/docs``).
+Every bad request gets a 4xx with ``{"error": "<what to fix>"}``.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import UserError
+from ..metrics import Metrics
+from ..models import registry
+from ..sizes import PRESETS
+from . import uploads
+from .errors import ApiError
+from .jobs import JobQueue, JobTimeout, QueueFull
+from .upscaling import UpscalerCache, upscale_upload
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API = "/api/v1"
+DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 2048 * 2048  # input; x4 makes 8192x8192 at most
+DEFAULT_MAX_OUTPUT_PIXELS = 7680 * 4320  # 8K UHD
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
+
+
+# ----------------------------------------------------------------------------- schemas
+CameraName = Annotated[str, PathParam(description="the camera's configured name", max_length=200)]
+
+
+class ApiErrorBody(BaseModel):
+    error: str = Field(description="what went wrong and what to change")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: Literal["pair", "single", "custom"]
+    architecture: str | None = None
+    scale: int | None = None
+    available: bool = Field(description="weights present on this server")
+    psnr: str | None = Field(None, description="pair: the network at alpha 0 (faithful)")
+    gan: str | None = Field(None, description="pair: the network at alpha 1 (detailed)")
+    note: str = ""
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class StreamStatus(BaseModel):
+    """One camera, as its ``Stream.status()`` reports it (extra fields pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    state: str | None = None
+    alpha: float | None = None
+    model: str | None = None
+
+
+class StreamList(BaseModel):
+    streams: list[StreamStatus]
+
+
+class StreamPatch(BaseModel):
+    """Change a running camera's settings; applied without restarting the stream."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"alpha": 0.3}]})
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="0 = faithful (PSNR net), 1 = detailed (GAN net)")
+    model: str | None = Field(None, min_length=1, max_length=200, description="a model name from /api/v1/models")
+
+
+class ServerInfo(BaseModel):
+    version: str
+    default_model: str
+    max_upload_bytes: int
+    max_pixels: int
+    max_output_pixels: int
+    sizes: dict[str, tuple[int, int]]
+    formats: list[str]
+    token_required: bool
+    cameras: bool = Field(description="whether this server runs cameras (ultrares serve)")
+
+
+# ----------------------------------------------------------------------------- the app
+class _Context:
+    """Everything the routes share (kept on ``app.state.ultrares``)."""
+
+    def __init__(self, service, metrics: Metrics, api_token: str | None, max_upload_bytes: int, max_pixels: int,
+                 max_output_pixels: int, default_model: str, device: str, workers: int, queue_size: int,
+                 request_timeout: float):
+        self.service, self.metrics, self.api_token = service, metrics, api_token
+        self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
+        self.max_output_pixels, self.default_model = max_output_pixels, default_model
+        self.request_timeout = request_timeout
+        self.upscalers = UpscalerCache(device)
+        self.jobs = JobQueue(workers, queue_size)
+        self._custom_info: ModelInfo | None = None
+
+    # -- models
+    def model_names(self) -> set[str]:
+        return set(registry.PAIRS) | set(registry.ENTRIES) | {self.default_model}
+
+    def check_model(self, name: str | None) -> str:
+        """The model spec to use for a request's ``model`` field: a registry name or this
+        server's default (never an arbitrary path from a client)."""
+        spec = (name or "").strip() or self.default_model
+        if spec not in self.model_names():
+            known = ", ".join(sorted(registry.PAIRS)) + ", " + ", ".join(sorted(registry.ENTRIES))
+            raise ApiError(400, f"unknown model {spec!r}; choose one of: {known} (see GET {API}/models)")
+        if not self.model_available(spec):
+            members = registry.PAIRS.get(spec, (spec,))
+            fix = ("the shipped weights are missing from this installation" if registry.ENTRIES[members[0]].url is None
+                   else f"the operator can run `ultrares models --fetch {spec}`")
+            raise ApiError(409, f"model {spec!r} is not available on this server ({fix}); "
+                                f"choose an available one from GET {API}/models")
+        return spec
+
+    def model_available(self, spec: str) -> bool:
+        members = registry.PAIRS.get(spec, (spec,) if spec in registry.ENTRIES else None)
+        if members is None:
+            return True  # the operator's own checkpoint(s)
+        return all(registry.local_path(registry.ENTRIES[m]) is not None for m in members)
+
+    def models(self) -> ModelList:
+        out = []
+        for name, (a, b) in registry.PAIRS.items():
+            e = registry.ENTRIES[a]
+            out.append(ModelInfo(name=name, kind="pair", architecture=e.arch, scale=e.scale, psnr=a, gan=b,
+                                 available=self.model_available(name),
+                                 note=f"alpha 0 = {a}, alpha 1 = {b}"))
+        for e in registry.ENTRIES.values():
+            out.append(ModelInfo(name=e.name, kind="single", architecture=e.arch, scale=e.scale,
+                                 available=self.model_available(e.name), note=e.note))
+        if self.default_model not in registry.PAIRS and self.default_model not in registry.ENTRIES:
+            out.insert(0, self._custom_model_info())
+        return ModelList(default=self.default_model, models=out)
+
+    def _custom_model_info(self) -> ModelInfo:
+        if self._custom_info is None:
+            info = ModelInfo(name=self.default_model, kind="custom", available=True,
+                             note="this server's own checkpoint(s)")
+            try:
+                from ..models.checkpoint import infer_arch
+
+                resolved = registry.resolve(self.default_model, download=False)
+                arch = infer_arch(resolved.psnr, self.default_model)
+                info.architecture, info.scale = arch.arch, arch.scale
+                if resolved.is_pair:
+                    a, b = self.default_model.split("+", 1)
+                    info.psnr, info.gan = Path(a).name, Path(b).name
+            except UserError as exc:
+                info.available, info.note = False, str(exc)
+            self._custom_info = info
+        return self._custom_info
+
+    # -- cameras
+    def stream(self, name: str):
+        cameras = getattr(self.service, "cameras", None) or {}
+        if name not in cameras:
+            known = ", ".join(sorted(cameras)) or "none (this server runs no cameras)"
+            raise ApiError(404, f"no camera named {name!r}; cameras: {known}")
+        return cameras[name]
+
+    def stream_status(self, stream) -> StreamStatus:
+        try:
+            status = dict(stream.status())
+        except Exception as exc:  # a camera failing must not take the API down
+            log.exception("status of camera %s failed", stream.name)
+            status = {"state": "error", "error": f"{exc.__class__.__name__}: {exc}"}
+        status["name"] = stream.name
+        return StreamStatus(**status)
+
+
+def create_app(service=None, metrics: Metrics | None = None, *, api_token: str | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS, default_model: str | None = None,
+               device: str = "auto", workers: int = 1, queue_size: int = 4,
+               request_timeout: float = 120.0) -> FastAPI:
+    """Build the app. ``service`` (optional) provides the cameras (``cameras``, ``ready()``,
+    ``healthy()``); ``metrics`` defaults to ``service.metrics`` or a fresh :class:`Metrics`.
+    ``api_token``: when set, upscale and PATCH need ``Authorization: Bearer <token>``.
+    At most ``workers`` upscales run at once and ``queue_size`` wait; more get 429."""
+    if metrics is None:
+        metrics = getattr(service, "metrics", None) or Metrics()
+    ctx = _Context(service, metrics, api_token or None, max_upload_bytes, max_pixels, max_output_pixels,
+                   default_model or registry.DEFAULT_MODEL, device, workers, queue_size, request_timeout)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        ctx.jobs.shutdown()
+
+    app = FastAPI(
+        title="UltraRes Stream", version=__version__, lifespan=lifespan,
+        description="Super-resolution for traffic-camera video and images. Upscale an image, list models, "
+                    "watch and steer the live cameras. Errors are JSON: `{\"error\": \"...\"}`.",
+    )
+    app.state.ultrares = ctx
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES)
+    _install_error_handlers(app)
+
+    def require_token(request: Request) -> None:
+        if ctx.api_token is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-token", "")
+        if not given or not hmac.compare_digest(given.encode(), ctx.api_token.encode()):
+            raise ApiError(401, "this server needs an API token for changes: send 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": "Bearer"})
+
+    errors = {code: {"model": ApiErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+
+    # -- page, probes, metrics (not part of the API schema)
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        ok = True if service is None else bool(service.healthy())
+        return JSONResponse({"status": "ok" if ok else "unhealthy"}, status_code=200 if ok else 503)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        ok = True if service is None else bool(service.ready())
+        return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    # -- API
+    @app.get(f"{API}/info", response_model=ServerInfo, tags=["server"], summary="Limits and options of this server")
+    def info() -> ServerInfo:
+        return ServerInfo(version=__version__, default_model=ctx.default_model, max_upload_bytes=max_upload_bytes,
+                          max_pixels=max_pixels, max_output_pixels=max_output_pixels, sizes=PRESETS,
+                          formats=list(uploads.OUTPUT_FORMATS), token_required=ctx.api_token is not None,
+                          cameras=service is not None)
+
+    @app.get(f"{API}/models", response_model=ModelList, tags=["models"], summary="Models this server knows")
+    def models() -> ModelList:
+        return ctx.models()
+
+    @app.post(
+        f"{API}/upscale", tags=["images"], summary="Upscale one image",
+        dependencies=[Depends(require_token)], response_class=Response,
+        responses={200: {"description": "the upscaled image",
+                         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **errors},
+    )
+    async def upscale(
+        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, TIFF or GIF (type judged from content)")],
+        model: Annotated[str | None, Form(max_length=200, description="model name (GET /api/v1/models); "
+                                                                      "default: the server's")] = None,
+        alpha: Annotated[float, Form(ge=0.0, le=1.0, description="0 = faithful, 1 = detailed (pairs only)")] = 0.5,
+        size: Annotated[str | None, Form(max_length=20, description="output box: 720p, 1080p, 1440p, 4k or "
+                                                                    "WIDTHxHEIGHT (aspect ratio kept); empty = "
+                                                                    "the network's scale")] = None,
+        format: Annotated[Literal["png", "jpeg", "webp"], Form(description="output format")] = "png",
+    ) -> Response:
+        data = await image.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, f"the upload is over {max_upload_bytes:,} bytes; send a smaller file")
+        spec = ctx.check_model(model)
+        if size and size.strip():
+            from ..sizes import parse_size
+
+            parse_size(size)  # a bad size is a 400 before any work is queued
+        upload = uploads.identify(data, max_pixels)
+        job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, (size or "").strip() or None, format,
+                      max_output_pixels)
+        try:
+            result = await ctx.jobs.run(job, timeout=ctx.request_timeout)
+        except QueueFull as exc:
+            raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
+                           {"Retry-After": str(exc.retry_after)}) from None
+        except JobTimeout as exc:
+            raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
+                           {"Retry-After": str(exc.retry_after)}) from None
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
+        (w, h), (ow, oh) = result.input_size, result.output_size
+        return Response(result.data, media_type=result.media_type, headers={
+            "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
+            "X-Ultrares-Model": result.model, "X-Ultrares-Alpha": f"{result.alpha:g}",
+            "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
+            "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
+        })
+
+    @app.get(f"{API}/streams", response_model=StreamList, tags=["cameras"], summary="Every camera and its stats")
+    def streams() -> StreamList:
+        cameras = getattr(service, "cameras", None) or {}
+        return StreamList(streams=[ctx.stream_status(s) for s in cameras.values()])
+
+    @app.get(f"{API}/streams/{{name}}", response_model=StreamStatus, tags=["cameras"], responses=errors,
+             summary="One camera's stats")
+    def stream(name: CameraName) -> StreamStatus:
+        return ctx.stream_status(ctx.stream(name))
+
+    @app.patch(f"{API}/streams/{{name}}", response_model=StreamStatus, tags=["cameras"], responses=errors,
+               dependencies=[Depends(require_token)], summary="Change a camera's alpha and/or model while it runs")
+    def patch_stream(name: CameraName, patch: StreamPatch) -> StreamStatus:
+        cam = ctx.stream(name)
+        if patch.alpha is None and patch.model is None:
+            raise ApiError(422, 'nothing to change: send {"alpha": 0..1} and/or {"model": "<name>"}')
+        if patch.model is not None:
+            spec = ctx.check_model(patch.model)
+            cam.set_model(spec)
+            log.info("camera %s: model set to %s", name, spec)
+        if patch.alpha is not None:
+            cam.set_alpha(patch.alpha)
+            log.info("camera %s: alpha set to %.2f", name, patch.alpha)
+        return ctx.stream_status(cam)
+
+    @app.get(f"{API}/streams/{{name}}/snapshot.jpg", tags=["cameras"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "latest enhanced frame"}, **errors},
+             summary="Latest enhanced frame of a camera (JPEG, for a live preview)")
+    def snapshot(name: CameraName) -> Response:
+        jpeg = ctx.stream(name).snapshot_jpeg()
+        if not jpeg:
+            raise ApiError(404, f"camera {name!r} has not produced a frame yet; try again shortly",
+                           {"Retry-After": "1"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
+    return app
+
+
+# ----------------------------------------------------------------------------- errors and limits
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status >= 500 or exc.status == 429:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
+                     "message": str(e.get("msg", ""))} for e in exc.errors()]
+        text = "; ".join(f"{p['field'] or 'request'}: {p['message']}" for p in problems) or "invalid request"
+        return _error(422, text, problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such page or endpoint: {request.url.path} (the API is under {API}, see /docs)"
+        return _error(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, f"internal error ({exc.__class__.__name__}); the server log has the details")
+
+
+class UploadLimit:
+    """Refuse request bodies over ``max_bytes`` (413) without reading them: by Content-Length
+    when given, else by counting the bytes as they arrive."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        message = f"the request body is over {self.max_bytes:,} bytes; send a smaller file"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            response = _error(413, message) if length.isdigit() else _error(400, "bad Content-Length header")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:  # FastAPI passes HTTPException through body parsing
+                    raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, limited_receive, send)

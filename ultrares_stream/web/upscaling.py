@@ -1,0 +1,93 @@
+"""Upscaling one uploaded image: output size, a small cache of loaded models, and the
+decode -> network -> resize -> encode pipeline (run on a worker thread, never the event loop)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..colour import float_to_uint8, uint8_to_float
+from ..sizes import fit_inside, parse_size
+from ..upscaler import Upscaler
+from . import uploads
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def output_size(width: int, height: int, scale: int, size: str | None) -> tuple[int, int]:
+    """The result's (width, height): the network's native ``scale`` when ``size`` is empty,
+    else the largest size with the input's aspect ratio that fits inside the ``size`` box."""
+    if not size:
+        return width * scale, height * scale
+    return fit_inside(width, height, parse_size(size))
+
+
+class UpscalerCache:
+    """One :class:`Upscaler` per model spec (the most recently used ``capacity`` kept), each
+    with a lock so that ``set_alpha`` and the forward pass of one job happen together."""
+
+    def __init__(self, device: str = "auto", capacity: int = 2):
+        self.device, self.capacity = device, capacity
+        self._items: OrderedDict[str, tuple[Upscaler, threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: str) -> tuple[Upscaler, threading.Lock]:
+        with self._lock:
+            if spec in self._items:
+                self._items.move_to_end(spec)
+                return self._items[spec]
+        upscaler = Upscaler(spec, device=self.device)  # may raise ModelError (a UserError)
+        with self._lock:
+            item = self._items.setdefault(spec, (upscaler, threading.Lock()))
+            self._items.move_to_end(spec)
+            while len(self._items) > self.capacity:
+                old, _ = self._items.popitem(last=False)
+                log.info("unloaded model %s", old)
+            return item
+
+    def scale_of(self, spec: str) -> int:
+        return self.get(spec)[0].scale
+
+
+@dataclass
+class Result:
+    data: bytes
+    media_type: str
+    extension: str
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    model: str
+    alpha: float
+    seconds: float
+
+
+def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alpha: float,
+                   size: str | None, fmt: str, max_output_pixels: int) -> Result:
+    """The whole job for one request (blocking; call it from a worker thread)."""
+    start = time.perf_counter()
+    rgb, alpha_channel = uploads.decode(upload)
+    h, w = rgb.shape[:2]
+    upscaler, lock = cache.get(spec)
+    out_w, out_h = output_size(w, h, upscaler.scale, size)
+    if out_w * out_h > max_output_pixels:
+        raise ApiError(413, f"the result would be {out_w}x{out_h} = {out_w * out_h:,} pixels; the limit is "
+                            f"{max_output_pixels:,} (choose a smaller output size)")
+    x = uint8_to_float(torch.from_numpy(np.array(rgb)))  # a writable copy
+    with lock, torch.inference_mode():
+        upscaler.set_alpha(alpha)
+        y = upscaler.upscale(x, size=(out_w, out_h))
+    out = float_to_uint8(y.cpu())[0].numpy()
+    if alpha_channel is not None:
+        alpha_channel = np.asarray(Image.fromarray(alpha_channel, "L").resize((out_w, out_h), Image.BICUBIC))
+    data, media_type, ext = uploads.encode(out, fmt, alpha_channel)
+    seconds = time.perf_counter() - start
+    log.info("upscaled %dx%d %s -> %dx%d %s with %s at alpha %.2f in %.2f s", w, h, upload.format,
+             out_w, out_h, fmt, upscaler.model_name, alpha, seconds)
+    return Result(data, media_type, ext, (w, h), (out_w, out_h), upscaler.model_name, alpha, seconds)
