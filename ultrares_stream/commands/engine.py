@@ -96,31 +96,29 @@ def list_entries(args: argparse.Namespace) -> int:
     import datetime
 
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from ..engine.cache import EngineCache, device_fingerprint
 
     cache = EngineCache()
     fingerprint = device_fingerprint("cuda") if torch.cuda.is_available() else None
     entries = cache.entries(fingerprint)
-    table = Table(title=f"Engine cache: {cache.root}")
-    for col in ("entry", "state", "backend", "arch", "precision", "shapes", "weights", "gpu", "versions", "size",
-                "built"):
-        table.add_column(col)
+    print(f"engine cache: {cache.root} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})")
     for e in entries:
         built = datetime.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M")
-        size = f"{e.size_bytes / 1e6:.1f} MB"
+        state = e.state + (", refittable" if e.refittable else "")
         if e.key is None:
-            table.add_row(e.path.name, e.state, *["?"] * 7, size, built)
+            print(f"{e.path.name}  [{state}]  unreadable meta.json, {e.size_bytes / 1e6:.1f} MB")
             continue
         k = e.key
-        table.add_row(e.path.name, e.state + (" (refittable)" if e.refittable else ""), k.backend, k.arch,
-                      k.precision, k.shapes.describe(), k.model_hash, f"{k.gpu} (sm {k.compute_capability})",
-                      f"torch {k.torch}, torch-tensorrt {k.torch_tensorrt}, TensorRT {k.tensorrt}", size, built)
-    Console(width=200).print(table)
+        print(f"{e.path.name}  [{state}]  {k.backend} {k.precision}  {k.arch}  weights {k.model_hash}\n"
+              f"    shapes: {k.shapes.describe()}\n"
+              f"    built for: {k.gpu} (compute {k.compute_capability}), torch {k.torch}, "
+              f"torch-tensorrt {k.torch_tensorrt}, TensorRT {k.tensorrt}\n"
+              f"    {e.size_bytes / 1e6:.1f} MB, built {built}")
     if not entries:
-        print(f"no engines cached in {cache.root} (build one with `ultrares engine build`)")
+        print("no engines cached (build one with `ultrares engine build`)")
+    if any(e.state != "ok" for e in entries):
+        print("stale / corrupt entries are never loaded; `ultrares engine prune` removes them")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Engine cache: compiled engine artefacts on disk, keyed by everything that makes them valid.
 
-An entry is a folder ``<root>/<digest>/`` holding the artefact (``engine.bin``) and
+An entry is a folder ``<root>/<digest>/`` holding the artefact (``engine.pt2``) and
 ``meta.json`` (the full key, the artefact's SHA-256 and size, when it was built).
 The digest covers the model weights hash, architecture, backend, precision, shape
 ranges, GPU name and compute capability, and the torch / torch-tensorrt / TensorRT
@@ -32,7 +32,7 @@ from ..settings import engine_cache_dir
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the on-disk layout changes; older entries become stale
-ARTEFACT = "engine.bin"
+ARTEFACT = "engine.pt2"  # torch.export / torch_tensorrt.save archives
 META = "meta.json"
 
 

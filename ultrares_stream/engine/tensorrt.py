@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import Precision
-from .cache import EngineCache, EngineKey, ShapeRange
+from .cache import ARTEFACT, EngineCache, EngineKey, ShapeRange
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -92,7 +92,10 @@ def export_program(net: nn.Module, shapes: ShapeRange, dtype: torch.dtype = torc
                    device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """``torch.export`` of the generator over ``shapes`` (traced at the opt shape)."""
     multiple = int(getattr(net, "size_multiple", 1))
-    example = torch.rand(shapes.opt_shape, dtype=dtype, device=device)
+    # Trace at the opt shape, but never at size 1 on a dynamic dim (export would specialise it).
+    example_shape = [lo if lo == hi else max(opt, 2) for lo, opt, hi in zip(shapes.min_shape, shapes.opt_shape,
+                                                                             shapes.max_shape)]
+    example = torch.rand(example_shape, dtype=dtype, device=device)
     with torch.no_grad():
         return torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes_for(shapes, multiple))
 
@@ -214,7 +217,7 @@ class TensorRTEngine:
         refit = None
         if similar is not None:
             def refit():
-                return self._refit(self._load(similar / "engine.bin"), weights_net)
+                return self._refit(self._load(similar / ARTEFACT), weights_net)
         module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check, self.tolerance)
         self.cache.save(key, lambda path: self._save(module, path), refittable=True)
         return module, "built" if how == "rebuild" else "refit"

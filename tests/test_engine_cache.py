@@ -1,0 +1,276 @@
+"""Engine cache: keys, real save/load of a torch.export artefact on the CPU, corrupt and stale
+entries, refit-or-rebuild decisions, and the ``ultrares engine`` command."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ultrares_stream.engine.cache import ARTEFACT, META, EngineCache, EngineKey, ShapeRange
+from ultrares_stream.engine.tensorrt import (EngineCheckError, export_program, refit_or_rebuild,
+                                             relative_error)
+from ultrares_stream.errors import UserError
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+from ultrares_stream.models.checkpoint import state_dict_hash
+
+SHAPES = ShapeRange(batch=(1, 2, 3), height=(8, 12, 16), width=(8, 12, 16))
+ENV = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "torch": "2.13.0", "torch_tensorrt": "2.13.0",
+       "tensorrt": "10.14.1"}
+
+
+def tiny_net(seed: int = 0) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).eval()
+
+
+def make_key(**changes) -> EngineKey:
+    key = EngineKey.for_device(model_hash=state_dict_hash(tiny_net().state_dict()), arch="SRVGGNetCompact-tiny",
+                               backend="tensorrt", precision="fp16", shapes=SHAPES, fingerprint=ENV)
+    return dataclasses.replace(key, **changes)
+
+
+# -- keys ----------------------------------------------------------------------------------
+CHANGES = {
+    "model_hash": "0123456789abcdef", "arch": "RRDBNet-x", "backend": "compile", "precision": "fp32",
+    "shapes": dataclasses.replace(SHAPES, batch=(1, 2, 4)), "gpu": "NVIDIA A100-SXM4-80GB",
+    "compute_capability": "8.0", "torch": "2.14.0", "torch_tensorrt": "2.14.0", "tensorrt": "10.15.0",
+}
+
+
+def test_changes_cover_every_key_field():
+    assert set(CHANGES) == {f.name for f in dataclasses.fields(EngineKey)}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES), ids=lambda f: f"field-{f}")  # an id "gpu" would be skipped as a GPU test
+def test_key_digest_changes_with_every_component(field):
+    base = make_key()
+    changed = make_key(**{field: CHANGES[field]})
+    assert changed.digest() != base.digest()
+    # only the weights are outside the structure digest: those engines can be refitted into each other
+    assert (changed.structure_digest() == base.structure_digest()) == (field == "model_hash")
+
+
+def test_key_round_trips_through_json_and_is_stable():
+    key = make_key()
+    again = EngineKey.from_dict(json.loads(json.dumps(key.to_dict())))
+    assert again == key and again.digest() == key.digest() == make_key().digest()
+
+
+def test_shape_ranges_reject_nonsense_and_accept_their_shapes():
+    with pytest.raises(UserError, match="min <= opt <= max"):
+        ShapeRange(batch=(4, 2, 8))
+    assert SHAPES.accepts((3, 3, 16, 8)) and not SHAPES.accepts((4, 3, 16, 8)) and not SHAPES.accepts((1, 3, 17, 8))
+    assert ShapeRange.for_frames(960, 540, max_batch=8).opt_shape == (4, 3, 540, 960)
+
+
+# -- a real CPU artefact: a torch.export program with dynamic batch / height / width ----------
+def save_program(program, path):
+    torch.export.save(program, str(path))
+
+
+def load_program(path):
+    return torch.export.load(str(path)).module()
+
+
+def test_export_program_is_dynamic_and_saved_and_loaded_through_the_cache(tmp_path):
+    net = tiny_net()
+    cache = EngineCache(tmp_path)
+    key = make_key()
+    builds = []
+
+    def build():
+        builds.append(1)
+        return export_program(net, SHAPES)
+
+    program, how = cache.get_or_build(key, build, save_program, load_program, refittable=True)
+    assert how == "built" and len(builds) == 1
+    module, how = cache.get_or_build(key, build, save_program, load_program)
+    assert how == "hit" and len(builds) == 1  # reused on the next start, not rebuilt
+    for shape in [(1, 3, 8, 8), (3, 3, 16, 12), (2, 3, 10, 15)]:  # anywhere in the range
+        x = torch.rand(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), net(x))
+    (entry,) = cache.entries()
+    assert entry.state == "ok" and entry.refittable and entry.key == key and entry.size_bytes > 0
+
+
+def test_export_program_respects_the_size_multiple_of_rrdbnet_x2():
+    net = RRDBNet(num_feat=4, num_block=1, num_grow_ch=4, scale=2).eval()
+    program = export_program(net, ShapeRange(batch=(1, 1, 2), height=(8, 12, 16), width=(8, 8, 8)))
+    x = torch.rand(2, 3, 14, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), net(x))
+
+
+def _cached(tmp_path):
+    cache = EngineCache(tmp_path)
+    key = make_key()
+    cache.get_or_build(key, lambda: export_program(tiny_net(), SHAPES), save_program, load_program)
+    return cache, key
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta-garbage", "meta-other-key"])
+def test_corrupt_entries_are_removed_and_rebuilt_never_raise(tmp_path, damage, caplog):
+    cache, key = _cached(tmp_path)
+    entry = cache.path_for(key)
+    artefact, meta = entry / ARTEFACT, entry / META
+    if damage == "truncate":
+        artefact.write_bytes(artefact.read_bytes()[: artefact.stat().st_size // 2])
+    elif damage == "flip":
+        data = bytearray(artefact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artefact.write_bytes(bytes(data))
+    elif damage == "delete":
+        artefact.unlink()
+    elif damage == "meta-garbage":
+        meta.write_text("{not json")
+    else:
+        m = json.loads(meta.read_text())
+        m["key"]["precision"] = "fp32"
+        meta.write_text(json.dumps(m))
+    assert cache.load(key, load_program) is None
+    assert not entry.exists()
+    assert "unusable" in caplog.text
+    _, how = cache.get_or_build(key, lambda: export_program(tiny_net(), SHAPES), save_program, load_program)
+    assert how == "built" and cache.get_or_build(key, None, None, load_program)[1] == "hit"
+
+
+def test_artefact_that_fails_to_load_is_rebuilt(tmp_path):
+    """Intact checksum, but the backend cannot load it (e.g. written by a broken build)."""
+    cache = EngineCache(tmp_path)
+    key = make_key()
+    cache.save(key, lambda path: path.write_bytes(b"not an exported program"))
+    obj, how = cache.get_or_build(key, lambda: export_program(tiny_net(), SHAPES), save_program, load_program)
+    assert how == "built"
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(obj.module()(x), tiny_net()(x))
+
+
+def test_failed_save_is_logged_not_raised(tmp_path, caplog):
+    cache = EngineCache(tmp_path)
+
+    def bad_saver(path):
+        raise OSError("disk full")
+
+    assert cache.save(make_key(), bad_saver) is None
+    assert "disk full" in caplog.text and cache.entries() == []
+
+
+def test_entries_for_other_gpus_or_versions_are_stale_and_pruned(tmp_path):
+    cache, key = _cached(tmp_path)
+    other = dataclasses.replace(key, torch="2.14.0")
+    cache.save(other, lambda path: save_program(export_program(tiny_net(), SHAPES), path))
+    (tmp_path / "junk").mkdir()  # a folder without meta.json
+    states = {e.path.name: e.state for e in cache.entries(ENV)}
+    assert states == {key.digest(): "ok", other.digest(): "stale", "junk": "corrupt"}
+    removed = cache.prune(ENV)
+    assert sorted(p.name for p in removed) == sorted([other.digest(), "junk"])
+    assert [e.key for e in cache.entries(ENV)] == [key]
+
+
+def test_find_refittable_matches_structure_not_weights(tmp_path):
+    cache = EngineCache(tmp_path)
+    key = make_key()
+    cache.save(key, lambda path: path.write_bytes(b"x"), refittable=True)
+    new_weights = make_key(model_hash=state_dict_hash(tiny_net(1).state_dict()))
+    assert cache.find_refittable(new_weights) == cache.path_for(key)
+    assert cache.find_refittable(make_key(model_hash="f" * 16, precision="fp32")) is None
+    cache.save(make_key(model_hash="e" * 16, backend="compile"), lambda p: p.write_bytes(b"y"), refittable=False)
+    assert cache.find_refittable(make_key(model_hash="e" * 16, backend="compile", arch="z")) is None
+
+
+# -- refit or rebuild ------------------------------------------------------------------------
+@pytest.fixture
+def programs():
+    """A 'live engine' (exported program module of weights A), the new weights B, and checks vs eager B."""
+    old, new = tiny_net(0), tiny_net(1)
+    live = export_program(old, SHAPES).module()
+    probe = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        ref = new(probe)
+
+    def check(module):
+        with torch.no_grad():
+            return relative_error(module(probe), ref)
+
+    def good_refit():  # what refit_module_weights does: same engine, new weights
+        module = export_program(old, SHAPES).module()
+        module.load_state_dict(new.state_dict())
+        return module
+
+    def rebuild():
+        return export_program(new, SHAPES).module()
+
+    return live, good_refit, rebuild, check
+
+
+def test_successful_refit_is_used(programs):
+    live, good_refit, rebuild, check = programs
+    assert check(live) > 1e-2  # the old engine really differs
+    module, how, err = refit_or_rebuild(good_refit, rebuild, check)
+    assert how == "refit" and err < 1e-5
+
+
+def test_refit_with_wrong_output_falls_back_to_rebuild(programs, caplog):
+    live, _, rebuild, check = programs
+    module, how, err = refit_or_rebuild(lambda: live, rebuild, check)  # "refit" that kept the old weights
+    assert how == "rebuild" and err < 1e-5 and "differs from eager" in caplog.text
+
+
+def test_refit_that_raises_falls_back_to_rebuild(programs, caplog):
+    _, _, rebuild, check = programs
+
+    def failing():
+        raise AssertionError("Refitting failed.")
+
+    module, how, _ = refit_or_rebuild(failing, rebuild, check)
+    assert how == "rebuild" and "Refitting failed" in caplog.text
+
+
+def test_not_refittable_rebuilds_and_bad_rebuild_raises(programs):
+    live, _, rebuild, check = programs
+    assert refit_or_rebuild(None, rebuild, check)[1] == "rebuild"
+    with pytest.raises(EngineCheckError):
+        refit_or_rebuild(None, lambda: live, check)
+
+
+def test_relative_error_flags_nan():
+    ref = torch.ones(2, 2)
+    assert relative_error(torch.full((2, 2), float("nan")), ref) == float("inf")
+    assert relative_error(ref * 1.001, ref) == pytest.approx(1e-3, rel=1e-2)
+
+
+# -- the command ------------------------------------------------------------------------------
+def test_engine_list_build_and_prune_commands(tmp_path, monkeypatch, capsys):
+    from ultrares_stream.cli import main
+
+    monkeypatch.setenv("ULTRARES_ENGINE_CACHE", str(tmp_path))
+    cache, key = _cached(tmp_path)
+    (tmp_path / "broken").mkdir()
+    assert main(["engine", "list"]) == 0
+    out = capsys.readouterr().out
+    assert key.digest() in out and "corrupt" in out and "SRVGGNetCompact-tiny" in out
+    assert main(["engine", "prune"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert [e.path.name for e in cache.entries()] == [key.digest()]
+    if not torch.cuda.is_available():
+        assert main(["engine", "build", "--shape", "480x270"]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "CUDA" in err and len(err.strip().splitlines()) == 1
+    assert main(["engine", "build", "--batch", "8:4:1", "--device", "cpu"]) == 2
+    assert "min <= opt <= max" in capsys.readouterr().err
+    assert main(["engine", "build", "--shape", "big"]) == 2
+    assert "'big'" in capsys.readouterr().err
+
+
+def test_cli_parses_shape_ranges():
+    from ultrares_stream.commands.engine import parse_batch, parse_shapes
+
+    assert parse_batch("8") == (8, 8, 8)
+    s = parse_shapes("480x270:960x540:1920x1080", parse_batch("1:4:8"))
+    assert s.min_shape == (1, 3, 270, 480) and s.opt_shape == (4, 3, 540, 960) and s.max_shape == (8, 3, 1080, 1920)
+    with pytest.raises(UserError, match="--batch"):
+        parse_batch("1:x")
