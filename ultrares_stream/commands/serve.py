@@ -1,0 +1,74 @@
+"""``ultrares serve``: run every camera of a YAML config, with /metrics and the API on one HTTP port."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="enhance many live cameras from a YAML config",
+        description="Read every camera in the config (RTSP/RTMP/HTTP/HLS/file/V4L2), enhance the frames in "
+                    "batches on the device and publish them (RTSP push, file or HLS). Serves /metrics, /healthz, "
+                    "/readyz and the API (PATCH /api/v1/streams/NAME to change alpha) on server.host:port. "
+                    "SIGTERM or Ctrl-C stops gracefully, flushing every output.",
+        epilog="Example: ultrares serve --config configs/cameras.yaml")
+    p.add_argument("--config", "-c", required=True, metavar="YAML", help="service config (see configs/cameras.yaml)")
+    p.add_argument("--host", help="HTTP host (overrides server.host)")
+    p.add_argument("--port", type=int, help="HTTP port (overrides server.port)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
+    p.add_argument("--check", action="store_true", help="only validate the config and exit")
+    p.set_defaults(func=run)
+
+
+def run_until_stopped(service, http=None, duration: float | None = None) -> None:
+    """Run until SIGTERM/Ctrl-C, ``duration`` or (file inputs) the end; then stop everything gracefully."""
+    stop = threading.Event()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        service.wait(duration, stop)
+        if stop.is_set():
+            log.info("SIGTERM: stopping (flushing outputs)")
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping (flushing outputs)")
+    finally:
+        try:
+            service.stop()
+        finally:
+            if http is not None:
+                http.stop()
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..service import HttpServer, Service, describe, make_app
+
+    cfg = load_config(args.config)
+    if args.host:
+        cfg.server.host = args.host
+    if args.port:
+        cfg.server.port = args.port
+    enabled = [c for c in cfg.cameras if c.enabled]
+    if args.check:
+        print(f"{args.config}: valid ({len(enabled)} enabled camera(s) of {len(cfg.cameras)})")
+        return 0
+    if not enabled:
+        from ..errors import UserError
+
+        raise UserError(f"{args.config}: no enabled cameras (add entries under 'cameras:')")
+    service = Service(cfg)
+    http = HttpServer(make_app(service, cfg.server.api_token), cfg.server.host, cfg.server.port).start()
+    service.start()
+    for line in describe(service):
+        print(line)
+    print(f"metrics: {http.url}/metrics   API: {http.url}/api/v1/streams   (Ctrl-C to stop)")
+    run_until_stopped(service, http, args.duration)
+    return 0
