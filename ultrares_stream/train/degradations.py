@@ -35,41 +35,15 @@ class DegradationConfig:
     h264_crf: tuple[int, int] = (20, 36)
 
 
-def matlab_bicubic_kernel(scale: int) -> torch.Tensor:
-    """1-D weights of MATLAB ``imresize(x, 1/scale, 'bicubic')`` (a = -0.5, antialiased).
-
-    For an integer factor every output pixel uses the same 4*scale taps.
-    """
-    def cubic(x: np.ndarray) -> np.ndarray:
-        ax = np.abs(x)
-        return np.where(ax <= 1, 1.5 * ax**3 - 2.5 * ax**2 + 1,
-                        np.where(ax <= 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0))
-    # output pixel 0 is centred at input coordinate (0 + 0.5) * scale - 0.5 (0-based)
-    centre = 0.5 * scale - 0.5
-    taps = np.arange(math.floor(centre - 2 * scale) + 1, math.floor(centre + 2 * scale) + 1)
-    w = cubic((taps - centre) / scale)
-    w = w / w.sum()
-    return torch.tensor(w[w != 0], dtype=torch.float32), int(taps[w != 0][0])
-
-
 def bicubic_down(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """MATLAB-compatible antialiased bicubic down-sampling by an integer factor (symmetric borders)."""
-    w, first = matlab_bicubic_kernel(scale)
-    k = w.numel()
-    left = -first
-    right = k - scale - left
-    c = x.shape[1]
-    x = _symmetric_pad(x, left, right, left, right)
-    kx = w.view(1, 1, 1, k).repeat(c, 1, 1, 1).to(x)
-    ky = w.view(1, 1, k, 1).repeat(c, 1, 1, 1).to(x)
-    x = F.conv2d(x, kx, stride=(1, scale), groups=c)
-    return F.conv2d(x, ky, stride=(scale, 1), groups=c)
+    """MATLAB-compatible antialiased bicubic down-sampling of an NCHW batch, as two matrix
+    products with the same weights :func:`~ultrares_stream.quality.matlab_resize.imresize` uses."""
+    from ..quality.matlab_resize import resize_weights
 
-
-def _symmetric_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
-    """MATLAB's 'symmetric' boundary (edge pixel repeated), pads up to the image size."""
-    x = torch.cat([x[..., :, :left].flip(-1), x, x[..., :, x.shape[-1] - right:].flip(-1)], -1)
-    return torch.cat([x[..., :top, :].flip(-2), x, x[..., x.shape[-2] - bottom:, :].flip(-2)], -2)
+    h, w = x.shape[-2:]
+    mh = torch.from_numpy(np.array(resize_weights(h, h // scale, 1 / scale))).to(x)
+    mw = torch.from_numpy(np.array(resize_weights(w, w // scale, 1 / scale))).to(x)
+    return mh @ x @ mw.T
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
