@@ -196,6 +196,8 @@ def _clip_segments(path: Path, frames_per_clip: int, context: int):
     try:
         with av.open(str(path)) as c:
             for i, frame in enumerate(c.decode(video=0)):
+                if i <= pending[0] - context:
+                    continue  # decoded (P-frames need it) but not needed as pixels
                 window.append(frame.to_ndarray(format="rgb24"))
                 if i == pending[0]:
                     yield i, list(window)

@@ -23,7 +23,7 @@ from .metrics import psnr_y, sharpness_y, ssim_y
 log = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "bicubic_upscale", "upscaler_fn", "evaluate_methods", "Row", "write_csv",
-           "markdown_table", "write_markdown"]
+           "markdown_table", "write_markdown", "model_label"]
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
@@ -135,10 +135,18 @@ def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence
             if up.is_pair:
                 for a in alphas:
                     up.set_alpha(a)
-                    add(spec, f"{a:g}", upscaler_fn(up))
+                    add(model_label(spec), f"{a:g}", upscaler_fn(up))
             else:
-                add(spec, "", upscaler_fn(up))
+                add(model_label(spec), "", upscaler_fn(up))
     return rows
+
+
+def model_label(spec: str) -> str:
+    """Short table label for a model spec: registry names as they are, checkpoint paths by file stem."""
+    parts = str(spec).split("+")
+    if any("/" in p or "\\" in p or p.endswith((".pth", ".pt", ".safetensors")) for p in parts):
+        return "+".join(Path(p).stem for p in parts)
+    return str(spec)
 
 
 def _fmt(v: float, digits: int) -> str:

@@ -17,8 +17,8 @@ MATLAB's algorithm, per dimension:
   (rows first on a tie); for ``uint8`` images each pass is rounded and saturated to
   ``uint8`` (MATLAB's ``imresizemex`` returns the input's class).
 
-Here each dimension's resampling is a dense ``out x in`` weight matrix, so a
-resize is two matrix products (fast with BLAS, fine for images and video frames).
+Here each dimension's resampling is a sparse ``out x in`` weight matrix (a few taps per
+row), so a resize is two sparse-dense matrix products.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["imresize", "cubic", "resize_weights"]
 
@@ -40,8 +41,10 @@ def cubic(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> np.ndarray:
-    """The ``(out_len, in_len)`` matrix that resamples one dimension like MATLAB (read-only)."""
+def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> sparse.csr_matrix:
+    """The sparse ``(out_len, in_len)`` matrix that resamples one dimension like MATLAB.
+
+    Mirrored taps landing on the same input pixel are summed. ``.toarray()`` for a dense view."""
     kernel_width = 4.0
     if scale < 1 and antialias:
         kernel_width /= scale
@@ -60,9 +63,9 @@ def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = Tr
     mirror = np.concatenate([np.arange(in_len), np.arange(in_len)[::-1]])
     cols = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
     rows = np.repeat(np.arange(out_len), taps)
-    m = np.zeros((out_len, in_len))
-    np.add.at(m, (rows, cols.ravel()), w.ravel())
-    m.setflags(write=False)
+    keep = w.ravel() != 0
+    m = sparse.csr_matrix((w.ravel()[keep], (rows[keep], cols.ravel()[keep])), shape=(out_len, in_len))
+    m.sum_duplicates()
     return m
 
 
@@ -103,12 +106,10 @@ def imresize(img: np.ndarray, scale: float | None = None, size: tuple[int, int] 
         x = x[:, :, None]
     order = (0, 1) if sh <= sw else (1, 0)  # smaller scale first; rows first on a tie
     for dim in order:
-        if dim == 0:
-            m = resize_weights(h, oh, sh, antialias)
-            x = np.matmul(m, x.transpose(2, 0, 1)).transpose(1, 2, 0)  # (C, oh, W) -> (oh, W, C)
-        else:
-            m = resize_weights(w, ow, sw, antialias)
-            x = np.matmul(x.transpose(2, 0, 1), m.T).transpose(1, 2, 0)  # (C, H, ow) -> (H, ow, C)
+        m = resize_weights(x.shape[dim], (oh, ow)[dim], (sh, sw)[dim], antialias)
+        moved = np.moveaxis(x, dim, 0)  # the resized axis first, the others flattened
+        rest = moved.shape[1:]
+        x = np.moveaxis((m @ moved.reshape(moved.shape[0], -1)).reshape(m.shape[0], *rest), 0, dim)
         if is_u8:
             x = np.clip(np.floor(x + 0.5), 0, 255)  # MATLAB rounds halves up (away from 0)
     if squeeze:
