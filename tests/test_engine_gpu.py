@@ -1,0 +1,106 @@
+"""GPU engine tests (``-m gpu``; skipped without CUDA by conftest): every backend against eager
+fp32, TensorRT refit against a rebuilt engine, the engine cache across starts, and the
+overlapped uint8 frame pipe. TensorRT tests also skip when torch-tensorrt is not importable."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ultrares_stream.engine.cache import EngineCache, ShapeRange
+from ultrares_stream.engine.select import make_engine
+from ultrares_stream.engine.tensorrt import relative_error, tensorrt_available
+from ultrares_stream.engine.transfer import FramePipe
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
+CUDA = torch.device("cuda")
+SHAPES = ShapeRange(batch=(1, 2, 4), height=(64, 96, 96), width=(64, 128, 128))
+
+
+def compact(seed: int) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4).eval()
+
+
+def rrdb(seed: int) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(num_feat=32, num_block=4, num_grow_ch=16, scale=4).eval()
+
+
+def need_tensorrt():
+    ok, why = tensorrt_available()
+    if not ok:
+        pytest.skip(f"torch-tensorrt not usable here: {why}")
+
+
+def eager_fp32(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net.to(CUDA).float()(x)
+
+
+@pytest.mark.parametrize("backend", ["eager", "compile", "tensorrt"])
+@pytest.mark.parametrize("build", [compact, rrdb], ids=["compact", "rrdb"])
+def test_backend_matches_eager_fp32(backend, build, tmp_path):
+    if backend == "tensorrt":
+        need_tensorrt()
+    engine = make_engine(backend, build(0), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path), max_batch=4)
+    engine.load_weights(build(0).state_dict())
+    x = torch.rand(3, 3, 80, 112, device=CUDA)
+    out = engine(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 320, 448)
+    assert relative_error(out, eager_fp32(build(0), x)) < 1e-2
+
+
+def test_tensorrt_refit_matches_rebuilt_engine_and_cache_is_reused(tmp_path):
+    need_tensorrt()
+    from ultrares_stream.engine.tensorrt import TensorRTEngine
+
+    a, b = compact(0).state_dict(), compact(1).state_dict()
+    x = torch.rand(2, 3, 96, 128, device=CUDA)
+    live = TensorRTEngine(compact(0), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path / "one"))
+    live.load_weights(a)
+    assert live.last_weights_update == "built"
+    before = live(x)
+    live.load_weights(b)  # alpha change: refit, not rebuild
+    assert live.last_weights_update == "refit"
+    refitted = live(x)
+    rebuilt = TensorRTEngine(compact(1), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path / "two"))
+    rebuilt.load_weights(b)
+    assert rebuilt.last_weights_update == "built"
+    assert relative_error(refitted, rebuilt(x)) < 1e-2
+    assert relative_error(refitted, eager_fp32(compact(1), x)) < 1e-2
+    assert relative_error(before, refitted) > 1e-2  # the weights really changed
+    # next start with the same weights: loaded from the cache, not built
+    again = TensorRTEngine(compact(0), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path / "one"))
+    again.load_weights(a)
+    assert again.last_weights_update == "hit"
+    assert relative_error(again(x), before) < 1e-3
+    # other weights, same structure: the cached engine is refitted instead of built from scratch
+    other = TensorRTEngine(compact(2), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path / "one"))
+    other.load_weights(compact(2).state_dict())
+    assert other.last_weights_update == "refit"
+    assert relative_error(other(x), eager_fp32(compact(2), x)) < 1e-2
+
+
+def test_compile_engine_swaps_weights_in_place_on_cuda():
+    engine = make_engine("compile", compact(0), CUDA, "fp16", max_batch=4)
+    x = torch.rand(2, 3, 64, 64, device=CUDA)
+    engine.load_weights(compact(0).state_dict())
+    first = engine(x)
+    engine.load_weights(compact(1).state_dict())
+    second = engine(x)
+    assert relative_error(first, eager_fp32(compact(0), x)) < 1e-2
+    assert relative_error(second, eager_fp32(compact(1), x)) < 1e-2
+
+
+def test_frame_pipe_overlapped_on_cuda_matches_cpu():
+    gpu_engine = make_engine("eager", compact(0), CUDA, "fp32")
+    cpu_engine = make_engine("eager", compact(0), torch.device("cpu"), "fp32")
+    gpu, cpu = FramePipe(gpu_engine, CUDA), FramePipe(cpu_engine, "cpu")
+    batches = [torch.randint(0, 256, (n, 48, 64, 3), dtype=torch.uint8) for n in (2, 3, 1, 2)]
+    pending = [gpu.submit(b) for b in batches]  # several in flight at once
+    for batch, p in zip(batches, pending):
+        out = gpu.result(p)
+        want = cpu(batch)
+        assert out.shape == want.shape == (batch.shape[0], 192, 256, 3)
+        assert (out.int() - want.int()).abs().max() <= 1
