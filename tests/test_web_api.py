@@ -348,6 +348,9 @@ def test_streams_list_patch_and_snapshot(pair_spec):
         assert_json_error(c.patch("/api/v1/streams/south", json={"alpha": 0.2}), 404, "north")
         assert_json_error(c.patch("/api/v1/streams/north", content=b"{", headers={"content-type": "application/json"}),
                           422, "json")
+        wrong = c.delete("/api/v1/streams/north")
+        assert_json_error(wrong, 405, "GET or PATCH")
+        assert wrong.headers["allow"] == "GET, PATCH"
         snap = c.get("/api/v1/streams/north/snapshot.jpg")
         assert snap.status_code == 200 and decode(snap.content).format == "JPEG"
         assert_json_error(c.get("/api/v1/streams/cold/snapshot.jpg"), 404, "not produced a frame")

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..errors import UserError
@@ -88,7 +89,7 @@ class StreamList(BaseModel):
 class StreamPatch(BaseModel):
     """Change a running camera's settings; applied without restarting the stream."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"alpha": 0.3}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"alpha": 0.3}], "minProperties": 1})
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="0 = faithful (PSNR net), 1 = detailed (GAN net)")
     model: str | None = Field(None, min_length=1, max_length=200, description="a model name from /api/v1/models")
 
@@ -99,7 +100,7 @@ class ServerInfo(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_output_pixels: int
-    sizes: dict[str, tuple[int, int]]
+    sizes: dict[str, list[int]] = Field(description="output size presets: name -> [width, height]")
     formats: list[str]
     token_required: bool
     cameras: bool = Field(description="whether this server runs cameras (ultrares serve)")
@@ -259,7 +260,8 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     @app.get(f"{API}/info", response_model=ServerInfo, tags=["server"], summary="Limits and options of this server")
     def info() -> ServerInfo:
         return ServerInfo(version=__version__, default_model=ctx.default_model, max_upload_bytes=max_upload_bytes,
-                          max_pixels=max_pixels, max_output_pixels=max_output_pixels, sizes=PRESETS,
+                          max_pixels=max_pixels, max_output_pixels=max_output_pixels,
+                          sizes={k: list(v) for k, v in PRESETS.items()},
                           formats=list(uploads.OUTPUT_FORMATS), token_required=ctx.api_token is not None,
                           cameras=service is not None)
 
@@ -376,9 +378,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such page or endpoint: {request.url.path} (the API is under {API}, see /docs)"
-        return _error(exc.status_code, message, getattr(exc, "headers", None))
+        if exc.status_code == 405:  # one path, several routes (GET and PATCH): list them all
+            methods = sorted({m for route in request.app.router.routes
+                              if route.matches(request.scope)[0] != Match.NONE for m in getattr(route, "methods", ())})
+            headers["Allow"] = ", ".join(methods)
+            message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(methods)}"
+        return _error(exc.status_code, message, headers or None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
