@@ -41,3 +41,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- demo RTSP server (ultrares_stream.demo) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gst_rtsp():
+    """Skip unless Debian's /usr/bin/python3 can run GStreamer's RTSP server."""
+    from ultrares_stream.demo.server import gst_rtsp_unavailable
+
+    reason = gst_rtsp_unavailable()
+    if reason:
+        pytest.skip(f"GStreamer RTSP server unavailable: {reason}")
+
+
+@pytest.fixture
+def rtsp_server(gst_rtsp):
+    """A started demo RtspServer on a free 127.0.0.1 port (camera: default_camera_video()), stopped afterwards."""
+    from ultrares_stream.demo.server import RtspServer
+
+    srv = RtspServer(port=0).start(timeout=30)
+    try:
+        yield srv
+    finally:
+        srv.stop()
