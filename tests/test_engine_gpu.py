@@ -104,3 +104,14 @@ def test_frame_pipe_overlapped_on_cuda_matches_cpu():
         want = cpu(batch)
         assert out.shape == want.shape == (batch.shape[0], 192, 256, 3)
         assert (out.int() - want.int()).abs().max() <= 1
+
+
+def test_tensorrt_frames_outside_the_shape_range_run_on_eager(tmp_path, caplog):
+    need_tensorrt()
+    engine = make_engine("tensorrt", compact(0), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path))
+    engine.load_weights(compact(0).state_dict())
+    x = torch.rand(1, 3, 120, 200, device=CUDA)  # wider than the engine's max
+    assert relative_error(engine(x), eager_fp32(compact(0), x)) < 1e-2
+    assert "outside the TensorRT engine's range" in caplog.text
+    engine.load_weights(compact(1).state_dict())  # the fallback follows alpha changes too
+    assert relative_error(engine(x), eager_fp32(compact(1), x)) < 1e-2

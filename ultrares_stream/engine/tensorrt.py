@@ -162,6 +162,8 @@ class TensorRTEngine:
         self._swap_lock = threading.Lock()  # held only to swap / read the live module
         self._build_lock = threading.Lock()  # one build or refit at a time
         self.last_weights_update: str | None = None  # "built", "hit", "refit" or "rebuild"
+        self._fallback: Any = None  # eager engine for frame sizes outside the shape range
+        self._warned_sizes: set[tuple[int, int]] = set()
 
     # -- running -------------------------------------------------------------------------
     @torch.no_grad()
@@ -173,8 +175,7 @@ class TensorRTEngine:
         n, _, h, w = x.shape
         lo, hi = self.shapes.min_shape, self.shapes.max_shape
         if not (lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3]):
-            raise UserError(f"frame {w}x{h} is outside this TensorRT engine's range ({self.shapes.describe()}); "
-                            "build one for it: ultrares engine build --shape WxH")
+            return self._outside_range(x)
         dtype = _DTYPES[self.precision]
         outs = []
         for start in range(0, n, hi[0]):  # batches larger than the engine's max run in chunks
@@ -187,12 +188,32 @@ class TensorRTEngine:
             outs.append(out.float())
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    def _outside_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames the engine was not built for run on eager (same weights), with one warning per size."""
+        from .eager import EagerEngine
+
+        size = (x.shape[3], x.shape[2])
+        if size not in self._warned_sizes:
+            self._warned_sizes.add(size)
+            log.warning("frame %dx%d is outside the TensorRT engine's range (%s); running it on eager %s. "
+                        "Build an engine for it: ultrares engine build --shape %dx%d",
+                        *size, self.shapes.describe(), self.precision, *size)
+        with self._build_lock:
+            if self._fallback is None:
+                net = copy.deepcopy(self._template)
+                net.load_state_dict(self._reference.state_dict())
+                self._fallback = EagerEngine(net, self.device, self.precision)
+            fallback = self._fallback
+        return fallback(x)
+
     # -- weights -------------------------------------------------------------------------
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """New weights (alpha change): refit a copy of the live engine, check it, swap it in.
         Frames keep running on the previous engine until the swap."""
         with self._build_lock:
             self._reference.load_state_dict(state_dict)
+            if self._fallback is not None:
+                self._fallback.load_weights(state_dict)
             weights_net = self._weights_net(state_dict)
             if self._module is None:
                 module, how = self._initial(weights_net, state_dict)
