@@ -1,0 +1,137 @@
+"""``ultrares eval``: tables, CSV and Markdown from real images, real video and real checkpoints."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import need_data
+from ultrares_stream.cli import main
+from ultrares_stream.colour import float_to_uint8, uint8_to_float
+from ultrares_stream.models.archs import SRVGGNetCompact
+from ultrares_stream.models.checkpoint import save_checkpoint
+from ultrares_stream.quality.datasets import load_pairs
+from ultrares_stream.quality.evaluate import bicubic_upscale, evaluate
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def read_rows(path):
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """An HR-only benchmark folder (``bench/HR``) of two smooth random pictures."""
+    rng = np.random.default_rng(0)
+    hr = tmp_path / "bench" / "HR"
+    hr.mkdir(parents=True)
+    for name, (w, h) in {"cars": (70, 52), "sign": (48, 64)}.items():
+        small = Image.fromarray(rng.integers(0, 256, (h // 6, w // 6, 3), np.uint8))
+        small.resize((w, h), Image.BICUBIC).save(hr / f"{name}.png")
+    return hr
+
+
+def test_help_explains_the_protocol(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("--dataset", "--model", "--alpha", "--traffic", "--out-dir", "Y channel", "H.264"):
+        assert needle in text
+
+
+def test_bicubic_table_csv_and_markdown(bench, tmp_path):
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", str(bench), "--bicubic-only", "--out-dir", str(out)]) == 0
+    rows = read_rows(out / "eval.csv")
+    assert [(r["dataset"], r["method"], r["images"]) for r in rows] == [("bench", "bicubic", "2")]
+    expected = evaluate(load_pairs(bench, 4), lambda lr: bicubic_upscale(lr, 4), 4)
+    assert float(rows[0]["psnr"]) == pytest.approx(expected["psnr"], abs=1e-4)
+    assert float(rows[0]["ssim"]) == pytest.approx(expected["ssim"], abs=1e-5)
+    per_image = read_rows(out / "eval_per_image.csv")
+    assert [r["name"] for r in per_image] == ["cars", "sign"]
+    md = (out / "eval.md").read_text()
+    assert "| dataset | method | alpha | PSNR-Y (dB) |" in md
+    assert f"| bench | bicubic | - | {expected['psnr']:.2f} |" in md
+    assert "LR by MATLAB-compatible bicubic" in md
+
+
+def _tiny_net(seed: int) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    net = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.3)  # small random residual on top of the nearest-upsampled input
+    return net
+
+
+def test_pair_rows_follow_alpha(bench, tmp_path):
+    nets = {"psnr": _tiny_net(1), "gan": _tiny_net(2)}
+    for name, net in nets.items():
+        save_checkpoint(net.state_dict(), tmp_path / f"{name}.safetensors")
+    spec = f"{tmp_path / 'psnr.safetensors'}+{tmp_path / 'gan.safetensors'}"
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", str(bench), "--model", spec, "--alpha", "0", "--alpha", "1",
+                 "--device", "cpu", "--out-dir", str(out)]) == 0
+    rows = read_rows(out / "eval.csv")
+    assert [(r["method"], r["alpha"]) for r in rows] == [("bicubic", ""), ("psnr+gan", "0"), ("psnr+gan", "1")]
+    pairs = load_pairs(bench, 4)
+    for row, net in zip(rows[1:], nets.values()):
+        def run(lr, net=net):
+            with torch.no_grad():
+                return float_to_uint8(net(uint8_to_float(torch.from_numpy(lr))).clamp(0, 1))[0].numpy()
+        expected = evaluate(pairs, run, 4)
+        assert float(row["psnr"]) == pytest.approx(expected["psnr"], abs=1e-3), row
+        assert float(row["delta_psnr"]) == pytest.approx(expected["psnr"] - float(rows[0]["psnr"]), abs=2e-3)
+    assert rows[1]["psnr"] != rows[2]["psnr"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "{tmp}/nowhere"], "dataset not found"),
+    (["--dataset", "{bench}", "--alpha", "1.5"], "alpha must be between 0"),
+    (["--dataset", "{bench}", "--bicubic-only", "--bitrate", "x", "--traffic"], "no video files"),
+    (["--dataset", "{bench}", "--model", "{tmp}/missing.pth"], "checkpoint file not found"),
+    (["--dataset", "{bench}", "--bicubic-only", "--model", "x"], "exclude each other"),
+])
+def test_bad_input_is_a_one_line_error(bench, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, bench=bench) for a in argv]
+    assert main(["eval", *argv, "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ultrares eval: error:") and message in err and "\n" not in err
+
+
+def test_model_scale_must_match(bench, tmp_path, capsys):
+    save_checkpoint(_tiny_net(3).state_dict(), tmp_path / "x4.safetensors")
+    argv = ["eval", "--dataset", str(bench), "--scale", "2", "--model", str(tmp_path / "x4.safetensors"),
+            "--device", "cpu", "--out-dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "use --scale 4" in capsys.readouterr().err
+
+
+def test_set5_and_traffic_with_the_real_esrgan_checkpoint(tmp_path):
+    set5, video = need_data("sr", "Set5"), need_data("video")
+    weights = need_data("weights", "realesr-animevideov3.pth")
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", str(set5), "--dataset", str(video), "--frames-per-clip", "1",
+                 "--model", str(weights), "--device", "cpu", "--out-dir", str(out)]) == 0
+    rows = {(r["dataset"], r["method"]): r for r in read_rows(out / "eval.csv")}
+    assert set(rows) == {("Set5", "bicubic"), ("Set5", "realesr-animevideov3"),
+                         ("video (H.264)", "bicubic"), ("video (H.264)", "realesr-animevideov3")}
+    assert round(float(rows["Set5", "bicubic"]["psnr"]), 2) == 28.42  # the published anchor
+    assert rows["video (H.264)", "bicubic"]["images"] == "5"  # one frame per clip
+    for (dataset, method), r in rows.items():
+        assert 15 < float(r["psnr"]) < 40 and 0.3 < float(r["ssim"]) < 1, r
+        if method != "bicubic":
+            base = float(rows[dataset, "bicubic"]["psnr"])
+            assert float(r["delta_psnr"]) == pytest.approx(float(r["psnr"]) - base, abs=2e-3)
+            # a GAN-family net restores more gradient energy than bicubic
+            assert float(r["sharpness"]) > float(rows[dataset, "bicubic"]["sharpness"])
+    md = (out / "eval.md").read_text()
+    assert "| Set5 | realesr-animevideov3 | - |" in md and "H.264 (libx264)" in md
+    assert not math.isnan(float(rows["Set5", "realesr-animevideov3"]["sharpness"]))
