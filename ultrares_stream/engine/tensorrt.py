@@ -124,7 +124,7 @@ def refit_or_rebuild(refit: Callable[[], M] | None, rebuild: Callable[[], M], ch
     err = check(candidate)
     if not err < tolerance:
         raise EngineCheckError(f"rebuilt engine differs from eager by {err:.3g} (limit {tolerance:g})")
-    log.info("rebuilt engine in %.1f s (probe rel. error %.2e)", time.perf_counter() - t0, err)
+    log.info("built engine in %.1f s (probe rel. error %.2e)", time.perf_counter() - t0, err)
     return candidate, "rebuild", err
 
 
