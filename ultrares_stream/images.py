@@ -311,12 +311,12 @@ def _umask() -> int:
 def _pillow_image(hwc: np.ndarray, bits: int, fmt: str, path: Path) -> Image.Image:
     channels = hwc.shape[2]
     if bits == 16 and channels == 1 and fmt == "TIFF":
-        return Image.fromarray(np.round(hwc[..., 0] * 65535.0).astype("<u2"), mode="I;16")
+        return Image.fromarray(np.round(hwc[..., 0] * 65535.0).clip(0, 65535).astype(np.uint16))  # I;16
     if bits == 16:
         log.warning("%s: %s cannot hold %d-channel 16-bit samples here; writing 8 bits", path, fmt, channels)
     arr = np.round(hwc * 255.0).clip(0, 255).astype(np.uint8)
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    im = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
+    im = Image.fromarray(arr[..., 0] if channels == 1 else arr)  # L, LA, RGB or RGBA from the shape
+    mode = im.mode
     if fmt == "WEBP" and mode in ("L", "LA"):  # WebP has no grey storage
         im = im.convert("RGBA" if mode == "LA" else "RGB")
     elif fmt == "BMP" and mode == "LA":
