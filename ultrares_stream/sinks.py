@@ -139,6 +139,22 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[st
     raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .ts or .m3u8 path")
 
 
+def rtsp_server_answers(url: str, timeout_s: float = 2.0) -> bool:
+    """True when the RTSP server at ``url`` answers an ``OPTIONS`` request within ``timeout_s``."""
+    import socket
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 554
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            target = f"rtsp://{host}:{port}{parts.path or '/'}"
+            sock.sendall(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: ultrares-watchdog\r\n\r\n".encode())
+            return sock.recv(64).startswith(b"RTSP/")
+    except OSError:
+        return False
+
+
 class TimestampMapper:
     """Source times -> strictly increasing output pts in units of ``1/fps``.
 
@@ -307,20 +323,32 @@ class SinkWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _watch(self) -> None:
-        """Notice a write that hangs (a server that stopped reading) and report it."""
+        """Notice a server that stopped answering, even while writes still fit in socket buffers.
+
+        Two signs: a write blocked longer than ``watchdog_s``; or, for RTSP, the
+        server not answering an ``OPTIONS`` request on a side connection for
+        ``watchdog_s``. Either one makes the writer drop the connection and reconnect.
+        """
+        probe = urlsplit(self.url).scheme.lower() in ("rtsp",)
+        last_ok = time.monotonic()
         while not self._stop.wait(0.5):
+            now = time.monotonic()
             started = self._write_started
-            if started is not None and time.monotonic() - started > self.watchdog_s and not self._hung.is_set():
+            stuck = started is not None and now - started > self.watchdog_s
+            if probe and self._pub is not None and self._pub.container is not None:
+                if rtsp_server_answers(self.url, timeout_s=min(2.0, self.watchdog_s)):
+                    last_ok = time.monotonic()
+                elif time.monotonic() - last_ok > self.watchdog_s:
+                    stuck = True
+            else:
+                last_ok = now
+            if stuck and not self._hung.is_set():
                 self._hung.set()
                 self.state = "hung"
-                log.warning("%s: publisher %s has not accepted a frame for %.0f s; reconnecting",
-                            self.name, mask_url(self.url), time.monotonic() - started)
+                log.warning("%s: publisher %s is not responding (for %.0f s); reconnecting", self.name,
+                            mask_url(self.url), self.watchdog_s)
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
-                pub = self._pub
-                if pub is not None and pub.container is not None:
-                    # the FFmpeg socket timeout ends the blocked write; closing from here would race it
-                    pass
 
     def _open(self, width: int, height: int) -> Publisher:
         attempt = 0
@@ -365,6 +393,14 @@ class SinkWorker:
             if self.state != "failed":
                 self.state = "stopped"
 
+    def _drop_connection(self, pub: Publisher, why: str) -> None:
+        log.warning("%s: %s: %s; reconnecting", self.name, mask_url(self.url), why)
+        pub.close(flush=False)
+        self._pub = None
+        self.reconnects += 1
+        if self.metrics is not None:
+            self.metrics.reconnects.labels(self.name, "sink").inc()
+
     def _publish(self, enhanced) -> None:
         if self.mapper is None:
             self.mapper = TimestampMapper(self.fps_fn())
@@ -375,8 +411,14 @@ class SinkWorker:
                 log.info("%s: output size changed to %dx%d; reopening", self.name, enhanced.width, enhanced.height)
                 pub.close()
                 pub = self._pub = None
+            if pub is not None and self._hung.is_set():
+                self._drop_connection(pub, "server not responding")
+                pub = None
+                if self._stop.wait(backoff_delay(1, self.backoff_initial_s, self.backoff_max_s)):
+                    return
             if pub is None:
                 pub = self._pub = self._open(enhanced.width, enhanced.height)
+                self._hung.clear()
                 self.state = "running"
             t0 = time.perf_counter()
             self._write_started = time.monotonic()
@@ -389,14 +431,8 @@ class SinkWorker:
                 self._write_started = None
                 if not self.live:
                     raise
-                log.warning("%s: publishing to %s failed (%s); reconnecting", self.name, mask_url(self.url),
-                            exc if str(exc) else type(exc).__name__)
-                pub.close(flush=False)
-                self._pub = None
-                self._hung.clear()
-                self.reconnects += 1
+                self._drop_connection(pub, f"publishing failed ({exc if str(exc) else type(exc).__name__})")
                 if self.metrics is not None:
-                    self.metrics.reconnects.labels(self.name, "sink").inc()
                     self.metrics.errors.labels(self.name, "publish").inc()
                 if self._stop.wait(backoff_delay(1, self.backoff_initial_s, self.backoff_max_s)):
                     return
@@ -404,7 +440,6 @@ class SinkWorker:
             finally:
                 self._write_started = None
             t2 = time.perf_counter()
-            self._hung.clear()
             self.published += 1
             if self.metrics is not None:
                 self.metrics.observe_stage(self.name, "encode", t1 - t0)

@@ -1,0 +1,126 @@
+"""Cross-camera batcher: colour/uint8 conversion once on the device, grouping, per-camera order."""
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from ultrares_stream.batcher import Batcher, enhance_batch, pack_yuv420p, split_yuv420p
+from ultrares_stream.frame_queue import FrameQueue
+from ultrares_stream.metrics import Metrics
+from ultrares_stream.models.archs import SRVGGNetCompact
+from ultrares_stream.models.checkpoint import save_checkpoint
+from ultrares_stream.sources import Frame
+from ultrares_stream.upscaler import Upscaler
+
+
+def nearest_model(path, scale=2):
+    """A real compact net whose last conv is zero: it upsamples by pure nearest neighbour."""
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=scale)
+    last = net.body[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    save_checkpoint(net.state_dict(), path)
+    return Upscaler(str(path), device="cpu", precision="fp32", engine="eager", tile=0)
+
+
+@pytest.fixture(scope="module")
+def upscaler(tmp_path_factory):
+    return nearest_model(tmp_path_factory.mktemp("m") / "nearest.safetensors")
+
+
+def yuv_frame(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(40, 215, (h // 2, w // 2, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+
+
+def test_split_and_pack_are_inverse():
+    data = np.random.default_rng(1).integers(0, 255, (3, 30 * 3 // 2, 20), dtype=np.uint8)
+    t = torch.from_numpy(data)
+    y, u, v = split_yuv420p(t, 20, 30)
+    assert y.shape == (3, 30, 20) and u.shape == v.shape == (3, 15, 10)
+    assert torch.equal(pack_yuv420p(y, u, v), t)
+
+
+def test_enhance_batch_converts_colour_once_and_exactly(upscaler):
+    frames = [yuv_frame(32, 24, s) for s in range(3)]
+    out = enhance_batch(upscaler, frames, 32, 24)
+    assert out.shape == (3, 48 * 3 // 2, 64) and out.dtype == np.uint8
+    for src, dst in zip(frames, out):
+        y_in = src[:24].astype(int).repeat(2, 0).repeat(2, 1)
+        diff = np.abs(dst[:48].astype(int) - y_in)
+        assert diff.mean() < 1.0 and diff.max() <= 3  # yuv -> rgb -> yuv round trip, rounding only
+        assert np.abs(dst[48:].astype(int).mean() - src[24:].astype(int).mean()) < 1.0
+
+
+def test_enhance_batch_output_size(upscaler):
+    out = enhance_batch(upscaler, [yuv_frame(32, 24)], 32, 24, size=(50, 40))
+    assert out.shape == (1, 60, 50)
+
+
+class Client:
+    def __init__(self, name, size, upscaler):
+        self.name, self.upscaler = name, upscaler
+        self.queue = FrameQueue(64, "block")
+        self.got = []
+        self.size = size
+        self.done = threading.Event()
+
+    def route(self):
+        return self.upscaler, None
+
+    def deliver(self, out):
+        self.got.append(out)
+
+
+def test_batches_across_cameras_and_returns_frames_in_order(upscaler):
+    metrics = Metrics()
+    b = Batcher("cpu", max_batch=4, max_wait_ms=50, metrics=metrics)
+    cams = [Client("a", (32, 24), upscaler), Client("b", (16, 16), upscaler)]
+    for c in cams:
+        b.attach(c)
+    for c in cams:  # queued before the worker starts: full batches from the start
+        w, h = c.size
+        for i in range(10):
+            c.queue.put(Frame(yuv_frame(w, h, i), w, h, i, i / 25))
+    b.start()
+    deadline = time.monotonic() + 60
+    while sum(len(c.got) for c in cams) < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    b.stop()
+    for c in cams:
+        assert [e.source.index for e in c.got] == list(range(10))
+        assert all((e.width, e.height) == (c.size[0] * 2, c.size[1] * 2) for e in c.got)
+    assert b.frames == 20 and b.batches < 20  # frames were batched
+    assert max(e.batch_size for c in cams for e in c.got) > 1
+    count = metrics.registry.get_sample_value("ultrares_batch_size_count", {"device": "cpu"})
+    total = metrics.registry.get_sample_value("ultrares_batch_size_sum", {"device": "cpu"})
+    assert count == b.batches and total == 20
+
+
+def test_inference_error_does_not_kill_the_worker(upscaler):
+    class Broken:
+        device = torch.device("cpu")
+        scale = 2
+
+        def upscale(self, x, size=None):
+            raise RuntimeError("boom")
+
+    bad, good = Client("bad", (16, 16), Broken()), Client("good", (16, 16), upscaler)
+    metrics = Metrics()
+    b = Batcher("cpu", max_batch=2, max_wait_ms=0, metrics=metrics).start()
+    b.attach(bad)
+    b.attach(good)
+    bad.queue.put(Frame(yuv_frame(16, 16), 16, 16, 0, 0.0))
+    good.queue.put(Frame(yuv_frame(16, 16), 16, 16, 0, 0.0))
+    deadline = time.monotonic() + 20
+    while not good.got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.alive
+    b.stop()
+    assert len(good.got) == 1 and not bad.got
+    assert metrics.registry.get_sample_value("ultrares_errors_total", {"camera": "bad", "stage": "inference"}) == 1

@@ -1,0 +1,143 @@
+"""Sources: URL masking, timeouts and transport options, backoff, file decoding, dead/hung cameras."""
+import socket
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+
+from ultrares_stream.errors import UserError
+from ultrares_stream.metrics import Metrics
+from ultrares_stream.sources import Source, backoff_delay, is_live, mask_url, open_args
+
+
+def make_clip(path, frames=12, w=48, h=32, fps=10):
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = np.full((h, w, 3), (i * 20) % 255, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("rtsp://admin:s3cret@10.0.0.5:554/stream1", "rtsp://admin:***@10.0.0.5:554/stream1"),
+    ("rtsp://user:p%40ss@cam/x?a=1", "rtsp://user:***@cam/x?a=1"),
+    ("rtsp://10.0.0.5/stream", "rtsp://10.0.0.5/stream"),
+    ("/videos/clip.mp4", "/videos/clip.mp4"),
+    ("rtmp://u:pw@host/live/key", "rtmp://u:***@host/live/key"),
+])
+def test_mask_url(url, masked):
+    assert mask_url(url) == masked
+    assert "s3cret" not in mask_url(url) and "p%40ss" not in mask_url(url)
+
+
+def test_is_live():
+    assert is_live("rtsp://cam/1") and is_live("http://x/live.m3u8") and is_live("/dev/video0")
+    assert not is_live("/tmp/clip.mp4") and not is_live("clip.mkv")
+
+
+def test_open_args_always_set_timeouts_in_microseconds():
+    a = open_args("rtsp://cam/1", "tcp", 5)
+    assert a["options"]["timeout"] == "5000000" and a["options"]["rtsp_transport"] == "tcp"
+    assert "stimeout" not in a["options"]
+    assert open_args("rtsp://cam/1", "udp", 2)["options"]["rtsp_transport"] == "udp"
+    assert open_args("http://cam/x.m3u8", "tcp", 3)["options"]["rw_timeout"] == "3000000"
+    assert open_args("rtmp://cam/live", "tcp", 3)["options"]["rw_timeout"] == "3000000"
+    assert open_args("/dev/video0")["format"] == "v4l2"
+    assert open_args("rtsp://cam/1")["timeout"] == (5.0, 5.0)  # PyAV's own interrupt timeout too
+    with pytest.raises(UserError):
+        open_args("rtsp://cam/1", "sctp")
+
+
+def test_backoff_grows_exponentially_with_jitter_and_cap():
+    mid = [backoff_delay(a, 0.5, 8.0, rand=0.5) for a in range(1, 8)]
+    assert mid == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert backoff_delay(3, 0.5, 8.0, jitter=0.25, rand=0.0) == pytest.approx(1.5)
+    assert backoff_delay(3, 0.5, 8.0, jitter=0.25, rand=1.0) == pytest.approx(2.5)
+    assert all(backoff_delay(a, 0.5, 8.0) <= 8.0 for a in range(1, 100))
+
+
+def test_file_source_decodes_every_frame_with_increasing_times(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", frames=12)
+    m = Metrics()
+    src = Source(str(clip), "f", metrics=m)
+    frames = list(src.frames())
+    assert len(frames) == 12 and src.state == "finished"
+    assert [f.index for f in frames] == list(range(12))
+    times = [f.time_s for f in frames]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert times[1] - times[0] == pytest.approx(0.1, abs=1e-3)
+    assert frames[0].data.shape == (48, 48) and (frames[0].width, frames[0].height) == (48, 32)
+    assert m.registry.get_sample_value("ultrares_frames_in_total", {"camera": "f"}) == 12
+    assert float(src.fps) == 10
+
+
+def test_missing_and_corrupt_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        Source(str(tmp_path / "nope.mp4"))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(UserError, match="bad.mp4"):
+        list(Source(str(bad)).frames())
+
+
+def test_hung_camera_is_detected_within_timeout_and_retried():
+    """A server that accepts the connection and then says nothing: noticed within the timeout, then retried."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(lsock.accept()[0])  # never answers
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    m = Metrics()
+    src = Source(f"rtsp://admin:pw@127.0.0.1:{port}/cam", "hung", timeout_s=1.0, backoff_initial_s=0.1,
+                 backoff_max_s=0.2, metrics=m)
+    assert src.live
+    t = threading.Thread(target=lambda: list(src.frames()), daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    try:
+        while src.reconnects < 2 and time.monotonic() - t0 < 15:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+    finally:
+        src.stop()
+        t.join(10)
+        stop.set()
+        lsock.close()
+        for c in conns:
+            c.close()
+    assert src.reconnects >= 2, "the hung camera was not retried"
+    assert elapsed < 2 * 1.0 + 2 * 0.25 + 3.0  # two attempts at about the 1 s timeout each
+    assert len(conns) >= 2  # it really reconnected
+    assert not t.is_alive()
+    assert m.registry.get_sample_value("ultrares_reconnects_total", {"camera": "hung", "side": "source"}) >= 2
+    assert m.registry.get_sample_value("ultrares_camera_up", {"camera": "hung"}) == 0
+
+
+def test_logs_never_show_the_password(caplog):
+    src = Source("rtsp://admin:topsecret@127.0.0.1:9/cam", "cam", timeout_s=0.5, backoff_initial_s=0.05)
+    caplog.set_level("DEBUG")
+    t = threading.Thread(target=lambda: list(src.frames()), daemon=True)
+    t.start()
+    time.sleep(1.0)
+    src.stop()
+    t.join(5)
+    assert "admin:***@" in caplog.text
+    assert "topsecret" not in caplog.text
