@@ -6,7 +6,7 @@ exactly one owner, without any coordination between the pods.
 
 Method: rendezvous (highest-random-weight) hashing with bounded loads.
 
-* Each (camera, replica) pair gets a weight from a keyed-free, process-independent hash
+* Each (camera, replica) pair gets a weight from a process-independent hash
   (BLAKE2b of ``"name/replica"``; Python's ``hash()`` is salted per process, so never that).
 * Pure rendezvous hashing gives each camera to its highest-weight replica. That is perfectly
   stable (adding a camera moves nobody) but only balanced on average: with 8 cameras on
