@@ -146,18 +146,21 @@ class Relay:
             return 0
         return max(0, clock.get_time() - self.appsrc.get_base_time())
 
-    def push(self, buf: Gst.Buffer, generation: int) -> None:
+    def push(self, buf: Gst.Buffer, generation: int) -> bool:
+        """Push one access unit; False while the reader's pipeline is not started yet."""
+        offset = self.offset
         if generation != self.generation:
             # a new publisher (or the first buffer): continue after what was already sent
-            start = max(self.running_time(), self.last_pts + Gst.SECOND // 100)
-            self.offset = start - buf.pts
-            self.generation = generation
+            offset = max(self.running_time(), self.last_pts + Gst.SECOND // 100) - buf.pts
         out = buf.copy()
-        out.pts = buf.pts + self.offset
+        out.pts = buf.pts + offset
         if buf.dts != Gst.CLOCK_TIME_NONE:
-            out.dts = buf.dts + self.offset
+            out.dts = buf.dts + offset
+        if self.appsrc.emit("push-buffer", out) != Gst.FlowReturn.OK:
+            return False  # flushing: not playing yet (or shutting down)
+        self.offset, self.generation = offset, generation
         self.last_pts = max(self.last_pts, out.pts)
-        self.appsrc.emit("push-buffer", out)
+        return True
 
 
 class Channel:
@@ -217,13 +220,14 @@ class Channel:
                 self.cond.notify_all()
             self.frames += 1
             for relay in self.relays:
-                if relay.generation == -1:
-                    if not self.gop:
-                        continue  # wait for a key frame
-                    for cached in self.gop:
-                        if cached is not buf:
-                            relay.push(cached, generation)
-                relay.push(buf, generation)
+                if relay.last_pts < 0:  # nothing sent yet: start with the GOP so far
+                    for cached in self.gop:  # (empty until the first key frame)
+                        if not relay.push(cached, generation):
+                            break
+                    if relay.last_pts >= 0 and self.gop and self.gop[-1] is not buf:
+                        relay.push(buf, generation)  # the GOP cache was full
+                else:
+                    relay.push(buf, generation)
 
     # reader side ----------------------------------------------------------
     def wait_active(self, timeout: float) -> bool:
