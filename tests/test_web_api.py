@@ -155,11 +155,14 @@ def test_published_animevideov3_weights_by_registry_name(monkeypatch):
 # ----------------------------------------------------------------------------- models, info, probes
 def test_models_list(client, pair_spec):
     body = client.get("/api/v1/models").json()
-    assert body["default"] == pair_spec
+    assert body["default"] == "default"  # the server's own files, by a name without their paths
+    assert str(pair_spec.split("+")[0]) not in str(body)
     by_name = {m["name"]: m for m in body["models"]}
-    custom = by_name[pair_spec]
+    custom = by_name["default"]
     assert custom["kind"] == "custom" and custom["available"] and custom["scale"] == 4
     assert (custom["psnr"], custom["gan"]) == ("psnr.safetensors", "gan.safetensors")
+    assert custom["label"] == "psnr.safetensors + gan.safetensors"
+    assert upscale(client, png_bytes(8, 8), model="default").headers["x-ultrares-model"] == "default"
     pair = by_name["ultrares-compact-x4"]
     assert pair["kind"] == "pair" and pair["psnr"] == "ultrares-compact-x4-psnr"
     assert by_name["RRDB_ESRGAN_x4"]["architecture"] == "RRDBNet"

@@ -46,6 +46,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 2048 * 2048  # input; x4 makes 8192x8192 at most
 DEFAULT_MAX_OUTPUT_PIXELS = 7680 * 4320  # 8K UHD
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small form fields
+CUSTOM_MODEL = "default"  # the public name of an operator's own checkpoint(s) given as the default
 
 
 # ----------------------------------------------------------------------------- schemas
@@ -57,7 +58,8 @@ class ApiErrorBody(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
+    name: str = Field(description="what to send as `model`")
+    label: str = Field(description="for display")
     kind: Literal["pair", "single", "custom"]
     architecture: str | None = None
     scale: int | None = None
@@ -122,13 +124,29 @@ class _Context:
         self._custom_info: ModelInfo | None = None
 
     # -- models
+    @property
+    def custom_default(self) -> bool:
+        """The default is the operator's own checkpoint(s), not a registry name."""
+        return self.default_model not in registry.PAIRS and self.default_model not in registry.ENTRIES
+
+    def public_name(self, spec: str) -> str:
+        """The name clients see: server file paths never leave the server."""
+        return CUSTOM_MODEL if spec == self.default_model and self.custom_default else spec
+
+    def label(self, spec: str) -> str:
+        if spec == self.default_model and self.custom_default:
+            return " + ".join(Path(p).name for p in spec.split("+"))
+        return spec
+
     def model_names(self) -> set[str]:
-        return set(registry.PAIRS) | set(registry.ENTRIES) | {self.default_model}
+        return set(registry.PAIRS) | set(registry.ENTRIES) | {self.default_model, CUSTOM_MODEL}
 
     def check_model(self, name: str | None) -> str:
         """The model spec to use for a request's ``model`` field: a registry name or this
         server's default (never an arbitrary path from a client)."""
         spec = (name or "").strip() or self.default_model
+        if spec == CUSTOM_MODEL:
+            spec = self.default_model
         if spec not in self.model_names():
             known = ", ".join(sorted(registry.PAIRS)) + ", " + ", ".join(sorted(registry.ENTRIES))
             raise ApiError(400, f"unknown model {spec!r}; choose one of: {known} (see GET {API}/models)")
@@ -150,19 +168,19 @@ class _Context:
         out = []
         for name, (a, b) in registry.PAIRS.items():
             e = registry.ENTRIES[a]
-            out.append(ModelInfo(name=name, kind="pair", architecture=e.arch, scale=e.scale, psnr=a, gan=b,
+            out.append(ModelInfo(name=name, label=name, kind="pair", architecture=e.arch, scale=e.scale, psnr=a, gan=b,
                                  available=self.model_available(name),
                                  note=f"alpha 0 = {a}, alpha 1 = {b}"))
         for e in registry.ENTRIES.values():
-            out.append(ModelInfo(name=e.name, kind="single", architecture=e.arch, scale=e.scale,
+            out.append(ModelInfo(name=e.name, label=e.name, kind="single", architecture=e.arch, scale=e.scale,
                                  available=self.model_available(e.name), note=e.note))
-        if self.default_model not in registry.PAIRS and self.default_model not in registry.ENTRIES:
+        if self.custom_default:
             out.insert(0, self._custom_model_info())
-        return ModelList(default=self.default_model, models=out)
+        return ModelList(default=self.public_name(self.default_model), models=out)
 
     def _custom_model_info(self) -> ModelInfo:
         if self._custom_info is None:
-            info = ModelInfo(name=self.default_model, kind="custom", available=True,
+            info = ModelInfo(name=CUSTOM_MODEL, label=self.label(self.default_model), kind="custom", available=True,
                              note="this server's own checkpoint(s)")
             try:
                 from ..models.checkpoint import infer_arch
@@ -174,7 +192,8 @@ class _Context:
                     a, b = self.default_model.split("+", 1)
                     info.psnr, info.gan = Path(a).name, Path(b).name
             except UserError as exc:
-                info.available, info.note = False, str(exc)
+                info.available, info.note = False, "the server's checkpoint could not be read (see its log)"
+                log.error("default model: %s", exc)
             self._custom_info = info
         return self._custom_info
 
@@ -308,7 +327,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
         (w, h), (ow, oh) = result.input_size, result.output_size
         return Response(result.data, media_type=result.media_type, headers={
             "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
-            "X-Ultrares-Model": result.model, "X-Ultrares-Alpha": f"{result.alpha:g}",
+            "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
             "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
             "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
         })
@@ -331,7 +350,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
             raise ApiError(422, 'nothing to change: send {"alpha": 0..1} and/or {"model": "<name>"}')
         if patch.model is not None:
             spec = ctx.check_model(patch.model)
-            cam.set_model(spec)
+            cam.set_model(spec)  # the stream reports it back as it likes; paths stay server-side
             log.info("camera %s: model set to %s", name, spec)
         if patch.alpha is not None:
             cam.set_alpha(patch.alpha)

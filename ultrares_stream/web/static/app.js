@@ -94,7 +94,7 @@ async function loadServerInfo() {
     for (const m of usable) {
       const opt = document.createElement("option");
       opt.value = m.name;
-      const label = m.kind === "custom" ? `${m.name.split("/").pop()} (server default)` : m.name;
+      const label = m.kind === "custom" ? `${m.label} (server default)` : m.name;
       opt.textContent = m.kind === "pair" || (m.psnr && m.gan) ? `${label} · pair` : label;
       opt.selected = m.name === models.default;
       select.appendChild(opt);
@@ -208,6 +208,7 @@ function clearResult() {
   if (state.result) URL.revokeObjectURL(state.result.url);
   state.result = null;
   show($("result-box"), false);
+  $("result-info").textContent = "No result yet";
   show($("after"), false);
   show($("divider"), false);
   $("after").removeAttribute("src");
@@ -296,15 +297,22 @@ function showResult(result) {
   after.src = result.url;
   const single = selectedModel() && !(selectedModel().psnr && selectedModel().gan);
   $("result-info").innerHTML = "";
-  const lines = [
-    `<b>${result.w}×${result.h}</b> ${result.format} · ${fmtBytes(result.bytes)}`,
-    `${escapeHTML(result.model || "")}${single ? "" : ` · detail ${Number(result.alpha).toFixed(2)}`} · ${result.seconds.toFixed(2)} s`,
+  const sep = '<span class="sep">|</span>';
+  const parts = [
+    `<b>${result.w}×${result.h}</b> ${result.format}`, fmtBytes(result.bytes), escapeHTML(modelLabel(result.model || "")),
+    ...(single ? [] : [`detail ${Number(result.alpha).toFixed(2)}`]), `${result.seconds.toFixed(2)} s`,
   ];
-  $("result-info").innerHTML = lines.join("<br>");
+  $("result-info").innerHTML = parts.join(sep);
+  $("result-info").title = $("result-info").textContent;
   const link = $("download");
   link.href = result.url;
   link.download = result.name;
   show($("result-box"), true);
+}
+
+function modelLabel(name) {
+  const m = state.models.find((x) => x.name === name);
+  return m ? m.label : name;
 }
 
 function escapeHTML(s) {

@@ -1,0 +1,235 @@
+"""The page driven in headless Chromium (Debian chromium + chromium-driver, Selenium):
+upload, move the alpha slider and the divider, zoom, download and check the file, see a
+readable error, and steer a camera's alpha from the cameras view.
+
+``python tests/test_web_browser.py docs/web-screenshot.png`` re-makes the README screenshot
+(with the best model present: the shipped pair, else realesr-animevideov3)."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(app):
+    """uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextmanager
+def chromium(download_dir: Path, size=(1440, 900)):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs Debian chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not download anything
+    profile = tempfile.mkdtemp(prefix="ultrares-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+                f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    try:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _after_checksum(driver) -> float:
+    """Sum of the displayed result's pixels, read back through a canvas."""
+    return driver.execute_script("""
+        const img = document.getElementById('after');
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0;
+        for (let i = 0; i < d.length; i += 4) s += d[i] * 3 + d[i + 1] * 5 + d[i + 2] * 7;
+        return s;""")
+
+
+def _result_count(driver) -> str:
+    return driver.execute_script("return document.body.dataset.result || ''")
+
+
+def test_upscale_compare_and_download_in_chromium(tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.test_web_api import FakeService, _tiny_net
+    from ultrares_stream.models.checkpoint import save_checkpoint
+    from ultrares_stream.web.app import create_app
+
+    save_checkpoint(_tiny_net(1), tmp_path / "psnr.safetensors")
+    save_checkpoint(_tiny_net(2), tmp_path / "gan.safetensors")
+    service = FakeService()
+    app = create_app(service, default_model=f"{tmp_path / 'psnr.safetensors'}+{tmp_path / 'gan.safetensors'}",
+                     device="cpu")
+    yy, xx = np.mgrid[0:30, 0:40]
+    picture = tmp_path / "crossing.png"
+    Image.fromarray(np.stack([xx * 6, yy * 8, (xx + yy) * 3], -1).astype(np.uint8)).save(picture)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("shopping list, not a picture\n" * 20)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    with serve(app) as base, chromium(downloads) as driver:
+        find = lambda css: driver.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+        driver.get(base + "/")
+        wait_for(lambda: driver.execute_script("return document.body.dataset.ready"), 30, "the models list")
+        assert "faithful" in find("#alpha-ends").text and "detailed" in find("#alpha-ends").text
+
+        # a file that is not an image: a readable error, nothing else
+        find("#file-input").send_keys(str(not_an_image))
+        find("#upscale-btn").click()
+        error = wait_for(lambda: find("#error").is_displayed() and find("#error").text, 30, "the error message")
+        assert "not a PNG, JPEG" in error
+
+        # a real image: upscaled x4, shown over the original
+        find("#file-input").send_keys(str(picture))
+        wait_for(lambda: not find("#error").is_displayed(), 10, "the error to clear")
+        find("#upscale-btn").click()
+        first = wait_for(lambda: _result_count(driver), 60, "the first result")
+        assert driver.execute_script("return document.getElementById('after').naturalWidth") == 160
+        assert "160×120" in find("#result-info").text and "detail 0.50" in find("#result-info").text
+        canvas = find("#canvas")
+        before, after = find("#before"), find("#after")
+        assert before.size == after.size == canvas.size  # same on-screen scale
+        sum_half = _after_checksum(driver)
+
+        # alpha slider to "detailed": re-runs, different pixels on screen
+        find("#alpha").send_keys(Keys.END)
+        wait_for(lambda: _result_count(driver) not in ("", first), 60, "the alpha=1 result")
+        assert "detail 1.00" in find("#result-info").text
+        assert _after_checksum(driver) != sum_half
+
+        # the divider: drag it left, the result is uncovered from there on
+        assert find("#divider").value_of_css_property("left") == f"{canvas.size['width'] / 2:g}px"
+        ActionChains(driver).drag_and_drop_by_offset(find("#divider-handle"), -120, 0).perform()
+        split = driver.execute_script("return Number(document.getElementById('divider-handle').getAttribute('aria-valuenow'))")
+        expected = round(100 * (canvas.size["width"] / 2 - 120) / canvas.size["width"])
+        assert abs(split - expected) <= 2, (split, expected)
+        clip = driver.execute_script("return document.getElementById('after').style.clipPath")
+        assert clip.startswith("inset(0px 0px 0px ") and abs(float(clip.split()[-1].rstrip("%)")) - split) < 1, clip
+
+        # zoom in: bigger on screen, pixels shown as squares
+        width_fit = canvas.size["width"]
+        find("#zoom-in").click()
+        find("#zoom-in").click()
+        assert canvas.size["width"] > width_fit * 2
+        assert "pixelated" in canvas.get_attribute("class")
+        find("#zoom-fit").click()
+        assert abs(canvas.size["width"] - width_fit) <= 1
+
+        shot = Path(os.environ.get("ULTRARES_SCREENSHOT_DIR", tmp_path)) / "web-test.png"
+        driver.save_screenshot(str(shot))
+
+        # download: a real PNG of the result's size
+        find("#download").click()
+        done = wait_for(lambda: [p for p in downloads.iterdir() if not p.name.endswith(".crdownload")], 30, "the download")
+        assert done[0].name.startswith("crossing-ultrares-160x120") and done[0].suffix == ".png"
+        with Image.open(done[0]) as img:
+            assert img.format == "PNG" and img.size == (160, 120)
+
+        # cameras: a live preview per camera and an alpha slider wired to PATCH
+        find("#tab-cameras").click()
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".camera")) == 2, 15, "two camera cards")
+        north = find('.camera[data-camera="north"]')
+        wait_for(lambda: driver.execute_script(
+            "return document.querySelector('.camera[data-camera=\"north\"] .preview img').naturalWidth") == 32,
+            15, "the north preview")
+        assert "25.0 / 24.8" in north.text and "40 ms" in north.text
+        cold = find('.camera[data-camera="cold"]')
+        assert "waiting for the first frame" in cold.text
+        north.find_element(By.CSS_SELECTOR, ".camera-alpha").send_keys(Keys.HOME)
+        wait_for(lambda: service.cameras["north"].alpha == 0.0, 15, "PATCH alpha=0 to reach the camera")
+        wait_for(lambda: "detail set to 0.00" in north.text, 10, "the confirmation")
+
+
+def make_screenshot(dest: Path) -> None:
+    """The README screenshot: a traffic frame upscaled with the best model present."""
+    import av
+
+    from ultrares_stream.models.registry import DEFAULT_MODEL, ENTRIES, PAIRS, local_path
+    from ultrares_stream.settings import data_dir
+    from ultrares_stream.web.app import create_app
+
+    weights = data_dir() / "weights"
+    os.environ.setdefault("ULTRARES_WEIGHTS_DIR", str(weights))
+    model = DEFAULT_MODEL if all(local_path(ENTRIES[m]) for m in PAIRS[DEFAULT_MODEL]) else "realesr-animevideov3"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with av.open(str(data_dir() / "video" / "cctv-motorway-320x240.avi")) as container:
+            frame = next(f for i, f in enumerate(container.decode(video=0)) if i == 30)
+        frame.to_image().save(tmp / "cctv-motorway.png")
+        app = create_app(default_model=model, device="cpu")
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+
+        with serve(app) as base, chromium(tmp, size=(1440, 860)) as driver:
+            driver.get(base + "/")
+            wait_for(lambda: driver.execute_script("return document.body.dataset.ready"), 30, "models")
+            driver.find_element(By.ID, "file-input").send_keys(str(tmp / "cctv-motorway.png"))
+            driver.find_element(By.ID, "upscale-btn").click()
+            wait_for(lambda: _result_count(driver), 300, "the result")
+            ActionChains(driver).drag_and_drop_by_offset(driver.find_element(By.ID, "divider-handle"), -60, 0).perform()
+            time.sleep(0.5)
+            driver.save_screenshot(str(dest))
+    print(f"wrote {dest} (model {model})")
+
+
+if __name__ == "__main__":
+    make_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/web-screenshot.png"))
