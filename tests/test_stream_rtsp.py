@@ -1,0 +1,168 @@
+"""The live pipeline against a real RTSP server on 127.0.0.1 (GStreamer, started by the tests):
+camera -> queue -> batcher -> encoder -> RTSP push, read back; camera restarts; slow model; hung publisher."""
+import os
+import signal
+import threading
+import time
+from fractions import Fraction
+
+import av
+import pytest
+import torch
+
+from ultrares_stream.batcher import Batcher
+from ultrares_stream.metrics import Metrics
+from ultrares_stream.models.archs import SRVGGNetCompact
+from ultrares_stream.models.checkpoint import save_checkpoint
+from ultrares_stream.stream import Stream, UpscalerPool
+from ultrares_stream.upscaler import Upscaler
+
+pytestmark = [pytest.mark.rtsp, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A real (randomly initialised) compact x2 net: fast enough for CPU pipeline tests."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
+    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def pipeline(tiny_model):
+    made = []
+
+    def make(input_url, output_url, pool=None, max_batch=4, **kw):
+        m = kw.pop("metrics", None) or Metrics()
+        b = Batcher("cpu", max_batch=max_batch, max_wait_ms=5, metrics=m).start()
+        pool = pool or UpscalerPool(device="cpu", precision="fp32", engine="eager", tile=0)
+        kw.setdefault("backoff_initial_s", 0.2)
+        kw.setdefault("backoff_max_s", 1.0)
+        s = Stream("cam", input_url, output_url, batcher=b, pool=pool, model=tiny_model, metrics=m, **kw).start()
+        made.append((s, b))
+        return s, m
+
+    yield make
+    for s, b in made:
+        s.stop(5)
+        b.stop(5)
+
+
+def wait_for(cond, timeout, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def read_stream(url, n, timeout=30.0):
+    """Decode up to ``n`` frames of a published RTSP stream (in a thread, so a stall cannot hang the test)."""
+    got, info = [], {}
+
+    def run():
+        with av.open(url, options={"rtsp_transport": "tcp", "timeout": "5000000"}, timeout=10) as c:
+            s = c.streams.video[0]
+            info["rate"] = s.average_rate or s.guessed_rate
+            for f in c.decode(s):
+                got.append((f.width, f.height, f.time))
+                if len(got) >= n:
+                    return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return got, info
+
+
+def test_camera_to_published_stream_read_back(rtsp_server, pipeline):
+    stream, m = pipeline(rtsp_server.camera_url, rtsp_server.record_url("enhanced"))
+    assert stream.first_output.wait(40), stream.status()
+    got, info = read_stream(rtsp_server.watch_url("enhanced"), 20)
+    assert len(got) == 20, f"read back {len(got)} frames; status {stream.status()}"
+    assert {(w, h) for w, h, _ in got} == {(640, 480)}  # 320x240 camera, x2 model
+    times = [t for _, _, t in got if t is not None]
+    assert len(times) >= 18
+    steps = [b - a for a, b in zip(times, times[1:])]
+    assert all(s > 0 for s in steps), "published timestamps must increase"
+    # spacing is a whole number of camera frames (dropped frames leave gaps, never fractions)
+    assert all(abs(s * 25 - round(s * 25)) < 0.1 for s in steps)
+    assert Fraction(info["rate"]).limit_denominator(1001) == 25
+    st = stream.status()
+    assert st["output_resolution"] == [640, 480] and st["input_resolution"] == [320, 240]
+    assert m.registry.get_sample_value("ultrares_frames_out_total", {"camera": "cam"}) == stream.frames_out
+    assert st["latency_p50_s"] is not None and st["latency_p50_s"] > 0
+
+
+def test_camera_killed_and_restarted_frames_flow_again(rtsp_server, pipeline, tmp_path):
+    out = tmp_path / "out.mkv"
+    stream, m = pipeline(rtsp_server.camera_url, str(out), timeout_s=2.0)
+    assert stream.first_output.wait(40)
+    assert wait_for(lambda: stream.frames_out >= 5, 30)
+    rtsp_server.stop()
+    assert wait_for(lambda: stream.source.state == "reconnecting", 10), "camera loss not noticed"
+    assert m.registry.get_sample_value("ultrares_camera_up", {"camera": "cam"}) == 0
+    time.sleep(1.5)  # a few failed reconnects while the camera is away
+    rtsp_server.start(timeout=30)
+    before = stream.frames_out
+    assert wait_for(lambda: stream.frames_out >= before + 5, 40), stream.status()
+    assert stream.source.reconnects >= 1 and stream.source.state == "running"
+    assert m.registry.get_sample_value("ultrares_reconnects_total", {"camera": "cam", "side": "source"}) >= 1
+    stream.stop(5)
+    with av.open(str(out)) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert len(times) == stream.frames_out
+    assert all(b > a for a, b in zip(times, times[1:])), "output timestamps went back after the reconnect"
+
+
+class SlowUpscaler(Upscaler):
+    """A real model made deliberately slow (0.25 s per batch)."""
+
+    def upscale(self, x, size=None):
+        time.sleep(0.25)
+        return super().upscale(x, size)
+
+
+def test_slow_model_keeps_queue_at_its_bound_and_counts_drops(rtsp_server, pipeline, tiny_model, tmp_path):
+    pool = UpscalerPool(factory=lambda model, alpha: SlowUpscaler(model, alpha=alpha, device="cpu",
+                                                                  precision="fp32", engine="eager", tile=0))
+    stream, m = pipeline(rtsp_server.camera_url, str(tmp_path / "slow.mkv"), pool=pool, max_batch=1, queue_size=3)
+    assert stream.first_output.wait(40)
+    depths = []
+    t_end = time.monotonic() + 3
+    while time.monotonic() < t_end:
+        depths.append(m.registry.get_sample_value("ultrares_queue_depth", {"camera": "cam"}))
+        time.sleep(0.02)
+    assert max(depths) == 3 and all(d <= 3 for d in depths)
+    assert m.registry.get_sample_value("ultrares_queue_capacity", {"camera": "cam"}) == 3
+    drops = m.registry.get_sample_value("ultrares_frames_dropped_total", {"camera": "cam"})
+    fin = m.registry.get_sample_value("ultrares_frames_in_total", {"camera": "cam"})
+    fout = m.registry.get_sample_value("ultrares_frames_out_total", {"camera": "cam"})
+    assert drops > 0 and drops == stream.source_drops()
+    assert fout < fin / 2  # 25 fps camera, about 4 fps model
+    in_flight = fin - fout - drops
+    assert 0 <= in_flight <= 3 + 1 + stream.out_queue.maxsize
+
+
+def test_hung_publisher_is_detected_and_reconnected(gst_rtsp, rtsp_server, pipeline):
+    from ultrares_stream.demo.server import RtspServer
+
+    with RtspServer(port=0).start(timeout=30) as target:
+        stream, m = pipeline(rtsp_server.camera_url, target.record_url("out"), timeout_s=3.0, watchdog_s=3.0)
+        assert stream.first_output.wait(40)
+        os.kill(target.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            detected = wait_for(lambda: stream.sink.reconnects >= 1 or stream.sink.state == "hung", 15)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(target.pid, signal.SIGCONT)
+        assert detected, "a hung RTSP server was not noticed"
+        assert took < 3.0 + 4.0
+        before = stream.frames_out
+        assert wait_for(lambda: stream.frames_out > before + 5 and stream.sink.state == "running", 30), \
+            stream.status()
+        assert stream.sink.reconnects >= 1
+        assert m.registry.get_sample_value("ultrares_reconnects_total", {"camera": "cam", "side": "sink"}) >= 1
