@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -20,7 +22,7 @@ from ultrares_stream.demo.scene import (
     make_scene_video,
     render_scene_frame,
 )
-from ultrares_stream.demo.server import RtspServer, RtspServerError
+from ultrares_stream.demo.server import RtspServer, RtspServerError, gst_rtsp_unavailable
 from ultrares_stream.errors import UserError
 
 from conftest import need_data
@@ -221,6 +223,16 @@ def test_pushed_stream_is_relayed_to_watchers(short_server):
     # the camera keeps playing meanwhile
     assert len(read_rtsp(short_server.camera_url, 3)) == 3
 
+    # a publisher that comes back (e.g. after a reconnect) is relayed again, at its new size
+    got.clear()
+    ended.clear()
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    push_scene(short_server.record_url("enhanced"), 25, size=(128, 96))
+    assert ended.wait(15) and not errors, errors
+    assert len(got) == 25 and {(f.width, f.height) for f in got} == {(128, 96)}
+
 
 @pytest.mark.rtsp
 @pytest.mark.timeout(60)
@@ -268,3 +280,19 @@ def test_start_reports_a_busy_port(gst_rtsp, short_clip):
         with pytest.raises(RtspServerError, match="cannot listen"):
             srv.start(timeout=20)
         assert not srv.running
+
+
+def test_missing_gstreamer_is_a_clear_error(tmp_path):
+    assert "not found" in gst_rtsp_unavailable(str(tmp_path / "python3"))
+    srv = RtspServer(port=0, video=make_scene_video(tmp_path / "s.mp4", 96, 64, seconds=0.2),
+                     python=str(tmp_path / "python3"))
+    with pytest.raises(RtspServerError, match="python3 not found"):
+        srv.start()
+    with pytest.raises(UserError, match="reserved"):
+        RtspServer(mount="/push")
+
+
+def test_server_module_has_help():
+    proc = subprocess.run([sys.executable, "-m", "ultrares_stream.demo.server", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--port" in proc.stdout and "--video" in proc.stdout

@@ -233,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while srv.running:
             time.sleep(0.5)
+        print(f"error: the RTSP server stopped unexpectedly: {srv.log_tail()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         srv.stop()
-    return 0
 
 
 if __name__ == "__main__":
