@@ -303,7 +303,7 @@ class FakeStream:
 
     def status(self) -> dict:
         return {"state": "running", "input_resolution": [320, 240], "output_resolution": [1280, 960],
-                "fps_in": 25.0, "fps_out": 24.8, "latency_p50": 0.04, "latency_p95": 0.06, "latency_p99": 0.08,
+                "fps_in": 25.0, "fps_out": 24.8, "latency_p50_s": 0.04, "latency_p95_s": 0.06, "latency_p99_s": 0.08,
                 "drops": 3, "alpha": self.alpha, "model": self.model}
 
     def set_alpha(self, alpha: float) -> None:
@@ -361,6 +361,37 @@ def test_streams_list_patch_and_snapshot(pair_spec):
         assert c.get("/readyz").status_code == 503
         service.is_ready = True
         assert c.get("/readyz").status_code == 200
+
+
+def test_streams_api_against_the_real_service(pair_spec, tmp_path):
+    """The pipeline's Service (ultrares_stream.service) enhancing a real clip, steered over HTTP."""
+    from ultrares_stream.config import CameraConfig, Defaults, InferenceConfig, ServiceConfig
+    from ultrares_stream.service import Service
+
+    clip = need_data("video", "cctv-motorway-320x240.avi")
+    config = ServiceConfig(defaults=Defaults(model=pair_spec, alpha=0.5),
+                           inference=InferenceConfig(device="cpu", engine="eager", max_batch=2),
+                           cameras=[CameraConfig(name="cctv", input=str(clip), output=str(tmp_path / "out.mp4"),
+                                                 output_size="640x480")])
+    service = Service(config).start()
+    try:
+        with TestClient(create_app(service, service.metrics, default_model=pair_spec, device="cpu")) as c:
+            deadline = time.monotonic() + 60
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the camera produced no output within 60 s"
+                time.sleep(0.2)
+            (cam,) = c.get("/api/v1/streams").json()["streams"]
+            assert cam["name"] == "cctv" and cam["input_resolution"] == [320, 240]
+            assert cam["alpha"] == 0.5
+            resp = c.patch("/api/v1/streams/cctv", json={"alpha": 0.2})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["alpha"] == 0.2 and service.cameras["cctv"].alpha == 0.2
+            snap = c.get("/api/v1/streams/cctv/snapshot.jpg")
+            assert snap.status_code == 200
+            assert decode(snap.content).size == (640, 480)
+            assert 'ultrares_frames_out_total{camera="cctv"}' in c.get("/metrics").text
+    finally:
+        service.stop(10)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -116,6 +116,7 @@ function updateModelNote() {
   const m = selectedModel();
   const single = m && !(m.psnr && m.gan);
   show($("alpha-note"), !!single);
+  $("alpha").disabled = !!single;
   const scale = (m && m.scale) || 4;
   $("size").options[0].textContent = `Native (×${scale})`;
 }
