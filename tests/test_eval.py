@@ -78,7 +78,7 @@ def test_pair_rows_follow_alpha(bench, tmp_path):
     spec = f"{tmp_path / 'psnr.safetensors'}+{tmp_path / 'gan.safetensors'}"
     out = tmp_path / "out"
     assert main(["eval", "--dataset", str(bench), "--model", spec, "--alpha", "0", "--alpha", "1",
-                 "--device", "cpu", "--out-dir", str(out)]) == 0
+                 "--device", "cpu", "--grid", "cars", "--out-dir", str(out)]) == 0
     rows = read_rows(out / "eval.csv")
     assert [(r["method"], r["alpha"]) for r in rows] == [("bicubic", ""), ("psnr+gan", "0"), ("psnr+gan", "1")]
     pairs = load_pairs(bench, 4)
@@ -90,6 +90,12 @@ def test_pair_rows_follow_alpha(bench, tmp_path):
         assert float(row["psnr"]) == pytest.approx(expected["psnr"], abs=1e-3), row
         assert float(row["delta_psnr"]) == pytest.approx(expected["psnr"] - float(rows[0]["psnr"]), abs=2e-3)
     assert rows[1]["psnr"] != rows[2]["psnr"]
+    # picture grid: bicubic, alpha 0, alpha 1, original, side by side at 1:1 under 18 px of labels
+    grid = np.asarray(Image.open(out / "grid_bench_cars.png"))
+    hr = dict((n, h) for n, _, h in pairs)["cars"]  # 68x52 after the crop to a multiple of 4
+    assert grid.shape == (52 + 18, 4 * 68 + 3 * 4, 3)
+    assert np.array_equal(grid[18:, 3 * 72:], hr)
+    assert np.array_equal(grid[18:, :68], bicubic_upscale(dict((n, l_) for n, l_, _ in pairs)["cars"], 4))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -98,6 +104,8 @@ def test_pair_rows_follow_alpha(bench, tmp_path):
     (["--dataset", "{bench}", "--bicubic-only", "--bitrate", "x", "--traffic"], "no video files"),
     (["--dataset", "{bench}", "--model", "{tmp}/missing.pth"], "checkpoint file not found"),
     (["--dataset", "{bench}", "--bicubic-only", "--model", "x"], "exclude each other"),
+    (["--dataset", "{bench}", "--bicubic-only", "--grid", "nope"], "no such image or clip"),
+    (["--dataset", "{bench}", "--bicubic-only", "--grid", "cars", "--grid-box", "1,2"], "X,Y,W,H"),
 ])
 def test_bad_input_is_a_one_line_error(bench, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, bench=bench) for a in argv]

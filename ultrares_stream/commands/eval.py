@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sr = data_dir() / "sr"
     p = sub.add_parser(
         "eval", help="measure PSNR/SSIM of models against bicubic on Set5/Set14 or traffic video",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Score super-resolution models the way the papers do: the output is quantised to 8 bits, "
                     "a border of SCALE pixels is shaved, PSNR and SSIM are computed on the BT.601 Y channel "
                     "(MATLAB-compatible), against MATLAB bicubic up-scaling of the same input. Set5-style folders "
@@ -29,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                f"--dataset {data_dir() / 'video'} --model {DEFAULT_MODEL} --alpha 0 --alpha 1")
     p.add_argument("--dataset", type=Path, action="append", required=True, metavar="DIR",
                    help="Set5/Set14-style image folder or folder of video clips (repeatable)")
-    p.add_argument("--scale", type=int, default=4, help="up-scaling factor")
+    p.add_argument("--scale", type=int, default=4, help="up-scaling factor (default 4)")
     p.add_argument("--model", action="append", default=None, metavar="SPEC",
                    help=f"model spec: registry name, pair, checkpoint path or psnr.pth+gan.pth (repeatable; "
                         f"default {DEFAULT_MODEL})")
@@ -38,12 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bicubic-only", action="store_true", help="score only the bicubic baseline (no model)")
     p.add_argument("--traffic", action="store_true",
                    help="treat every --dataset as video (auto-detected for folders holding only videos)")
-    p.add_argument("--frames-per-clip", type=int, default=4, help="traffic protocol: frames scored per clip")
+    p.add_argument("--frames-per-clip", type=int, default=4, help="traffic protocol: frames scored per clip (default 4)")
     p.add_argument("--bitrate", default="auto",
                    help="traffic protocol: H.264 bitrate of the LR stream: auto (0.1 bit per pixel at 25 fps, "
-                        "at least 32k), bit/s such as 200k, or bits per pixel such as 0.15bpp")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where CSV and Markdown go")
+                        "at least 32k), bit/s such as 200k, or bits per pixel such as 0.15bpp (default auto)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME",
+                   help="also write a picture grid (bicubic, each model/alpha, original) of this image or frame: "
+                        "an image name (zebra), a frame (street-pole-640x352#455) or a clip name (its first "
+                        "scored frame); repeatable")
+    p.add_argument("--grid-box", default=None, metavar="X,Y,W,H",
+                   help="crop of the grid pictures in HR pixels (default: the centre 256x256)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where the CSV, Markdown and grid files go (default eval-results)")
     p.set_defaults(func=run)
 
 
@@ -76,10 +81,13 @@ def run(args: argparse.Namespace) -> int:
         if not d.exists():
             raise UserError(f"dataset not found: {d}")
 
+    box = _parse_box(args.grid_box) if args.grid_box else None
+
     console = Console()
     rows, per_image = [], []
     notes = ["Y-channel PSNR/SSIM (BT.601, MATLAB protocol), SR quantised to uint8, "
              f"border of {args.scale} px shaved; x{args.scale}."]
+    datasets = []
     for d in args.dataset:
         traffic = args.traffic or is_video_folder(d)
         label = dataset_label(d, traffic)
@@ -92,12 +100,26 @@ def run(args: argparse.Namespace) -> int:
             shipped = (d / "LR_bicubic" / f"X{args.scale}").is_dir()
             notes.append(f"{label}: {len(pairs)} images, LR " +
                          ("shipped with the dataset (MATLAB bicubic)." if shipped else "by MATLAB-compatible bicubic."))
+        datasets.append((label, pairs))
+    grids = _match_grid_names(args.grid, datasets)
 
-        def on_row(row, result, _label=label):
+    out = args.out_dir
+    for label, pairs in datasets:
+        keep = {name for (lbl, name) in grids if lbl == label}
+        tiles: dict[str, list] = {name: [] for name in keep}
+
+        def on_row(row, result, _label=label, _tiles=tiles):
             per_image.extend({"dataset": _label, "method": row.method, "alpha": row.alpha, **r}
                              for r in result["per_image"])
+            for name, sr in result["outputs"].items():
+                _tiles[name].append((row.method if not row.alpha else f"{row.method} a={row.alpha}", sr))
 
-        rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device, on_row=on_row)
+        rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
+                                 on_row=on_row, keep=keep)
+        for name, shown in tiles.items():
+            hr = next(h for n, _, h in pairs if n == name)
+            shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
+            _write_grid(shown, box, out / f"grid_{_slug(label)}_{_slug(name)}.png")
 
     table = Table(title=f"UltraRes eval x{args.scale} (Y channel, border {args.scale} px shaved)")
     for col, justify in (("dataset", "left"), ("method", "left"), ("alpha", "right"), ("PSNR dB", "right"),
@@ -109,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
                       f"{r.sharpness:.3f}", str(r.images))
     console.print(table)
 
-    out = args.out_dir
     csv_path = write_csv(rows, out / "eval.csv")
     md_path = write_markdown(rows, out / "eval.md", title=f"UltraRes evaluation x{args.scale}",
                              notes="\n".join(f"- {n}" for n in notes) +
@@ -128,3 +149,55 @@ def _write_per_image(records: list[dict], path: Path) -> None:
         for r in records:
             w.writerow({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}",
                         "sharpness": f"{r['sharpness']:.4f}"})
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int]:
+    from ..errors import UserError
+
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--grid-box must be X,Y,W,H in pixels, e.g. 100,80,192,128; got {text!r}") from None
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise UserError(f"--grid-box {text!r}: X and Y must be >= 0, W and H > 0")
+    return x, y, w, h
+
+
+def _match_grid_names(names: list[str], datasets: list[tuple[str, list]]) -> set[tuple[str, str]]:
+    """(dataset label, pair name) for each --grid NAME: an exact pair name, or a clip's first frame."""
+    from ..errors import UserError
+
+    found = set()
+    for wanted in names:
+        hits = []
+        for label, pairs in datasets:
+            exact = [n for n, _, _ in pairs if n == wanted]
+            frames = [n for n, _, _ in pairs if n.startswith(wanted + "#")]
+            if exact or frames:
+                hits.append((label, (exact or frames)[0]))
+        if not hits:
+            known = ", ".join(n for _, pairs in datasets for n, _, _ in pairs[:8])
+            raise UserError(f"--grid {wanted!r}: no such image or clip in the datasets (e.g. {known})")
+        found.update(hits)
+    return found
+
+
+def _write_grid(tiles: list, box, path: Path) -> None:
+    from PIL import Image
+
+    from ..errors import UserError
+    from ..quality.evaluate import picture_grid
+
+    try:
+        grid = picture_grid(tiles, box)
+    except ValueError as exc:
+        raise UserError(f"{path.name}: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    log.info("wrote %s", path)

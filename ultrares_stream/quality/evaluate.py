@@ -11,7 +11,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from .metrics import psnr_y, sharpness_y, ssim_y
 log = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "bicubic_upscale", "upscaler_fn", "evaluate_methods", "Row", "write_csv",
-           "markdown_table", "write_markdown", "model_label"]
+           "markdown_table", "write_markdown", "model_label",
+           "picture_grid"]
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
@@ -40,15 +41,17 @@ def _quantise(sr) -> np.ndarray:
     raise TypeError(f"upscale_fn must return uint8 pixels (quantise first), got {sr.dtype}")
 
 
-def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], upscale_fn: UpscaleFn, scale: int) -> dict:
+def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], upscale_fn: UpscaleFn, scale: int,
+             keep: Collection[str] = ()) -> dict:
     """Mean Y-PSNR / SSIM (and sharpness relative to HR) of ``upscale_fn`` over ``pairs``.
 
     Returns ``{"psnr", "ssim", "sharpness", "count", "seconds", "per_image": [{"name", "psnr",
     "ssim", "sharpness"}, ...]}``. PSNR is ``inf`` for a perfect reconstruction (and the mean
     then too). The SR output must be ``HR``-sized uint8 (HR may be up to ``scale - 1`` pixels
-    larger: it is cropped, as benchmark HR images are to a multiple of the scale).
+    larger: it is cropped, as benchmark HR images are to a multiple of the scale). The SR images
+    of the pairs named in ``keep`` are returned in ``"outputs"`` (name -> uint8 array).
     """
-    per_image = []
+    per_image, outputs = [], {}
     t0 = time.perf_counter()
     for name, lr, hr in pairs:
         sr = _quantise(upscale_fn(lr))
@@ -58,6 +61,8 @@ def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], upscale_fn: Up
         if not (0 <= hr.shape[0] - sh < scale and 0 <= hr.shape[1] - sw < scale):
             raise ValueError(f"{name}: SR is {sw}x{sh} but HR is {hr.shape[1]}x{hr.shape[0]} (scale {scale})")
         hr = hr[:sh, :sw]
+        if name in keep:
+            outputs[name] = sr
         per_image.append({"name": name, "psnr": psnr_y(sr, hr, scale), "ssim": ssim_y(sr, hr, scale),
                           "sharpness": sharpness_y(sr, hr, scale)})
     if not per_image:
@@ -69,6 +74,7 @@ def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], upscale_fn: Up
         "count": len(per_image),
         "seconds": time.perf_counter() - t0,
         "per_image": per_image,
+        "outputs": outputs,
     }
 
 
@@ -102,19 +108,20 @@ class Row:
 
 def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence[str] = (),
                      alphas: Sequence[float] = (0.0, 0.5, 1.0), device: str = "auto",
-                     on_row: Callable[[Row, dict], None] | None = None) -> list[Row]:
+                     on_row: Callable[[Row, dict], None] | None = None, keep: Collection[str] = ()) -> list[Row]:
     """Bicubic, then every model (every alpha for pairs) on the same pairs.
 
     Models are built with ``Upscaler(model=spec, alpha=a, device=device, precision="fp32")``;
     a model whose scale is not ``scale`` is a :class:`~ultrares_stream.errors.UserError`.
-    ``on_row(row, result)`` is called as each row is done (result = :func:`evaluate`'s dict).
+    ``on_row(row, result)`` is called as each row is done (result = :func:`evaluate`'s dict,
+    with the SR images of the pairs named in ``keep``).
     """
     from ..errors import UserError
 
     rows: list[Row] = []
 
     def add(method: str, alpha: str, fn: UpscaleFn) -> None:
-        res = evaluate(pairs, fn, scale)
+        res = evaluate(pairs, fn, scale, keep=keep)
         base = rows[0].psnr if rows else res["psnr"]
         row = Row(dataset, method, alpha, res["psnr"], res["ssim"], res["sharpness"],
                   res["psnr"] - base, res["count"], res["seconds"])
@@ -184,3 +191,39 @@ def write_markdown(rows: Sequence[Row], path: Path, title: str = "Evaluation", n
     text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes else "") + markdown_table(rows)
     path.write_text(text)
     return path
+
+
+def picture_grid(tiles: Sequence[tuple[str, np.ndarray]], box: tuple[int, int, int, int] | None = None,
+                 max_tile: int = 256) -> np.ndarray:
+    """Side-by-side labelled crops (e.g. bicubic, alpha 0, 0.5, 1, original) as one uint8 RGB image.
+
+    ``tiles``: (label, same-size uint8 HWC image). ``box`` = (x, y, width, height) in those
+    images' pixels, clipped to the image; default the centre ``max_tile`` x ``max_tile`` square. Crops are shown at
+    1:1 (no resampling), so detail is compared as it is.
+    """
+    from PIL import Image, ImageDraw
+
+    if not tiles:
+        raise ValueError("no images for the grid")
+    h, w = tiles[0][1].shape[:2]
+    if any(t.shape[:2] != (h, w) for _, t in tiles):
+        raise ValueError("grid images differ in size")
+    if box is None:
+        bw, bh = min(w, max_tile), min(h, max_tile)
+        box = ((w - bw) // 2, (h - bh) // 2, bw, bh)
+    x, y, bw, bh = box
+    if x < 0 or y < 0 or bw <= 0 or bh <= 0:
+        raise ValueError(f"bad crop box {box}: x, y >= 0 and width, height > 0")
+    x, y = min(x, w - 1), min(y, h - 1)  # clipped to the image (one box may serve several sizes)
+    bw, bh = min(bw, w - x), min(bh, h - y)
+    label_h, gap = 18, 4
+    canvas = Image.new("RGB", (len(tiles) * (bw + gap) - gap, bh + label_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, img) in enumerate(tiles):
+        crop = np.asarray(img)[y: y + bh, x: x + bw]
+        if crop.ndim == 2:
+            crop = crop[:, :, None].repeat(3, axis=2)
+        left = i * (bw + gap)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(crop[:, :, :3])), (left, label_h))
+        draw.text((left + 2, 3), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
