@@ -141,3 +141,16 @@ def test_logs_never_show_the_password(caplog):
     t.join(5)
     assert "admin:***@" in caplog.text
     assert "topsecret" not in caplog.text
+
+
+def test_frame_clock_falls_back_to_the_frame_rate():
+    from fractions import Fraction
+
+    from ultrares_stream.sources import FrameClock
+
+    c = FrameClock(Fraction(25))
+    assert [c.time(t) for t in (1.0, 1.04, 1.08)] == [1.0, 1.04, 1.08]
+    assert c.time(1.0) == pytest.approx(1.12)  # went backwards: timed from the rate from now on
+    assert c.time(5.0) == pytest.approx(1.16)
+    avi = FrameClock(Fraction(25), synthetic=True)
+    assert [round(avi.time(t), 3) for t in (0.04, 0.16, 0.24)] == [0.0, 0.04, 0.08]

@@ -55,7 +55,10 @@ class BatchClient(Protocol):
         """The upscaler to use now and the output size (width, height) or None (model scale)."""
 
     def deliver(self, out: Enhanced) -> None:
-        """Take one enhanced frame (called in decode order, from the worker thread)."""
+        """Take one enhanced frame (called in decode order, from the worker thread).
+
+        A client may also have an integer ``failed`` attribute: frames lost to inference errors are counted there.
+        """
 
 
 def split_yuv420p(packed: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, ...]:
@@ -225,6 +228,8 @@ class Batcher:
                 self.errors += 1
                 log.exception("inference failed for a batch of %d frame(s)", len(items))
                 for client, *_ in items:
+                    if hasattr(client, "failed"):
+                        client.failed += 1
                     if self.metrics is not None:
                         self.metrics.errors.labels(client.name, "inference").inc()
                     if self.on_error is not None:

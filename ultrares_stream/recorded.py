@@ -26,7 +26,7 @@ from pathlib import Path
 from .batcher import enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
-from .sources import DEFAULT_FPS, _describe, frame_to_yuv420p
+from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
                     return False
 
     def demux() -> None:
-        last_t: float | None = None
+        clock = FrameClock(fps, synthetic=inp.format.name == "avi")
         try:
             for packet in inp.demux([vin, *copies]):
                 if stop.is_set():
@@ -171,10 +171,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
                     log.warning("%s: skipping an undecodable packet: %s", src.name, _describe(exc))
                     continue
                 for f in frames:
-                    t = f.time
-                    if t is None or (last_t is not None and t <= last_t):
-                        t = (last_t if last_t is not None else 0.0) + 1.0 / float(fps)
-                    last_t = t
+                    t = clock.time(f.time)
                     data, w, h = frame_to_yuv420p(f)
                     counters["decoded"] += 1
                     if not put(decoded_q, ("frame", (data, w, h, t))):

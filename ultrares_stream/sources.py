@@ -236,7 +236,7 @@ class Source:
             log.info("%s: connected to %s: %s %dx%d at %.3g fps", self.name, self.masked_url,
                      stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
                      float(self.fps))
-            clock = _FrameClock(self.fps)
+            clock = FrameClock(self.fps, synthetic=container.format.name == "avi")
             t0 = time.perf_counter()
             for frame in container.decode(stream):
                 data, w, h = frame_to_yuv420p(frame)
@@ -255,15 +255,16 @@ class Source:
             container.close()
 
 
-class _FrameClock:
+class FrameClock:
     """Frame times in seconds: the container's while they increase; after the first
-    non-increasing or missing one (AVI with B-frames, broken cameras) the rest of the
-    connection is timed from the frame rate instead."""
+    non-increasing or missing one (broken cameras) the rest of the connection is timed
+    from the frame rate instead. AVI has no presentation times at all (only decode
+    order), so it is timed from the frame rate from the start."""
 
-    def __init__(self, fps: Fraction):
+    def __init__(self, fps: Fraction, synthetic: bool = False):
         self.fps = fps
         self.last: float | None = None
-        self.synthetic = False
+        self.synthetic = synthetic
 
     def time(self, t: float | None) -> float:
         if not self.synthetic and t is not None and (self.last is None or t > self.last):
@@ -272,7 +273,7 @@ class _FrameClock:
         if not self.synthetic:
             self.synthetic = True
             log.debug("timestamps not increasing; timing frames from the frame rate")
-        self.last = (self.last if self.last is not None else 0.0) + 1.0 / float(self.fps)
+        self.last = 0.0 if self.last is None else self.last + 1.0 / float(self.fps)
         return self.last
 
 

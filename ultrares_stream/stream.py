@@ -132,6 +132,8 @@ class Stream:
                                backoff_max_s=backoff_max_s, metrics=metrics, on_published=self._on_published)
         self.frames_in = 0
         self.frames_out = 0
+        self.delivered = 0  # frames back from the batcher
+        self.failed = 0  # frames lost to inference errors
         self.started_at: float | None = None
         self.last_frame_at: float | None = None
         self.input_size: tuple[int, int] | None = None
@@ -193,6 +195,7 @@ class Stream:
         return up, size
 
     def deliver(self, out: Enhanced) -> None:
+        self.delivered += 1
         self.output_size = (out.width, out.height)
         try:
             self.out_queue.put(out)
@@ -242,6 +245,16 @@ class Stream:
             log.error("%s: %s", self.name, exc)
         finally:
             self.queue.close()
+            if not self.live:
+                self._finish_output()
+
+    def _finish_output(self) -> None:
+        """File input read to the end: once every frame is back from the batcher, close the output."""
+        while (self.delivered + self.failed + self.queue.dropped < self.frames_in
+               and self.batcher.alive and not self.out_queue.closed):
+            time.sleep(0.02)
+        self.out_queue.close()
+        log.info("%s: input finished (%d frames); closing the output", self.name, self.frames_in)
 
     @property
     def finished(self) -> bool:
@@ -254,16 +267,9 @@ class Stream:
         end = None if timeout is None else time.monotonic() + timeout
         if self._reader is not None:
             self._reader.join(timeout)
-        while self.queue.depth and (end is None or time.monotonic() < end):
-            time.sleep(0.02)
-        # the last batch may still be in the worker: wait until the delivered count settles
-        while (self.frames_in > self.frames_out + self.source_drops()) and (end is None or time.monotonic() < end):
-            if not self.batcher.alive or not self.sink.alive:
-                break
-            time.sleep(0.02)
-        self.out_queue.close()
-        self.sink.stop(None if end is None else max(0.1, end - time.monotonic()))
-        return not self.sink.alive
+        if self.sink._thread is not None:
+            self.sink._thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return self.finished
 
     def source_drops(self) -> int:
         return self.queue.dropped + self.out_queue.dropped

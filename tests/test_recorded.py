@@ -1,0 +1,163 @@
+"""Recorded footage: frame count and audio kept, temp name then rename, graceful stop, clear errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from ultrares_stream.errors import UserError
+from ultrares_stream.models.archs import SRVGGNetCompact
+from ultrares_stream.models.checkpoint import save_checkpoint
+from ultrares_stream.recorded import enhance_video, is_video
+from ultrares_stream.upscaler import Upscaler
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def make_clip(path, frames=20, w=64, h=48, fps=10, audio=True, fmt=None):
+    """An H.264 clip with a 440 Hz AAC tone as long as the video."""
+    with av.open(str(path), "w", format=fmt) as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:, (i * 3) % w] = 255
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        if a is not None:
+            n = 16000 * frames // fps
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 16000)).astype(np.float32)[None]
+            for s in range(0, n, 1024):
+                fr = av.AudioFrame.from_ndarray(tone[:, s:s + 1024], format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, s
+                for p in a.encode(fr):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+    return path
+
+
+def describe(path):
+    with av.open(str(path)) as c:
+        out = {"frames": sum(1 for _ in c.decode(video=0))}
+    with av.open(str(path)) as c:
+        for s in c.streams:
+            out[s.type] = float(s.duration * s.time_base) if s.duration else None
+            if s.type == "video":
+                out["size"] = (s.codec_context.width, s.codec_context.height)
+        a = [s for s in c.streams if s.type == "audio"]
+        if a:
+            out["audio_samples"] = sum(f.samples for f in c.decode(a[0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
+    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def upscaler(tiny_model):
+    return Upscaler(tiny_model, device="cpu", precision="fp32", engine="eager", tile=0)
+
+
+def test_keeps_frame_count_and_audio(tmp_path, upscaler):
+    src = make_clip(tmp_path / "in.mp4", frames=20)
+    dst = tmp_path / "out" / "enhanced.mp4"
+    stats = enhance_video(src, dst, upscaler, progress=False, max_batch=3)
+    a, b = describe(src), describe(dst)
+    assert stats["frames"] == a["frames"] == b["frames"] == 20
+    assert b["size"] == (128, 96)
+    assert b["audio"] == pytest.approx(a["audio"], abs=0.05)
+    assert b["audio_samples"] == a["audio_samples"]
+    assert b["video"] == pytest.approx(a["video"], abs=0.11)
+    assert stats["fps"] > 0 and stats["copied_packets"] > 0
+    assert [p.name for p in dst.parent.iterdir()] == ["enhanced.mp4"]  # the temporary name is gone
+
+
+def test_output_size_and_mkv(tmp_path, upscaler):
+    src = make_clip(tmp_path / "in.mp4", frames=6, audio=False)
+    dst = tmp_path / "out.mkv"
+    enhance_video(src, dst, upscaler, size=(100, 76), progress=False)
+    d = describe(dst)
+    assert d["frames"] == 6 and d["size"] == (100, 76)
+
+
+def test_is_video_sniffs_content(tmp_path):
+    clip = make_clip(tmp_path / "clip.bin", frames=3, audio=False, fmt="mp4")  # a video with a misleading name
+    assert is_video(clip)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "pic.mp4", format="PNG")  # an image named .mp4
+    assert not is_video(tmp_path / "pic.mp4")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert not is_video(tmp_path / "notes.txt")
+    assert not is_video(tmp_path / "missing.mp4")
+
+
+def test_bad_input_and_output_are_user_errors(tmp_path, upscaler):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(UserError, match="bad.mp4"):
+        enhance_video(bad, tmp_path / "o.mp4", upscaler, progress=False)
+    with pytest.raises(UserError, match="no such file"):
+        enhance_video(tmp_path / "missing.mp4", tmp_path / "o.mp4", upscaler, progress=False)
+    good = make_clip(tmp_path / "g.mp4", frames=2, audio=False)
+    with pytest.raises(UserError, match=".avi"):
+        enhance_video(good, tmp_path / "o.avi", upscaler, progress=False)
+    with pytest.raises(UserError, match="overwrite"):
+        enhance_video(good, good, upscaler, progress=False)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+SCRIPT = """
+import sys, time, logging
+from ultrares_stream.upscaler import Upscaler
+from ultrares_stream.recorded import enhance_video, EnhanceInterrupted
+
+class Slow(Upscaler):
+    def upscale(self, x, size=None):
+        time.sleep(0.1)
+        return super().upscale(x, size)
+
+up = Slow(sys.argv[1], device="cpu", precision="fp32", engine="eager", tile=0)
+print("READY", flush=True)
+try:
+    enhance_video(sys.argv[2], sys.argv[3], up, progress=False, max_batch=1)
+    print("DONE", flush=True)
+except EnhanceInterrupted as exc:
+    print("INTERRUPTED", exc.stats["frames"], flush=True)
+    sys.exit(130)
+"""
+
+
+def test_sigterm_finishes_a_playable_file_of_frames_done(tmp_path, tiny_model):
+    src = make_clip(tmp_path / "long.mp4", frames=150)
+    dst = tmp_path / "partial.mp4"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, tiny_model, str(src), str(dst)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    done = int(out.split("INTERRUPTED")[1].split()[0])
+    assert 0 < done < 150
+    d = describe(dst)
+    assert d["frames"] == done  # playable, and holds exactly the frames done
+    assert not list(tmp_path.glob(".*partial*"))
