@@ -41,3 +41,9 @@ def test_api_never_answers_5xx(case):
     # one operation a 4xx answer to schema-valid data is right, not a failure.
     excluded = [positive_data_acceptance] if case.operation.path == "/api/v1/upscale" else []
     case.call_and_validate(excluded_checks=excluded)
+    # A random camera name is a 404 before any camera code runs: send the same request to
+    # the real cameras too (one with frames, one without), so their code is fuzzed as well.
+    if case.path_parameters and "name" in case.path_parameters:
+        for camera in ("north", "cold"):
+            case.path_parameters["name"] = camera
+            case.call_and_validate(excluded_checks=excluded)

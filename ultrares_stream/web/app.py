@@ -50,6 +50,9 @@ CUSTOM_MODEL = "default"  # the public name of an operator's own checkpoint(s) g
 
 
 # ----------------------------------------------------------------------------- schemas
+#: what ``model`` may be: a registry name, or "default" (the server's default, whatever it is)
+MODEL_NAMES = ["default", *sorted(registry.PAIRS), *sorted(set(registry.ENTRIES) - set(registry.PAIRS))]
+ModelName = Annotated[str, Field(max_length=200, json_schema_extra={"enum": MODEL_NAMES})]
 CameraName = Annotated[str, PathParam(description="the camera's configured name", max_length=200)]
 
 
@@ -92,8 +95,10 @@ class StreamPatch(BaseModel):
     """Change a running camera's settings; applied without restarting the stream."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"alpha": 0.3}], "minProperties": 1})
-    alpha: float | None = Field(None, ge=0.0, le=1.0, description="0 = faithful (PSNR net), 1 = detailed (GAN net)")
-    model: str | None = Field(None, min_length=1, max_length=200, description="a model name from /api/v1/models")
+    # Absent = unchanged; an explicit null is refused (the schema says number), so is true/false (strict).
+    alpha: float = Field(None, ge=0.0, le=1.0, strict=True,
+                                description="0 = faithful (PSNR net), 1 = detailed (GAN net)")
+    model: ModelName = Field(None, description="a model name from /api/v1/models")
 
 
 class ServerInfo(BaseModel):
@@ -296,8 +301,8 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     )
     async def upscale(
         image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, TIFF or GIF (type judged from content)")],
-        model: Annotated[str | None, Form(max_length=200, description="model name (GET /api/v1/models); "
-                                                                      "default: the server's")] = None,
+        model: Annotated[ModelName | None, Form(description="model name (GET /api/v1/models); "
+                                                            "default: the server's")] = None,
         alpha: Annotated[float, Form(ge=0.0, le=1.0, description="0 = faithful, 1 = detailed (pairs only)")] = 0.5,
         size: Annotated[str | None, Form(max_length=20, description="output box: 720p, 1080p, 1440p, 4k or "
                                                                     "WIDTHxHEIGHT (aspect ratio kept); empty = "
