@@ -127,7 +127,7 @@ class Source:
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
                  timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 metrics=None, decode_threads: int = 1):
+                 metrics=None, decode_threads: int = 1, max_frames: int | None = None):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -138,6 +138,7 @@ class Source:
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.metrics = metrics
         self.decode_threads = decode_threads
+        self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
         self.state = "starting"
         self.reconnects = 0
@@ -247,7 +248,7 @@ class Source:
                     self.metrics.frames_in.labels(self.name).inc()
                     self.metrics.observe_stage(self.name, "decode", out.decode_s)
                 yield out
-                if self._stop.is_set():
+                if self._stop.is_set() or (self.max_frames is not None and self._index >= self.max_frames):
                     return
                 t0 = time.perf_counter()
         finally:

@@ -1,0 +1,165 @@
+"""``ultrares bench``: model-alone fps and whole-pipeline fps on the same input, side by side.
+
+*Model alone*: the upscaler on frames already decoded and converted to float RGB
+on the device (no decode, colour conversion or encode). *Pipeline*: the live
+path for a file: Source (decode) -> FrameQueue (blocking: nothing dropped) ->
+Batcher (yuv->rgb, upscale, rgb->yuv) -> SinkWorker (libx264 encode + mux), all
+threads running together. The ratio says how well decode and encode hide
+behind inference. Per-stage times come from the same Prometheus histograms the
+service exports.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def default_input() -> Path:
+    """The shared 320x240 CCTV clip when present, else the generated demo scene."""
+    from .settings import data_dir
+
+    clip = data_dir() / "video" / "cctv-motorway-320x240.avi"
+    if clip.is_file():
+        return clip
+    from .demo.scene import default_camera_video
+
+    return default_camera_video()
+
+
+def decode_frames(path: Path, n: int) -> tuple[list, int, int, float]:
+    """First ``n`` frames as packed yuv420p arrays, with width, height and fps."""
+    from .sources import Source
+
+    src = Source(str(path), "bench", live=False, max_frames=n)
+    frames = list(src.frames())
+    if not frames:
+        raise UserError(f"{path}: no frames could be decoded")
+    return [f.data for f in frames], frames[0].width, frames[0].height, float(src.fps)
+
+
+def _stage_means(metrics, camera: str) -> dict[str, float]:
+    out = {}
+    reg = metrics.registry
+    for stage in ("decode", "queue", "inference", "encode", "publish"):
+        labels = {"camera": camera, "stage": stage}
+        n = reg.get_sample_value("ultrares_stage_seconds_count", labels) or 0
+        s = reg.get_sample_value("ultrares_stage_seconds_sum", labels) or 0.0
+        out[stage] = s / n if n else float("nan")
+    n = reg.get_sample_value("ultrares_end_to_end_seconds_count", {"camera": camera}) or 0
+    s = reg.get_sample_value("ultrares_end_to_end_seconds_sum", {"camera": camera}) or 0.0
+    out["end_to_end"] = s / n if n else float("nan")
+    return out
+
+
+def model_alone(upscaler, frames: list, width: int, height: int, batch: int, warmup: int = 1) -> dict:
+    """fps of the upscaler on pre-converted RGB tensors already on the device."""
+    from .batcher import split_yuv420p
+    from .colour import yuv420p_to_rgb
+
+    import numpy as np
+
+    with torch.inference_mode():
+        packed = torch.from_numpy(np.stack(frames)).to(upscaler.device)
+        rgb = yuv420p_to_rgb(*split_yuv420p(packed, width, height))
+        batches = [rgb[i:i + batch] for i in range(0, rgb.shape[0], batch)]
+        for b in batches[:warmup]:
+            upscaler.upscale(b)
+        _sync(upscaler.device)
+        t0 = time.perf_counter()
+        for b in batches:
+            upscaler.upscale(b)
+        _sync(upscaler.device)
+        dt = time.perf_counter() - t0
+    return {"frames": len(frames), "seconds": dt, "fps": len(frames) / dt, "ms_per_frame": 1000 * dt / len(frames)}
+
+
+def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0) -> dict:
+    """fps of the whole file pipeline (decode, queue, batcher, encode, mux) on the first ``n`` frames."""
+    from .batcher import Batcher
+    from .metrics import Metrics
+    from .sinks import EncoderSettings
+    from .stream import Stream, UpscalerPool
+
+    metrics = Metrics()
+    batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics).start()
+    pool = UpscalerPool(factory=lambda model, alpha: upscaler)
+    with tempfile.TemporaryDirectory(prefix="ultrares-bench-") as tmp:
+        out = Path(tmp) / "bench.mkv"
+        stream = Stream("bench", str(path), str(out), batcher=batcher, pool=pool, alpha=upscaler.alpha,
+                        queue_size=max(8, 2 * batch), live=False, metrics=metrics,
+                        encoder=EncoderSettings(preset="veryfast", crf=23, tune=None))
+        stream.source.max_frames = n
+        t0 = time.perf_counter()
+        stream.start()
+        stream.wait_finished(3600)
+        dt = time.perf_counter() - t0
+        batcher.stop()
+        frames = stream.frames_out
+    if frames == 0:
+        raise UserError(f"the pipeline published no frames ({stream.error or 'see the log'})")
+    return {"frames": frames, "seconds": dt, "fps": frames / dt, "inference_busy_s": batcher.busy_s,
+            "stages_s": _stage_means(metrics, "bench")}
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(input_path: Path | None = None, frames: int = 40, model: str | None = None, engine: str = "auto",
+              device: str = "auto", precision: str = "auto", batch: int = 1, threads: int | None = None) -> dict:
+    """Both measurements on the same frames; returns a dict (see :func:`format_report`)."""
+    from .upscaler import Upscaler
+
+    path = Path(input_path) if input_path else default_input()
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if frames < 2:
+        raise UserError("--frames must be at least 2")
+    if threads:
+        torch.set_num_threads(threads)
+    up = Upscaler(model, device=device, precision=precision, engine=engine, tile=0)
+    data, w, h, fps = decode_frames(path, frames)
+    # warm up (oneDNN/cuDNN pick kernels on the first calls), then time the model alone before and
+    # after the pipeline and keep the faster run: the stricter comparison for the pipeline
+    first = model_alone(up, data, w, h, batch, warmup=3)
+    pipe = pipeline(up, path, len(data), batch)
+    second = model_alone(up, data, w, h, batch, warmup=0)
+    alone = max(first, second, key=lambda a: a["fps"])
+    return {"input": str(path), "width": w, "height": h, "input_fps": fps, "model": up.model_name,
+            "engine": up.engine.name, "device": str(up.device), "precision": up.precision, "batch": batch,
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "model_alone": alone,
+            "pipeline": pipe, "ratio": pipe["fps"] / alone["fps"],
+            "output": [w * up.scale, h * up.scale]}
+
+
+def format_report(r: dict):
+    """A rich table: the two fps side by side, then per-stage times."""
+    from rich.table import Table
+
+    t = Table(title=f"ultrares bench: {Path(r['input']).name} {r['width']}x{r['height']} -> "
+                    f"{r['output'][0]}x{r['output'][1]}, {r['model']} ({r['engine']}, {r['device']}, "
+                    f"{r['precision']}), batch {r['batch']}, torch threads {r['torch_threads']}")
+    t.add_column("measure")
+    t.add_column("frames", justify="right")
+    t.add_column("fps", justify="right")
+    t.add_column("ms/frame", justify="right")
+    a, p = r["model_alone"], r["pipeline"]
+    t.add_row("model alone", str(a["frames"]), f"{a['fps']:.2f}", f"{a['ms_per_frame']:.1f}")
+    t.add_row("whole pipeline", str(p["frames"]), f"{p['fps']:.2f}", f"{1000 / p['fps']:.1f}")
+    t.add_row("pipeline / model", "", f"{100 * r['ratio']:.1f} %", "")
+    s = Table(title="pipeline stages (mean per frame; inference is per batch)")
+    s.add_column("stage")
+    s.add_column("ms", justify="right")
+    for k, v in p["stages_s"].items():
+        s.add_row(k, f"{1000 * v:.1f}")
+    return t, s
