@@ -180,14 +180,19 @@ def _frame_count(path: Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
-def _clip_segments(path: Path, frames_per_clip: int, context: int):
-    """Yield (index, [context frames ending at index]) at evenly spaced positions of a clip."""
+#: Traffic clips: ``ultrares train`` takes frames from the first half, evaluation scores the second half.
+HELD_OUT_FROM = 0.5
+
+
+def _clip_segments(path: Path, frames_per_clip: int, context: int, start_fraction: float = HELD_OUT_FROM):
+    """Yield (index, [context frames ending at index]) at evenly spaced positions of the clip's
+    held-out part (from ``start_fraction`` of its length on: ``ultrares train`` uses only the part before)."""
     import av
 
     n = _frame_count(path)
     if n < 1:
         raise UserError(f"{path} has no video frames")
-    first = min(context - 1, n - 1)
+    first = min(max(context - 1, int(n * start_fraction)), n - 1)
     span = n - 1 - first
     targets = sorted({first + int(round(span * (k + 0.5) / frames_per_clip)) for k in range(frames_per_clip)}
                      if span > 0 else {first})

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..quality.datasets import HELD_OUT_FROM
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
@@ -25,11 +26,11 @@ def load_images(folder: Path) -> list[np.ndarray]:
     return out
 
 
-def load_video_frames(path: Path, every: int = 10, fraction: float = 0.5) -> list[np.ndarray]:
+def load_video_frames(path: Path, every: int = 10, fraction: float = HELD_OUT_FROM) -> list[np.ndarray]:
     """Every ``every``-th frame from the first ``fraction`` of a clip.
 
-    The rest of each clip is held out: the traffic evaluation scores frames from the
-    clips' second halves only, so training never sees them.
+    The rest of each clip is held out: the traffic evaluation
+    (:func:`~ultrares_stream.quality.datasets.traffic_video_pairs`) scores frames from there only.
     """
     import av
 
