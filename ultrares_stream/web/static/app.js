@@ -210,6 +210,7 @@ function clearResult() {
   state.result = null;
   show($("result-box"), false);
   $("result-info").textContent = "No result yet";
+  document.querySelector(".stage-wrap").classList.remove("has-result");
   show($("after"), false);
   show($("divider"), false);
   $("after").removeAttribute("src");
@@ -290,6 +291,7 @@ function showResult(result) {
   after.onload = () => {
     show(after, true);
     show($("divider"), true);
+    document.querySelector(".stage-wrap").classList.add("has-result");
     show($("empty"), false);
     show($("canvas"), true);
     layout();
