@@ -86,9 +86,10 @@ def test_keeps_frame_count_and_audio(tmp_path, upscaler):
     assert [p.name for p in dst.parent.iterdir()] == ["enhanced.mp4"]  # the temporary name is gone
 
 
-def test_output_size_and_mkv(tmp_path, upscaler):
+@pytest.mark.parametrize("suffix", [".mkv", ".avi"])
+def test_output_size_and_containers(tmp_path, upscaler, suffix):
     src = make_clip(tmp_path / "in.mp4", frames=6, audio=False)
-    dst = tmp_path / "out.mkv"
+    dst = tmp_path / f"out{suffix}"
     enhance_video(src, dst, upscaler, size=(100, 76), progress=False)
     d = describe(dst)
     assert d["frames"] == 6 and d["size"] == (100, 76)
@@ -114,8 +115,8 @@ def test_bad_input_and_output_are_user_errors(tmp_path, upscaler):
     with pytest.raises(UserError, match="no such file"):
         enhance_video(tmp_path / "missing.mp4", tmp_path / "o.mp4", upscaler, progress=False)
     good = make_clip(tmp_path / "g.mp4", frames=2, audio=False)
-    with pytest.raises(UserError, match=".avi"):
-        enhance_video(good, tmp_path / "o.avi", upscaler, progress=False)
+    with pytest.raises(UserError, match=".mkv"):
+        enhance_video(good, tmp_path / "o.webm", upscaler, progress=False)
     with pytest.raises(UserError, match="overwrite"):
         enhance_video(good, good, upscaler, progress=False)
     assert not list(tmp_path.glob(".*partial*"))

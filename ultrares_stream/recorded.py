@@ -32,12 +32,15 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
                   ".mpg", ".mpeg", ".3gp", ".ogv"}
-OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi",
+                  ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts"}
 #: codecs each output container takes as a stream copy (others are skipped with a warning)
 COPYABLE = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac", "mov_text"},
     "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
     "matroska": None,  # anything
+    "avi": {"mp3", "ac3", "pcm_s16le", "pcm_u8"},
+    "mpegts": {"aac", "mp3", "ac3", "eac3", "opus", "mp2", "dvb_subtitle", "dvd_subtitle"},
 }
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 _END = object()
@@ -76,7 +79,8 @@ def is_video(path: str | Path) -> bool:
 def _check_output(dst: Path) -> str:
     fmt = OUTPUT_FORMATS.get(dst.suffix.lower())
     if fmt is None:
-        raise UserError(f"{dst}: output must be .mp4, .mov or .mkv (keeps audio and subtitles)")
+        raise UserError(f"{dst}: output must be .mp4, .mov, .mkv, .avi or .ts (.mkv keeps every audio and "
+                        "subtitle stream)")
     return fmt
 
 

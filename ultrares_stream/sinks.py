@@ -136,7 +136,9 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[st
         return text, "mpegts", {}
     if suffix in (".flv",):
         return text, "flv", {}
-    raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .ts or .m3u8 path")
+    if suffix == ".avi":
+        return text, "avi", {}
+    raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .avi, .ts or .m3u8 path")
 
 
 def rtsp_server_answers(url: str, timeout_s: float = 2.0) -> bool:
