@@ -219,7 +219,8 @@ def _write_clip(path, frames=16, w=100, h=76):
 def test_traffic_pairs_from_a_synthetic_clip(tmp_path):
     _write_clip(tmp_path / "road.mp4")
     pairs = traffic_video_pairs(tmp_path, scale=4, frames_per_clip=2, bitrate="64k")
-    assert [p[0] for p in pairs] == ["road#9", "road#13"]  # after 8 context frames, evenly spaced
+    # held-out second half of the 16 frames (from frame 8, after 8 context frames), evenly spaced
+    assert [p[0] for p in pairs] == ["road#10", "road#13"]
     for _, lr, hr in pairs:
         assert hr.shape == (72, 96, 3) and lr.shape == (18, 24, 3)  # LR even-sized for 4:2:0
         clean = imresize(hr, scale=0.25)
