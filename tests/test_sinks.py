@@ -31,6 +31,10 @@ def test_parse_bitrate():
 def test_codec_options_live_and_file():
     opts, br, gop = codec_options(EncoderSettings(), Fraction(25))
     assert opts["tune"] == "zerolatency" and opts["crf"] == "23" and opts["preset"] == "veryfast"
+    # inference on the CPU too: the encoder stays light so it does not slow the model
+    assert codec_options(EncoderSettings(cpu_inference=True), Fraction(25))[0]["preset"] == "ultrafast"
+    assert codec_options(EncoderSettings(preset="medium", cpu_inference=True), Fraction(25))[0]["preset"] == "medium"
+    assert codec_options(EncoderSettings(codec="h264_nvenc"), Fraction(25))[0]["preset"] == "p4"
     assert br is None and gop == 50 and "keyint=50" in opts["x264-params"]
     opts, br, gop = codec_options(EncoderSettings(bitrate="2M", gop=10, tune=None), Fraction(30))
     assert "crf" not in opts and "tune" not in opts and br == 2_000_000 and gop == 10

@@ -12,13 +12,19 @@ moved as bytes (1.5 bytes per pixel, the least to transfer), converted to RGB
 float there (:func:`colour.yuv420p_to_rgb`), upscaled, converted back to
 ``yuv420p`` uint8 there (:func:`colour.rgb_to_yuv420p`) and only then copied
 back for the encoder, which takes ``yuv420p`` as is. See docs/pipeline.md.
+
+Two threads per device: the worker runs the network on batch k+1 while the
+finisher converts batch k back to ``yuv420p`` and hands it over, so the
+conversion back never delays the next inference.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,25 +90,60 @@ def output_size_for(upscaler, width: int, height: int, size: tuple[int, int] | N
     return width * upscaler.scale, height * upscaler.scale
 
 
-def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
-    """Packed yuv420p uint8 frames (same size) -> upscaled packed yuv420p uint8 (N, H'*3/2, W').
-
-    The only pixel conversions of the pipeline, done on the upscaler's device.
-    """
+def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Packed yuv420p uint8 frames (same size) -> upscaled NCHW float RGB on the device (even size)."""
     arr = np.stack(frames) if isinstance(frames, list) else frames
     device = upscaler.device
     t = torch.from_numpy(np.ascontiguousarray(arr))
     if device.type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
     with torch.inference_mode():
-        rgb = yuv420p_to_rgb(*split_yuv420p(t, width, height))
+        with _light_ops(device):
+            rgb = yuv420p_to_rgb(*split_yuv420p(t, width, height))
         out_w, out_h = output_size_for(upscaler, width, height, size)
         out = upscaler.upscale(rgb, size=(out_w, out_h))
         if out.shape[-1] % 2 or out.shape[-2] % 2:  # yuv420p needs even sizes
             out = out[..., : out.shape[-2] - out.shape[-2] % 2, : out.shape[-1] - out.shape[-1] % 2]
+    return out
+
+
+def to_packed_yuv(out: torch.Tensor) -> np.ndarray:
+    """NCHW float RGB (on the device) -> packed yuv420p uint8 (N, H*3/2, W) in host memory."""
+    with torch.inference_mode(), _light_ops(out.device):
         packed = pack_yuv420p(*rgb_to_yuv420p(out))
     return packed.cpu().numpy()
+
+
+def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """Packed yuv420p uint8 frames (same size) -> upscaled packed yuv420p uint8 (N, H'*3/2, W').
+
+    The only pixel conversions of the pipeline, done on the upscaler's device.
+    """
+    return to_packed_yuv(upscale_yuv(upscaler, frames, width, height, size))
+
+
+@contextmanager
+def _light_ops(device: torch.device):
+    """On the CPU, run cheap element-wise work on one thread (this thread only).
+
+    Each multi-threaded torch op is an OpenMP fork/join; on a small, busy CPU every join
+    waits for a time slice of the other cores (measured: a 320x240 yuv->rgb conversion took
+    44-84 ms on 2 threads of the shared 2-core machine, 0.2 ms on one). The network's
+    convolutions keep every thread.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 class Batcher:
@@ -125,6 +166,8 @@ class Batcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rr = 0
+        self._finish_q: queue.Queue = queue.Queue(maxsize=2)  # batches waiting for yuv conversion
+        self._finisher: threading.Thread | None = None
         self.on_error: Callable[[str, BaseException], None] | None = None
 
     # --- wiring -------------------------------------------------------------
@@ -145,6 +188,8 @@ class Batcher:
 
     def start(self) -> Batcher:
         if self._thread is None:
+            self._finisher = threading.Thread(target=self._finish_loop, name=f"finisher-{self.device}", daemon=True)
+            self._finisher.start()
             self._thread = threading.Thread(target=self._run, name=f"batcher-{self.device}", daemon=True)
             self._thread.start()
         return self
@@ -154,10 +199,17 @@ class Batcher:
         self.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._finisher is not None and self._finisher.is_alive():
+            try:
+                self._finish_q.put(None, timeout=timeout)
+            except queue.Full:
+                pass
+            self._finisher.join(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return (self._thread is not None and self._thread.is_alive()
+                and self._finisher is not None and self._finisher.is_alive())
 
     # --- the worker ---------------------------------------------------------
     def _has_items(self) -> bool:
@@ -209,7 +261,8 @@ class Batcher:
                  self.frames)
 
     def run_batch(self, batch: list) -> None:
-        """Group ``(client, frame, queue_wait)`` items, run each group, deliver in order."""
+        """Group ``(client, frame, queue_wait)`` items and run each group on the model; the
+        finisher thread converts the results back to yuv420p and delivers them in order."""
         groups: dict[tuple, list] = {}
         routes: dict[str, tuple] = {}
         for client, frame, wait in batch:
@@ -218,22 +271,14 @@ class Batcher:
             upscaler, size = routes[client.name]
             key = (id(upscaler), frame.width, frame.height, size)
             groups.setdefault(key, []).append((client, frame, wait, upscaler, size))
-        results: list[tuple] = []
+        done: list[tuple] = []
         for items in groups.values():
             _, frame0, _, upscaler, size = items[0]
             t0 = time.perf_counter()
             try:
-                out = enhance_batch(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size)
+                out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size)
             except Exception as exc:  # an inference error loses this group, never the worker
-                self.errors += 1
-                log.exception("inference failed for a batch of %d frame(s)", len(items))
-                for client, *_ in items:
-                    if hasattr(client, "failed"):
-                        client.failed += 1
-                    if self.metrics is not None:
-                        self.metrics.errors.labels(client.name, "inference").inc()
-                    if self.on_error is not None:
-                        self.on_error(client.name, exc)
+                self._failed(items, exc)
                 continue
             dt = time.perf_counter() - t0
             self.busy_s += dt
@@ -244,12 +289,56 @@ class Batcher:
                 self.metrics.inference_seconds.labels(self.device).observe(dt)
                 if upscaler.device.type == "cuda":
                     self.metrics.update_gpu_memory()
-            oh, ow = out.shape[1] * 2 // 3, out.shape[2]
-            for (client, frame, wait, _, _), data in zip(items, out):
-                results.append((client, Enhanced(frame, data, ow, oh, wait, dt, len(items))))
+            done.append((items, out, dt))
+        if done:
+            self._finish_q.put(done)
+            if self._finisher is None or not self._finisher.is_alive():
+                self._finish_all()  # no finisher thread (run_batch called directly): finish inline
+
+    def _failed(self, items: list, exc: BaseException) -> None:
+        self.errors += 1
+        log.error("inference failed for a batch of %d frame(s): %s: %s", len(items), type(exc).__name__, exc)
+        for client, *_ in items:
+            if hasattr(client, "failed"):
+                client.failed += 1
+            if self.metrics is not None:
+                self.metrics.errors.labels(client.name, "inference").inc()
+            if self.on_error is not None:
+                self.on_error(client.name, exc)
+
+    def _finish_all(self) -> None:
+        while True:
+            try:
+                done = self._finish_q.get_nowait()
+            except queue.Empty:
+                return
+            if done is not None:
+                self._finish(done)
+
+    def _finish_loop(self) -> None:
+        """Thread: convert finished batches to yuv420p and deliver them, overlapping the next batch."""
+        while True:
+            done = self._finish_q.get()
+            if done is None:
+                return
+            self._finish(done)
+
+    def _finish(self, done: list) -> None:
+        results: list[tuple] = []
+        for items, out, dt in done:
+            t0 = time.perf_counter()
+            try:
+                packed = to_packed_yuv(out)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(items, exc)
+                continue
+            per_frame = dt + (time.perf_counter() - t0)
+            oh, ow = packed.shape[1] * 2 // 3, packed.shape[2]
+            for (client, frame, wait, _, _), data in zip(items, packed):
+                results.append((client, Enhanced(frame, data, ow, oh, wait, per_frame, len(items))))
                 if self.metrics is not None:
                     self.metrics.observe_stage(client.name, "queue", wait)
-                    self.metrics.observe_stage(client.name, "inference", dt)
+                    self.metrics.observe_stage(client.name, "inference", per_frame)
         results.sort(key=lambda r: (r[0].name, r[1].source.index))
         for client, enhanced in results:
             try:

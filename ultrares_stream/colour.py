@@ -26,20 +26,38 @@ def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def yuv420p_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Planes (N,H,W), (N,H/2,W/2) x2 as uint8 -> NCHW float RGB in [0, 1]."""
-    h, w = y.shape[-2:]
-    yf = y.float().unsqueeze(1) - 16.0
-    uv = torch.stack((u, v), 1).float() - 128.0
-    uv = F.interpolate(uv, size=(h, w), mode="nearest")
-    yuv = torch.cat((yf, uv), 1)
-    rgb = torch.einsum("ij,njhw->nihw", _YUV_TO_RGB.to(yuv.device), yuv)
-    return rgb.div_(255.0).clamp_(0.0, 1.0)
+    """Planes (N,H,W), (N,H/2,W/2) x2 as uint8 -> NCHW float RGB in [0, 1] (contiguous).
+
+    Chroma terms are computed at quarter resolution and then repeated 2x2 (nearest), the
+    same result as upsampling U/V first, for a quarter of the arithmetic.
+    """
+    n, h, w = y.shape[-3], y.shape[-2], y.shape[-1]
+    m = _YUV_TO_RGB
+    yf = (y.float() - 16.0).mul_(m[0, 0].item() / 255.0)
+    uf = u.float() - 128.0
+    vf = v.float() - 128.0
+    chroma = torch.stack((vf * (m[0, 2].item() / 255.0),
+                          uf * (m[1, 1].item() / 255.0) + vf * (m[1, 2].item() / 255.0),
+                          uf * (m[2, 1].item() / 255.0)), 1)  # N,3,H/2,W/2
+    hc, wc = chroma.shape[-2:]
+    chroma = chroma[:, :, :, None, :, None].expand(n, 3, hc, 2, wc, 2).reshape(n, 3, hc * 2, wc * 2)
+    rgb = chroma[..., :h, :w] + yf.unsqueeze(1)
+    return rgb.clamp_(0.0, 1.0)
 
 
 def rgb_to_yuv420p(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NCHW float RGB in [0, 1] (even H, W) -> uint8 planes Y (N,H,W), U and V (N,H/2,W/2)."""
-    yuv = torch.einsum("ij,njhw->nihw", _RGB_TO_YUV.to(rgb.device), rgb.float() * 255.0)
-    y = (yuv[:, 0] + 16.0).round_().clamp_(0, 255).to(torch.uint8)
-    uv = F.avg_pool2d(yuv[:, 1:], 2) + 128.0
-    uv = uv.round_().clamp_(0, 255).to(torch.uint8)
-    return y, uv[:, 0], uv[:, 1]
+    """NCHW float RGB in [0, 1] (even H, W) -> uint8 planes Y (N,H,W), U and V (N,H/2,W/2).
+
+    Chroma is the 2x2 average; as the conversion is linear, RGB is averaged first and
+    converted at quarter resolution (same values, a quarter of the arithmetic).
+    """
+    rgb = rgb.float()
+    m = _RGB_TO_YUV * 255.0
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    y = (r * m[0, 0].item()).add_(g * m[0, 1].item()).add_(b * m[0, 2].item()).add_(16.0)
+    y = y.round_().clamp_(0, 255).to(torch.uint8)
+    small = F.avg_pool2d(rgb, 2)
+    rs, gs, bs = small[:, 0], small[:, 1], small[:, 2]
+    u = (rs * m[1, 0].item()).add_(gs * m[1, 1].item()).add_(bs * m[1, 2].item()).add_(128.0)
+    v = (rs * m[2, 0].item()).add_(gs * m[2, 1].item()).add_(bs * m[2, 2].item()).add_(128.0)
+    return y, u.round_().clamp_(0, 255).to(torch.uint8), v.round_().clamp_(0, 255).to(torch.uint8)

@@ -42,7 +42,8 @@ class QueueConfig(_Strict):
 
 class EncoderConfig(_Strict):
     codec: str = "libx264"
-    preset: str = "veryfast"
+    preset: str = Field("auto", description="encoder preset; auto: ultrafast when inference runs on the CPU "
+                                            "(every encoder cycle is taken from the model), else veryfast")
     crf: int | None = Field(23, ge=0, le=51)
     bitrate: str | None = Field(None, description="e.g. 4M; overrides crf")
     gop: int | None = Field(None, ge=1, description="keyframe interval in frames; default 2 s of video")

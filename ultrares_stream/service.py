@@ -49,7 +49,7 @@ class Service:
                 model=config.camera_model(cam), alpha=config.camera_alpha(cam),
                 output_size=cam.output_size or config.defaults.output_size, queue_size=cam.queue.size,
                 queue_policy=cam.queue.policy, rtsp_transport=cam.rtsp_transport,
-                encoder=EncoderSettings.from_config(enc_cfg, live=live), timeout_s=rc.timeout_s,
+                encoder=EncoderSettings.from_config(enc_cfg, live=live, cpu_inference=self.device.type == "cpu"), timeout_s=rc.timeout_s,
                 backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s,
                 watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live)
         self.started_at: float | None = None

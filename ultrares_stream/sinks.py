@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,18 +34,24 @@ log = logging.getLogger(__name__)
 @dataclass
 class EncoderSettings:
     codec: str = "libx264"
-    preset: str | None = "veryfast"
+    preset: str | None = "auto"  # auto: ultrafast when inference shares the CPU, else veryfast
     crf: int | None = 23
     bitrate: str | None = None  # "4M", "800k"; overrides crf
     gop: int | None = None  # frames between keyframes; default 2 s of video
     tune: str | None = "zerolatency"  # live output; None for files
     threads: int = 0  # 0 = codec default
+    cpu_inference: bool = False  # the model runs on the CPU too: keep the encoder light
 
     @classmethod
-    def from_config(cls, cfg, live: bool = True) -> EncoderSettings:
+    def from_config(cls, cfg, live: bool = True, cpu_inference: bool = False) -> EncoderSettings:
         """From :class:`config.EncoderConfig` (or anything with codec/preset/crf/bitrate/gop)."""
         return cls(codec=cfg.codec, preset=cfg.preset, crf=cfg.crf, bitrate=cfg.bitrate, gop=cfg.gop,
-                   tune="zerolatency" if live else None)
+                   tune="zerolatency" if live else None, cpu_inference=cpu_inference)
+
+    def resolved_preset(self) -> str | None:
+        if self.preset != "auto":
+            return self.preset
+        return "ultrafast" if self.cpu_inference else "veryfast"
 
 
 def parse_bitrate(text: str) -> int:
@@ -90,9 +97,10 @@ def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], in
     opts: dict[str, str] = {}
     gop = s.gop or max(1, round(float(fps) * 2))
     bit_rate = parse_bitrate(s.bitrate) if s.bitrate else None
+    preset = s.resolved_preset()
     if s.codec in ("libx264", "libx265"):
-        if s.preset:
-            opts["preset"] = s.preset
+        if preset:
+            opts["preset"] = preset
         if s.tune:
             opts["tune"] = s.tune
         if bit_rate is None and s.crf is not None:
@@ -100,7 +108,7 @@ def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], in
         if s.codec == "libx264":
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
     elif s.codec.endswith("_nvenc"):
-        opts["preset"] = "p4" if not s.preset or s.preset in ("veryfast", "fast", "medium") else s.preset
+        opts["preset"] = preset if preset and re.fullmatch(r"p[1-7]", preset) else "p4"
         if s.tune:
             opts["tune"] = "ll"
         if bit_rate is None and s.crf is not None:

@@ -133,6 +133,8 @@ class Stream:
         self.frames_in = 0
         self.frames_out = 0
         self.delivered = 0  # frames back from the batcher
+        self.first_published_at: float | None = None  # monotonic clock
+        self.last_published_at: float | None = None
         self.failed = 0  # frames lost to inference errors
         self.started_at: float | None = None
         self.last_frame_at: float | None = None
@@ -205,6 +207,9 @@ class Stream:
     def _on_published(self, out: Enhanced, seconds: float) -> None:
         now = time.monotonic()
         self.frames_out += 1
+        if self.first_published_at is None:
+            self.first_published_at = now
+        self.last_published_at = now
         self._rate_out.tick(now)
         latency = now - out.source.received
         self._latencies.append(latency)
@@ -281,9 +286,10 @@ class Stream:
         if self._reader is not None:
             self._reader.join(timeout)
         end = time.monotonic() + timeout
-        while self.queue.depth and self.batcher.alive and time.monotonic() < end:
+        # let the frames already read come back from the batcher (the queue and the batch in flight)
+        while (self.delivered + self.failed + self.queue.dropped < self.frames_in and self.batcher.alive
+               and time.monotonic() < end):
             time.sleep(0.02)
-        time.sleep(0.05)
         self.batcher.detach(self.name)
         self.out_queue.close()
         self.sink.stop(max(0.5, end - time.monotonic()))

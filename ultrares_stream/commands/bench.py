@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--batch", type=int, default=1, help="frames per inference batch (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--preset", default="auto",
+                   help="libx264 preset of the pipeline's encoder (default auto, as the service: ultrafast when "
+                        "the model runs on the CPU, else veryfast)")
     p.add_argument("--matrix", action="store_true", help="engines x batch sizes table (ultrares_stream.engine.bench)")
     p.add_argument("--batches", default="1,4,8", help="batch sizes for --matrix (default 1,4,8)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import format_report, run_bench
 
     r = run_bench(args.input, args.frames, args.model, args.engine, args.device, args.precision, args.batch,
-                  args.threads)
+                  args.threads, args.preset)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
