@@ -41,8 +41,8 @@ def bicubic_down(x: torch.Tensor, scale: int) -> torch.Tensor:
     from ..quality.matlab_resize import resize_weights
 
     h, w = x.shape[-2:]
-    mh = torch.from_numpy(np.array(resize_weights(h, h // scale, 1 / scale))).to(x)
-    mw = torch.from_numpy(np.array(resize_weights(w, w // scale, 1 / scale))).to(x)
+    mh = torch.from_numpy(resize_weights(h, h // scale, 1 / scale).toarray()).to(x)
+    mw = torch.from_numpy(resize_weights(w, w // scale, 1 / scale).toarray()).to(x)
     return mh @ x @ mw.T
 
 
