@@ -133,6 +133,7 @@ class Stream:
         self.frames_in = 0
         self.frames_out = 0
         self.delivered = 0  # frames back from the batcher
+        self.enqueued = 0  # frames handed to the queue
         self.first_published_at: float | None = None  # monotonic clock
         self.last_published_at: float | None = None
         self.failed = 0  # frames lost to inference errors
@@ -245,6 +246,7 @@ class Stream:
                             return
                 except QueueClosed:
                     return
+                self.enqueued += 1
         except Exception as exc:  # noqa: BLE001 - a file that cannot be read
             self.error = exc
             log.error("%s: %s", self.name, exc)
@@ -255,7 +257,7 @@ class Stream:
 
     def _finish_output(self) -> None:
         """File input read to the end: once every frame is back from the batcher, close the output."""
-        while (self.delivered + self.failed + self.queue.dropped < self.frames_in
+        while (self.delivered + self.failed + self.queue.dropped < self.enqueued
                and self.batcher.alive and not self.out_queue.closed):
             time.sleep(0.02)
         self.out_queue.close()
@@ -287,7 +289,7 @@ class Stream:
             self._reader.join(timeout)
         end = time.monotonic() + timeout
         # let the frames already read come back from the batcher (the queue and the batch in flight)
-        while (self.delivered + self.failed + self.queue.dropped < self.frames_in and self.batcher.alive
+        while (self.delivered + self.failed + self.queue.dropped < self.enqueued and self.batcher.alive
                and time.monotonic() < end):
             time.sleep(0.02)
         self.batcher.detach(self.name)

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_until_stopped(service, http=None, duration: float | None = None) -> None:
     """Run until SIGTERM/Ctrl-C, ``duration`` or (file inputs) the end; then stop everything gracefully."""
     stop = threading.Event()
-    old = None
-    if threading.current_thread() is threading.main_thread():
-        old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
+    old_int = None
     try:
         service.wait(duration, stop)
         if stop.is_set():
@@ -38,13 +38,17 @@ def run_until_stopped(service, http=None, duration: float | None = None) -> None
     except KeyboardInterrupt:
         log.info("interrupted: stopping (flushing outputs)")
     finally:
+        if main:  # a second Ctrl-C/SIGTERM while flushing must not leave outputs half-written
+            old_int = signal.signal(signal.SIGINT, lambda *_: log.warning("already stopping; please wait"))
+            signal.signal(signal.SIGTERM, lambda *_: log.warning("already stopping; please wait"))
         try:
             service.stop()
         finally:
             if http is not None:
                 http.stop()
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+            if main:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
 
 
 def run(args: argparse.Namespace) -> int:
