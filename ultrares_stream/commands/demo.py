@@ -49,10 +49,19 @@ def run(args: argparse.Namespace) -> int:
         data["defaults"] = {"model": args.model}
     cfg = parse_config(data, "demo options")  # validates alpha/size with the same messages as the YAML
     console = Console()
+    from ..engine import pick_device
+    from ..stream import UpscalerPool
+
+    inf = cfg.inference
+    pool = UpscalerPool(device=str(pick_device(inf.device)), precision=inf.precision, engine=inf.engine,
+                        tile=inf.tile)
+    # load the model first: a missing or bad model is reported before anything starts
+    preloaded = pool.get(cfg.camera_model(cfg.cameras[0]), cfg.camera_alpha(cfg.cameras[0]))
     with RtspServer(port=args.port, host=args.host, video=Path(args.video) if args.video else None) as srv:
         cfg.cameras[0].input = srv.camera_url
         cfg.cameras[0].output = srv.record_url("enhanced")
-        service = Service(cfg)  # loads the model: a clear error here if its weights are missing
+        service = Service(cfg, pool=pool)  # the camera shares the preloaded model
+        pool.release(preloaded)
         http = HttpServer(make_app(service), args.host, args.http_port).start()
         service.start()
         console.print(f"[bold]camera[/]    {srv.camera_url}")
