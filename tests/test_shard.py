@@ -121,3 +121,16 @@ def test_shard_command_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["shard", "--config", "x.yaml", "--replicas", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_serve_takes_only_its_shard(tmp_path, capsys):
+    path = tmp_path / "cams.yaml"
+    path.write_text(json.dumps({"cameras": [{"name": n, "input": f"/videos/{n}.mp4", "output": f"/out/{n}.mp4"}
+                                            for n in NAMES[:5]]}))
+    owned = assign(NAMES[:5], 2)
+    for index in (0, 1):
+        assert main(["serve", "--config", str(path), "--shard-index", str(index), "--shard-count", "2",
+                     "--check"]) == 0
+        assert f"({len(owned[index])} enabled camera(s)" in capsys.readouterr().out
+    assert main(["serve", "--config", str(path), "--shard-index", "2", "--shard-count", "2", "--check"]) == 2
+    assert "shard index" in capsys.readouterr().err

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="HTTP host (overrides server.host)")
     p.add_argument("--port", type=int, help="HTTP port (overrides server.port)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
+    p.add_argument("--shard-index", type=int, default=0, metavar="I",
+                   help="serve only shard I of --shard-count (a StatefulSet pod's ordinal; see `ultrares shard`)")
+    p.add_argument("--shard-count", type=int, default=1, metavar="N", help="number of shards (replicas), default 1")
     p.add_argument("--check", action="store_true", help="only validate the config and exit")
     p.set_defaults(func=run)
 
@@ -60,14 +63,21 @@ def run(args: argparse.Namespace) -> int:
         cfg.server.host = args.host
     if args.port:
         cfg.server.port = args.port
-    enabled = [c for c in cfg.cameras if c.enabled]
+    from ..shard import shard_of
+
+    enabled = shard_of(cfg, args.shard_index, args.shard_count)
+    if args.shard_count > 1:
+        log.info("shard %d of %d: %d camera(s): %s", args.shard_index, args.shard_count, len(enabled),
+                 ", ".join(c.name for c in enabled) or "none")
+        cfg.cameras = enabled
     if args.check:
         print(f"{args.config}: valid ({len(enabled)} enabled camera(s) of {len(cfg.cameras)})")
         return 0
     if not enabled:
         from ..errors import UserError
 
-        raise UserError(f"{args.config}: no enabled cameras (add entries under 'cameras:')")
+        where = f" in shard {args.shard_index} of {args.shard_count}" if args.shard_count > 1 else ""
+        raise UserError(f"{args.config}: no enabled cameras{where} (add entries under 'cameras:')")
     service = Service(cfg)
     http = HttpServer(make_app(service, cfg.server.api_token), cfg.server.host, cfg.server.port).start()
     service.start()
