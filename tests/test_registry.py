@@ -64,7 +64,7 @@ def test_resolve_paths_and_adhoc_pairs(tmp_path):
     single = resolve(str(tmp_path / "a.safetensors"))
     assert single.name == "a" and not single.is_pair
     pair = resolve(f"{tmp_path / 'a.safetensors'}+{tmp_path / 'b.pth'}")
-    assert pair.is_pair
+    assert pair.is_pair and pair.name == "a+b"  # file stems only: status pages never show server paths
     with pytest.raises(ModelError, match="unknown model 'no-such-model'"):
         resolve("no-such-model")
 

@@ -175,8 +175,8 @@ def resolve(spec: str | None = None, download: bool | None = None) -> ResolvedMo
     if spec in ENTRIES:
         return ResolvedModel(spec, read_checkpoint(entry_path(spec, download)))
     if "+" in spec:
-        a, b = spec.split("+", 1)
-        return ResolvedModel(spec, read_checkpoint(a), read_checkpoint(b))
+        a, b = spec.split("+", 1)  # named by file stems: status pages must not show server paths
+        return ResolvedModel(f"{Path(a).stem}+{Path(b).stem}", read_checkpoint(a), read_checkpoint(b))
     path = Path(spec).expanduser()
     if path.suffix in (".pth", ".pt", ".safetensors") or path.exists():
         return ResolvedModel(path.stem, read_checkpoint(path))
