@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bicubic = paper protocol; traffic = blur/noise/JPEG/H.264; mixed = half and half")
     p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
     p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 autocast roughly halves a GAN-stage step on CPUs with native bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
@@ -61,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
         degradation=DegradationConfig(mode=args.degradation),
         val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
-        seed=args.seed, threads=args.threads)
+        seed=args.seed, threads=args.threads, precision=args.precision)
     Trainer(cfg).fit(resume=not args.no_resume)
     return 0

@@ -45,12 +45,13 @@ class VGG19Features(nn.Module):
 
 
 class SRNetFeatures(nn.Module):
-    """Fallback feature network: the first ``depth`` conv+PReLU layers of a trained
+    """Fallback feature network: the first ``depth`` conv+PReLU layers (default 4, which keeps
+    a CPU training step affordable) of a trained
     SRVGGNetCompact (e.g. Real-ESRGAN's realesr-animevideov3), used at HR resolution.
     Its filters are trained edge/texture detectors, so matching their responses
     rewards texture the way a classification net's features do."""
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], depth: int = 8):
+    def __init__(self, state_dict: dict[str, torch.Tensor], depth: int = 4):
         super().__init__()
         from ..models.checkpoint import build_model
 
@@ -62,7 +63,7 @@ class SRNetFeatures(nn.Module):
         feats = []
         for i, layer in enumerate(self.body):
             x = layer(x)
-            if i % 4 == 3:
+            if i % 4 == 3 or i == len(self.body) - 1:
                 feats.append(x)
         return feats
 

@@ -139,37 +139,43 @@ class Trainer:
         return True
 
     # -- one step ----------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
     def train_step(self, hr: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
         lr_img = degrade(hr, cfg.scale, self.rng, cfg.degradation)
         for group in self.opt_g.param_groups:
             group["lr"] = lr_at(self.step, cfg.lr, cfg.steps)
         self.g.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        gan = cfg.stage == "gan"
+        with self._autocast():
             sr = self.g(lr_img).float()
-        logs: dict[str, float] = {}
-        loss = cfg.pixel_weight * F.l1_loss(sr, hr) if cfg.stage == "gan" else F.l1_loss(sr, hr)
-        logs["l1"] = float(F.l1_loss(sr.detach(), hr))
-        if cfg.stage == "gan":
-            if self.feat is not None:
-                p = perceptual_loss(self.feat, sr, hr)
-                loss = loss + cfg.perceptual_weight * p
-                logs["percep"] = float(p.detach())
-            for q in self.d.parameters():
-                q.requires_grad_(False)
-            real_logits = self.d(hr).detach()
-            adv = ragan_g_loss(real_logits, self.d(sr))
+        pixel = F.l1_loss(sr, hr)
+        logs: dict[str, float] = {"l1": float(pixel.detach())}
+        loss = cfg.pixel_weight * pixel if gan else pixel
+        if gan:
+            with self._autocast():
+                if self.feat is not None:
+                    p = perceptual_loss(self.feat, sr, hr).float()
+                    loss = loss + cfg.perceptual_weight * p
+                    logs["percep"] = float(p.detach())
+                for q in self.d.parameters():
+                    q.requires_grad_(False)
+                real_logits = self.d(hr).detach().float()
+                adv = ragan_g_loss(real_logits, self.d(sr).float())
             loss = loss + cfg.gan_weight * adv
             logs["g_adv"] = float(adv.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        if cfg.stage == "gan":
+        if gan:
             for q in self.d.parameters():
                 q.requires_grad_(True)
             for group in self.opt_d.param_groups:
                 group["lr"] = lr_at(self.step, cfg.lr, cfg.steps)
-            d_loss = ragan_d_loss(self.d(hr), self.d(sr.detach()))
+            with self._autocast():
+                d_loss = ragan_d_loss(self.d(hr).float(), self.d(sr.detach()).float())
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
