@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the shared realesr-animevideov3 weights if present, else none")
     p.add_argument("--degradation", choices=["mixed", "traffic", "bicubic"], default="mixed",
                    help="bicubic = paper protocol; traffic = blur/noise/JPEG/H.264; mixed = half and half")
+    p.add_argument("--degrade", metavar="FIELD=VALUE", action="append", default=[],
+                   help="override a degradation setting, e.g. h264_prob=0.6 or h264_crf=24,40 or p_bicubic=0.3 "
+                        "(fields of train.degradations.DegradationConfig; repeatable)")
     p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -61,8 +64,35 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, stage=args.stage, images=images, videos=videos, steps=args.steps,
         budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
-        degradation=DegradationConfig(mode=args.degradation),
+        degradation=degradation_config(args.degradation, args.degrade),
         val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
         seed=args.seed, threads=args.threads, precision=args.precision)
     Trainer(cfg).fit(resume=not args.no_resume)
     return 0
+
+
+def degradation_config(mode: str, overrides: list[str]):
+    """``DegradationConfig(mode=...)`` with ``FIELD=VALUE`` overrides (ranges as ``LOW,HIGH``)."""
+    from dataclasses import fields, replace
+
+    from ..errors import UserError
+    from ..train.degradations import DegradationConfig
+
+    cfg = DegradationConfig(mode=mode)
+    known = {f.name: f for f in fields(cfg)}
+    changes: dict[str, object] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known or key == "mode":
+            raise UserError(f"--degrade {item!r}: use FIELD=VALUE with FIELD one of "
+                            f"{', '.join(k for k in known if k != 'mode')}")
+        current = getattr(cfg, key)
+        try:
+            if isinstance(current, tuple):
+                low, high = value.split(",")
+                changes[key] = (type(current[0])(low), type(current[1])(high))
+            else:
+                changes[key] = type(current)(value)
+        except ValueError:
+            raise UserError(f"--degrade {item!r}: bad value for {key} (now {current!r})") from None
+    return replace(cfg, **changes)
