@@ -66,3 +66,53 @@ def rtsp_server(gst_rtsp):
         yield srv
     finally:
         srv.stop()
+
+
+def _make_clip(path, frames=20, w=64, h=48, fps=10, audio=False, fmt=None):
+    """An H.264 clip (a bright column moving across a ramp of grey levels), with an optional
+    440 Hz AAC tone as long as the video."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=fmt) as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(frames):
+            img = np.full((h, w, 3), (i * 20) % 200, np.uint8)
+            img[:, (i * 3) % w] = 255
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        if a is not None:
+            n = 16000 * frames // fps
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 16000)).astype(np.float32)[None]
+            for s in range(0, n, 1024):
+                fr = av.AudioFrame.from_ndarray(tone[:, s:s + 1024], format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, s
+                for p in a.encode(fr):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+    return path
+
+
+@pytest.fixture
+def make_clip():
+    """``make_clip(path, frames=20, w=64, h=48, fps=10, audio=False, fmt=None) -> path``."""
+    return _make_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A real (randomly initialised) compact x2 net, fast enough for CPU pipeline tests."""
+    import torch
+
+    from ultrares_stream.models.archs import SRVGGNetCompact
+    from ultrares_stream.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
+    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
+    return str(path)

@@ -122,6 +122,7 @@ def test_model_scale_must_match(bench, tmp_path, capsys):
     assert "use --scale 4" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(900)  # the real-size evaluation; slow on a busy 2-core machine
 def test_set5_and_traffic_with_the_real_esrgan_checkpoint(tmp_path):
     set5, video = need_data("sr", "Set5"), need_data("video")
     weights = need_data("weights", "realesr-animevideov3.pth")

@@ -6,43 +6,13 @@ import sys
 import time
 
 import av
-import numpy as np
 import pytest
-import torch
 
 from ultrares_stream.errors import UserError
-from ultrares_stream.models.archs import SRVGGNetCompact
-from ultrares_stream.models.checkpoint import save_checkpoint
 from ultrares_stream.recorded import enhance_video, is_video
 from ultrares_stream.upscaler import Upscaler
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def make_clip(path, frames=20, w=64, h=48, fps=10, audio=True, fmt=None):
-    """An H.264 clip with a 440 Hz AAC tone as long as the video."""
-    with av.open(str(path), "w", format=fmt) as c:
-        v = c.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
-        for i in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:, (i * 3) % w] = 255
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        if a is not None:
-            n = 16000 * frames // fps
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 16000)).astype(np.float32)[None]
-            for s in range(0, n, 1024):
-                fr = av.AudioFrame.from_ndarray(tone[:, s:s + 1024], format="fltp", layout="mono")
-                fr.sample_rate, fr.pts = 16000, s
-                for p in a.encode(fr):
-                    c.mux(p)
-            for p in a.encode(None):
-                c.mux(p)
-    return path
 
 
 def describe(path):
@@ -60,20 +30,12 @@ def describe(path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
-    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def upscaler(tiny_model):
     return Upscaler(tiny_model, device="cpu", precision="fp32", engine="eager", tile=0)
 
 
-def test_keeps_frame_count_and_audio(tmp_path, upscaler):
-    src = make_clip(tmp_path / "in.mp4", frames=20)
+def test_keeps_frame_count_and_audio(tmp_path, upscaler, make_clip):
+    src = make_clip(tmp_path / "in.mp4", frames=20, audio=True)
     dst = tmp_path / "out" / "enhanced.mp4"
     stats = enhance_video(src, dst, upscaler, progress=False, max_batch=3)
     a, b = describe(src), describe(dst)
@@ -87,7 +49,7 @@ def test_keeps_frame_count_and_audio(tmp_path, upscaler):
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".avi"])
-def test_output_size_and_containers(tmp_path, upscaler, suffix):
+def test_output_size_and_containers(tmp_path, upscaler, suffix, make_clip):
     src = make_clip(tmp_path / "in.mp4", frames=6, audio=False)
     dst = tmp_path / f"out{suffix}"
     enhance_video(src, dst, upscaler, size=(100, 76), progress=False)
@@ -95,7 +57,7 @@ def test_output_size_and_containers(tmp_path, upscaler, suffix):
     assert d["frames"] == 6 and d["size"] == (100, 76)
 
 
-def test_is_video_sniffs_content(tmp_path):
+def test_is_video_sniffs_content(tmp_path, make_clip):
     clip = make_clip(tmp_path / "clip.bin", frames=3, audio=False, fmt="mp4")  # a video with a misleading name
     assert is_video(clip)
     from PIL import Image
@@ -107,7 +69,7 @@ def test_is_video_sniffs_content(tmp_path):
     assert not is_video(tmp_path / "missing.mp4")
 
 
-def test_bad_input_and_output_are_user_errors(tmp_path, upscaler):
+def test_bad_input_and_output_are_user_errors(tmp_path, upscaler, make_clip):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(4096))
     with pytest.raises(UserError, match="bad.mp4"):
@@ -143,8 +105,8 @@ except EnhanceInterrupted as exc:
 """
 
 
-def test_sigterm_finishes_a_playable_file_of_frames_done(tmp_path, tiny_model):
-    src = make_clip(tmp_path / "long.mp4", frames=150)
+def test_sigterm_finishes_a_playable_file_of_frames_done(tmp_path, tiny_model, make_clip):
+    src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
     dst = tmp_path / "partial.mp4"
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, tiny_model, str(src), str(dst)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

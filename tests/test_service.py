@@ -1,50 +1,18 @@
 """The service: cameras from a config, real HTTP (/metrics, /healthz, /readyz, streams API), counters that
 agree with what was actually published, graceful stop, and the serve command's config errors."""
-import socket
-import time
 
 import av
 import httpx
-import numpy as np
 import pytest
-import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from ultrares_stream.demo.server import free_port
 from ultrares_stream.cli import main
 from ultrares_stream.config import parse_config
-from ultrares_stream.models.archs import SRVGGNetCompact
-from ultrares_stream.models.checkpoint import save_checkpoint
 from ultrares_stream.service import HttpServer, Service, fallback_app, make_app
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def make_clip(path, frames=12, w=48, h=32, fps=10):
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            img = np.full((h, w, 3), (i * 20) % 255, np.uint8)
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-    return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
-    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
-    return str(path)
 
 
 def scrape(url):
@@ -66,8 +34,8 @@ def config(tmp_path, model, port, cams):
 
 
 @pytest.mark.parametrize("web", ["app", "fallback"])
-def test_metrics_agree_with_frames_published(tmp_path, tiny_model, web):
-    clips = [make_clip(tmp_path / f"c{i}.mp4", frames=n) for i, n in enumerate((12, 7))]
+def test_metrics_agree_with_frames_published(tmp_path, tiny_model, web, make_clip):
+    clips = [make_clip(tmp_path / f"c{i}.mp4", frames=n, w=48, h=32) for i, n in enumerate((12, 7))]
     cams = [{"name": f"cam{i}", "input": str(c), "output": str(tmp_path / f"out{i}.mkv")}
             for i, c in enumerate(clips)]
     cams[1]["output_size"] = "64x44"
@@ -110,8 +78,8 @@ def test_metrics_agree_with_frames_published(tmp_path, tiny_model, web):
     assert not svc.healthy()
 
 
-def test_set_alpha_applies_without_restarting(tmp_path, tiny_model):
-    src = make_clip(tmp_path / "c.mp4", frames=3)
+def test_set_alpha_applies_without_restarting(tmp_path, tiny_model, make_clip):
+    src = make_clip(tmp_path / "c.mp4", frames=3, w=48, h=32)
     svc = Service(config(tmp_path, tiny_model, 1, [{"name": "a", "input": str(src), "output": str(tmp_path / "o.mkv")}]))
     cam = svc.cameras["a"]
     up = cam.upscaler

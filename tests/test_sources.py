@@ -3,26 +3,11 @@ import socket
 import threading
 import time
 
-import av
-import numpy as np
 import pytest
 
 from ultrares_stream.errors import UserError
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.sources import Source, backoff_delay, is_live, mask_url, open_args
-
-
-def make_clip(path, frames=12, w=48, h=32, fps=10):
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            img = np.full((h, w, 3), (i * 20) % 255, np.uint8)
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-    return path
 
 
 @pytest.mark.parametrize("url, masked", [
@@ -63,8 +48,8 @@ def test_backoff_grows_exponentially_with_jitter_and_cap():
     assert all(backoff_delay(a, 0.5, 8.0) <= 8.0 for a in range(1, 100))
 
 
-def test_file_source_decodes_every_frame_with_increasing_times(tmp_path):
-    clip = make_clip(tmp_path / "c.mp4", frames=12)
+def test_file_source_decodes_every_frame_with_increasing_times(tmp_path, make_clip):
+    clip = make_clip(tmp_path / "c.mp4", frames=12, w=48, h=32)
     m = Metrics()
     src = Source(str(clip), "f", metrics=m)
     frames = list(src.frames())

@@ -8,25 +8,13 @@ from fractions import Fraction
 
 import av
 import pytest
-import torch
 
 from ultrares_stream.batcher import Batcher
 from ultrares_stream.metrics import Metrics
-from ultrares_stream.models.archs import SRVGGNetCompact
-from ultrares_stream.models.checkpoint import save_checkpoint
 from ultrares_stream.stream import Stream, UpscalerPool
 from ultrares_stream.upscaler import Upscaler
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A real (randomly initialised) compact x2 net: fast enough for CPU pipeline tests."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny-x2.safetensors"
-    save_checkpoint(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2).state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture

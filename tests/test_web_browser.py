@@ -6,7 +6,6 @@ readable error, and steer a camera's alpha from the cameras view.
 (with the best model present: the shipped pair, else realesr-animevideov3)."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import socket

@@ -50,7 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..settings import data_dir
-    from ..train.degradations import DegradationConfig
     from ..train.trainer import TrainConfig, Trainer
 
     sr = data_dir() / "sr"

@@ -47,7 +47,7 @@ def identify(data: bytes, max_pixels: int) -> Upload:
             image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
         except Image.DecompressionBombError as exc:
             raise ApiError(413, f"image has too many pixels ({exc}); the limit is {max_pixels:,}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             raise ApiError(415, "the upload is not a PNG, JPEG, WebP, BMP, TIFF or GIF image (judged from its "
                                 "content, not its name or type); choose an image file") from None
     w, h = image.size
