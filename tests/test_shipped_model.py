@@ -1,0 +1,45 @@
+"""The shipped default pair: it is there, it is a pair of one architecture, and it beats bicubic."""
+from __future__ import annotations
+
+import torch
+
+from ultrares_stream.models.checkpoint import infer_arch, read_checkpoint
+from ultrares_stream.models.registry import DEFAULT_MODEL, ENTRIES, PAIRS, local_path
+from ultrares_stream.upscaler import Upscaler
+
+
+def test_shipped_pair_is_present_and_interpolable():
+    psnr_name, gan_name = PAIRS[DEFAULT_MODEL]
+    psnr, gan = (read_checkpoint(local_path(ENTRIES[n])) for n in (psnr_name, gan_name))
+    spec = infer_arch(psnr)
+    assert spec == infer_arch(gan)
+    assert spec.arch == "SRVGGNetCompact" and spec.scale == 4
+    assert dict(spec.kwargs)["num_feat"] == 32 and dict(spec.kwargs)["num_conv"] == 6
+    # two different networks (else alpha would do nothing), of one lineage (close in weight space)
+    diff = sum((psnr[k] - gan[k]).abs().sum() for k in psnr)
+    size = sum(psnr[k].abs().sum() for k in psnr)
+    assert 0 < diff / size < 0.5
+
+
+def test_default_upscaler_runs_and_alpha_changes_the_output():
+    up = Upscaler(device="cpu", precision="fp32")
+    assert up.model_name == DEFAULT_MODEL and up.is_pair and up.scale == 4
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 32)
+    up.set_alpha(0.0)
+    a = up.upscale(x)
+    up.set_alpha(1.0)
+    b = up.upscale(x)
+    assert a.shape == (1, 3, 96, 128)
+    assert (a - b).abs().mean() > 1e-3
+
+
+def test_shipped_psnr_network_beats_bicubic_on_set5(data):
+    from ultrares_stream.quality.datasets import load_pairs
+    from ultrares_stream.quality.evaluate import bicubic_upscale, evaluate, upscaler_fn
+
+    pairs = load_pairs(data("sr", "Set5"), 4)
+    bicubic = evaluate(pairs, lambda lr: bicubic_upscale(lr, 4), 4)["psnr"]
+    model = evaluate(pairs, upscaler_fn(Upscaler(alpha=0.0, device="cpu", precision="fp32")), 4)["psnr"]
+    assert abs(bicubic - 28.42) < 0.01
+    assert model >= bicubic + 1.5, (model, bicubic)
