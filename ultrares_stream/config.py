@@ -29,7 +29,12 @@ class InferenceConfig(_Strict):
     device: str = "auto"
     engine: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    max_batch: int = Field(4, ge=1, le=64)
+    max_batch: int | None = Field(None, ge=1, le=64, description=(
+        "frames per inference batch, across cameras; default 1 on the CPU (batching is slower per "
+        "frame there, docs/benchmarks.md) and 4 on CUDA"))
+
+    def batch_for(self, device_type: str) -> int:
+        return self.max_batch or (1 if device_type == "cpu" else 4)
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
     tile: int | None = Field(None, ge=0)
 

@@ -35,7 +35,8 @@ class Service:
         self.device = pick_device(inf.device)
         self.pool = pool or UpscalerPool(device=str(self.device), precision=inf.precision, engine=inf.engine,
                                          tile=inf.tile)
-        self.batcher = Batcher(str(self.device), inf.max_batch, inf.max_wait_ms, metrics=self.metrics)
+        self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms,
+                               metrics=self.metrics)
         self.cameras: dict[str, Stream] = {}
         rc = config.reconnect
         for cam in config.cameras:
