@@ -124,6 +124,12 @@ def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, h
     return to_packed_yuv(upscale_yuv(upscaler, frames, width, height, size))
 
 
+def default_max_batch(device_type: str) -> int:
+    """Frames per batch when not configured: 1 on the CPU, where a batch is slower per frame than
+    single frames (docs/benchmarks.md), 4 on a GPU."""
+    return 1 if device_type == "cpu" else 4
+
+
 @contextmanager
 def _light_ops(device: torch.device):
     """On the CPU, run cheap element-wise work on one thread (this thread only).

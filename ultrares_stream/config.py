@@ -34,7 +34,9 @@ class InferenceConfig(_Strict):
         "frame there, docs/benchmarks.md) and 4 on CUDA"))
 
     def batch_for(self, device_type: str) -> int:
-        return self.max_batch or (1 if device_type == "cpu" else 4)
+        from .batcher import default_max_batch
+
+        return self.max_batch or default_max_batch(device_type)
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
     tile: int | None = Field(None, ge=0)
 

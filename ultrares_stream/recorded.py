@@ -23,7 +23,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from .batcher import enhance_batch
+from .batcher import default_max_batch, enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
 from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p
@@ -85,7 +85,7 @@ def _check_output(dst: Path) -> str:
 
 
 def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None = None, progress: bool = True,
-                  max_batch: int = 4, encoder: EncoderSettings | None = None) -> dict:
+                  max_batch: int | None = None, encoder: EncoderSettings | None = None) -> dict:
     """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
 
     ``size`` = (width, height) of the output (default: the model's scale).
@@ -145,6 +145,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
 
     stop = threading.Event()
     errors: list[BaseException] = []
+    max_batch = max_batch or default_max_batch(upscaler.device.type)
     decoded_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     enhanced_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     counters = {"frames": 0, "decoded": 0, "bad_packets": 0, "copied": 0}

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 "
                         "(use fp32 for the full precision of 16-bit images)")
+    p.add_argument("--preset", default="medium",
+                   help="videos: libx264 preset (default medium; veryfast or ultrafast to go faster)")
+    p.add_argument("--crf", type=_crf, default=18, help="videos: libx264 constant quality, 0-51 (default 18)")
     p.add_argument("--alpha-upsampler", default="model", choices=["model", "bicubic"],
                    help="how transparency is upscaled: through the model as a grey image (default, as "
                         "Real-ESRGAN does) or bicubic")
@@ -182,8 +185,11 @@ def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) 
     if job.kind == "video":
         dst = job.dst / job.src.name if job.to_folder else job.dst
         _check_dst(job.src, dst, seen)
-        info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress)
-        log.info("%s -> %s (%.1f s) %s", job.src, dst, time.perf_counter() - start, info or "")
+        info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress, args.preset, args.crf)
+        info = info or {}
+        log.info("%s -> %s (%s frames at %.1f fps, %s audio/subtitle packets copied, %.1f s)", job.src, dst,
+                 info.get("frames", "?"), info.get("fps", 0.0), info.get("copied_packets", 0),
+                 time.perf_counter() - start)
         return
     fmt = detect_format(job.src)
     if job.to_folder:
@@ -216,7 +222,14 @@ def _check_dst(src: Path, dst: Path, seen: set[Path]) -> None:
     seen.add(resolved)
 
 
-def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool):
+def _crf(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 51:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 51, not {text!r}")
+    return int(text)
+
+
+def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = "medium",
+                   crf: int = 18):
     try:
         from .. import recorded
     except ModuleNotFoundError as exc:
@@ -226,7 +239,10 @@ def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool):
                         "(ultrares_stream.recorded is missing)") from None
     if scale is not None:
         size = _scaled_video_size(src, scale)
-    return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress)
+    from ..sinks import EncoderSettings
+
+    encoder = EncoderSettings(preset=preset, crf=crf, tune=None)
+    return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder)
 
 
 def _scaled_video_size(src: Path, scale: float) -> tuple[int, int]:
