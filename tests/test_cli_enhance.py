@@ -2,7 +2,6 @@
 line while the batch goes on, exit codes, help, video dispatch."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -104,25 +103,22 @@ def test_help_runs_as_a_program():
         assert opt in res.stdout
 
 
-def test_video_input_is_dispatched_or_clearly_refused(tmp_path, model, capsys):
+def test_video_input_is_enhanced_with_the_chosen_quality(tmp_path, model, capsys, make_clip):
     import av
 
-    clip = tmp_path / "clip.mp4"
-    with av.open(str(clip), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
-        for i in range(3):
-            frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 40 * i, np.uint8), format="rgb24")
-            for packet in s.encode(frame):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-    code = main(["enhance", str(clip), "-o", str(tmp_path / "out.mp4"), "--model", model])
-    err = capsys.readouterr().err
-    if importlib.util.find_spec("ultrares_stream.recorded") is None:
-        assert code == 1 and "clip.mp4: video input is not available" in err
-    else:
-        assert code == 0, err
-        with av.open(str(tmp_path / "out.mp4")) as c:
+    clip = make_clip(tmp_path / "clip.mp4", frames=6, w=32, h=24)
+    sizes = {}
+    for crf in (10, 51):
+        out = tmp_path / f"out-{crf}.mp4"
+        code = main(["enhance", str(clip), "-o", str(out), "--model", model, "--crf", str(crf),
+                     "--preset", "ultrafast"])
+        assert code == 0, capsys.readouterr().err
+        with av.open(str(out)) as c:
             v = c.streams.video[0]
             assert (v.codec_context.width, v.codec_context.height) == (128, 96)
+            assert sum(1 for _ in c.decode(v)) == 6
+        sizes[crf] = out.stat().st_size
+    assert sizes[51] < sizes[10]  # --crf reaches the encoder
+    with pytest.raises(SystemExit) as exit_info:
+        main(["enhance", str(clip), "-o", str(tmp_path / "x.mp4"), "--crf", "60"])
+    assert exit_info.value.code == 2 and "--crf: must be a whole number from 0 to 51" in capsys.readouterr().err
