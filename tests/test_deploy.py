@@ -243,11 +243,7 @@ def test_real_service_exports_what_the_dashboard_needs(tmp_path, exported_names)
             time.sleep(0.2)
         assert text, f"no /metrics from `ultrares serve`: {proc.stdout.read() if proc.poll() is not None else ''}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc, 30)
     served = sample_names_from_exposition(text)
     used = set().union(*(promql_metric_names(e) for e in dashboard_queries() + [r["expr"] for r in alert_rules()]))
     used = {n for n in used if n.startswith("ultrares_")}
@@ -300,6 +296,15 @@ def test_alerts_have_severity_runbook_and_the_issue_topics():
     assert "ultrares_end_to_end_seconds_bucket" in exprs["UltraResLatencyP99OverBudget"]
     assert "ultrares_frames_dropped_total" in exprs["UltraResFrameDrops"]
     assert "ultrares_reconnects_total" in exprs["UltraResReconnectStorm"]
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminate a server process we started; kill it if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _free_port() -> int:
@@ -373,11 +378,7 @@ def test_every_dashboard_query_returns_data_on_a_real_prometheus(tmp_path):
         for rule in alert_rules():  # alert expressions run too (their thresholds are unit-tested above)
             query(rule["expr"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc, 20)
         server.shutdown()
 
 
