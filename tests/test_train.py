@@ -121,3 +121,84 @@ def test_gan_stage_runs_and_moves_away_from_init(tmp_path):
     a, b = read_checkpoint(init), read_checkpoint(out)
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def _texture_clip(folder, frames=40, w=160, h=128):
+    """A clip of a random grey texture (4:2:0 keeps it) panning 3 px per frame, encoded almost losslessly."""
+    import av
+
+    folder.mkdir(exist_ok=True)
+    path = folder / "pan.mp4"
+    rng = np.random.default_rng(1)
+    grey = rng.random((h // 4, (w + 3 * frames) // 4, 1)) * 200 + 20
+    big = (grey * np.array([1.0, 0.9, 0.8])).astype(np.uint8)
+    big = np.asarray(Image.fromarray(big).resize((w + 3 * frames, h), Image.BICUBIC))
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"crf": "4"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(big[:, 3 * i:3 * i + w]), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255**2 / mse)
+
+
+def test_encoded_clip_pairs_are_aligned_p_frames_of_a_real_stream(tmp_path):
+    import av
+
+    from ultrares_stream.quality.datasets import CONTEXT_FRAMES
+    from ultrares_stream.quality.matlab_resize import imresize
+    from ultrares_stream.train.data import encoded_clip_pairs
+
+    clip = _texture_clip(tmp_path / "clips")
+    with av.open(str(clip)) as c:
+        originals = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    pairs = encoded_clip_pairs(clip, 4, (0.05, 2.0), every=4)
+    kept = list(range(CONTEXT_FRAMES, 20, 4))  # first half of 40 frames only: the rest is held out
+    assert len(pairs) == 2 * len(kept)
+    for (lr, hr), i in zip(pairs, kept * 2):
+        assert lr.shape == (32, 40, 3) and hr.shape == (128, 160, 3)
+        assert np.array_equal(hr, originals[i])
+    low = [_psnr(lr, imresize(hr, scale=1 / 4)) for lr, hr in pairs[: len(kept)]]
+    high = [_psnr(lr, imresize(hr, scale=1 / 4)) for lr, hr in pairs[len(kept):]]
+    assert min(high) > 30 and min(high) > max(low) + 3  # a real encode at two bitrates
+    lr, hr = pairs[-1]
+    other = pairs[-2][1]  # a frame 4 frames (12 px) earlier: LR must match its own frame better
+    assert _psnr(lr, imresize(hr, scale=1 / 4)) > _psnr(lr, imresize(other, scale=1 / 4)) + 5
+
+
+def test_pair_sampler_crops_lr_and_hr_at_the_same_place():
+    from ultrares_stream.quality.matlab_resize import imresize
+    from ultrares_stream.train.data import PairSampler
+
+    rng = np.random.default_rng(2)
+    hrs = [np.asarray(Image.fromarray((rng.random((24, 30, 3)) * 255).astype(np.uint8)).resize((120, 96), Image.BICUBIC))
+           for _ in range(3)]
+    sampler = PairSampler([(imresize(h, scale=1 / 4), h) for h in hrs], crop=48, scale=4, seed=5)
+    lr, hr = sampler.batch(16)
+    assert lr.shape == (16, 3, 12, 12) and hr.shape == (16, 3, 48, 48)
+    err = (bicubic_down(hr, 4) - lr)[..., 2:-2, 2:-2].abs()  # the kernel reaches 2 LR pixels past a crop
+    assert err.max() < 2 / 255
+    shifted = (bicubic_down(hr, 4)[..., 2:-2, 3:-1] - lr[..., 2:-2, 2:-2]).abs()
+    assert shifted.mean() > 10 * err.mean()
+
+
+def test_resume_with_video_pairs_gives_identical_weights(tmp_path):
+    folder = _scene(tmp_path)
+    clips = _texture_clip(tmp_path / "clips").parent
+    kw = dict(videos=[clips], pair_prob=0.5, pair_bpp=(0.1, 0.5), steps=16)
+    straight = Trainer(_cfg(tmp_path / "a", folder, **kw))
+    straight.fit(resume=False)
+    first = Trainer(_cfg(tmp_path / "b", folder, **kw))
+    first.fit(resume=False, until=7)
+    second = Trainer(_cfg(tmp_path / "b", folder, **kw))
+    second.fit(resume=True)
+    assert len(second.pair_sampler) == 2 * 3
+    for (k, a), b in zip(straight.g.state_dict().items(), second.g.state_dict().values()):
+        assert torch.equal(a, b), k

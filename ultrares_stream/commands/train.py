@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrade", metavar="FIELD=VALUE", action="append", default=[],
                    help="override a degradation setting, e.g. h264_prob=0.6 or h264_crf=24,40 or p_bicubic=0.3 "
                         "(fields of train.degradations.DegradationConfig; repeatable)")
+    p.add_argument("--video-pairs", type=float, default=0.0, metavar="SHARE",
+                   help="share of batches (0..1) from the --videos clips encoded as real H.264 streams at "
+                        "--pair-bpp bitrates: LR with inter-frame artefacts, HR the original frames")
+    p.add_argument("--pair-bpp", default="0.05,0.1,0.2,0.4",
+                   help="bits per pixel (at 25 fps) of the H.264 streams behind --video-pairs, comma-separated")
     p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -49,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..settings import data_dir
     from ..train.trainer import TrainConfig, Trainer
 
@@ -59,13 +65,24 @@ def run(args: argparse.Namespace) -> int:
     if perceptual is None and args.stage == "gan":
         fallback = data_dir() / "weights" / "realesr-animevideov3.pth"
         perceptual = f"srnet:{fallback}" if fallback.is_file() else "none"
+    if not 0 <= args.video_pairs <= 1:
+        raise UserError(f"--video-pairs must be between 0 and 1, not {args.video_pairs}")
+    if args.video_pairs and not videos:
+        raise UserError("--video-pairs needs clips: give --videos (no video folder found)")
+    try:
+        pair_bpp = tuple(float(b) for b in args.pair_bpp.split(","))
+    except ValueError:
+        raise UserError(f"--pair-bpp {args.pair_bpp!r}: give numbers such as 0.05,0.1,0.2") from None
+    if not pair_bpp or min(pair_bpp) <= 0:
+        raise UserError(f"--pair-bpp {args.pair_bpp!r}: bitrates must be positive")
     cfg = TrainConfig(
         out_dir=args.out, stage=args.stage, images=images, videos=videos, steps=args.steps,
         budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
         degradation=degradation_config(args.degradation, args.degrade),
         val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
-        seed=args.seed, threads=args.threads, precision=args.precision)
+        seed=args.seed, threads=args.threads, precision=args.precision,
+        pair_prob=args.video_pairs, pair_bpp=pair_bpp)
     Trainer(cfg).fit(resume=not args.no_resume)
     return 0
 

@@ -26,7 +26,7 @@ from .matlab_resize import imresize
 log = logging.getLogger(__name__)
 
 __all__ = ["load_pairs", "traffic_video_pairs", "read_image", "is_video_folder", "parse_bitrate",
-           "IMAGE_EXTS", "VIDEO_EXTS", "CONTEXT_FRAMES", "AUTO_BPP"]
+           "h264_roundtrip", "modcrop", "IMAGE_EXTS", "VIDEO_EXTS", "CONTEXT_FRAMES", "AUTO_BPP"]
 
 Pair = tuple[str, np.ndarray, np.ndarray]
 
@@ -68,7 +68,7 @@ def is_video_folder(path: Path) -> bool:
     return path.is_dir() and bool(_videos_in(path)) and not _images_in(path) and not (path / "HR").is_dir()
 
 
-def _modcrop(img: np.ndarray, multiple: int) -> np.ndarray:
+def modcrop(img: np.ndarray, multiple: int) -> np.ndarray:
     h, w = img.shape[:2]
     return img[: h - h % multiple, : w - w % multiple]
 
@@ -112,7 +112,7 @@ def load_pairs(folder: Path, scale: int) -> list[Pair]:
     else:
         log.info("%s: %d HR images, LR by MATLAB bicubic x1/%d", folder.name, len(hr_files), scale)
         for hr_path in hr_files:
-            hr = _modcrop(read_image(hr_path), scale)
+            hr = modcrop(read_image(hr_path), scale)
             if hr.shape[0] < scale or hr.shape[1] < scale:
                 raise UserError(f"{hr_path} is smaller than the scale {scale}")
             pairs.append((hr_path.stem, imresize(hr, scale=1 / scale), hr))
@@ -138,9 +138,9 @@ def parse_bitrate(bitrate: str | int, width: int, height: int, fps: float = ENCO
     return int(round(bps))
 
 
-def _h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> np.ndarray:
+def h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> list[np.ndarray]:
     """Encode RGB frames as one H.264 stream (libx264, camera-like settings) and return
-    the last decoded frame as RGB uint8."""
+    every decoded frame as RGB uint8, in order."""
     import av
 
     h, w = frames[0].shape[:2]
@@ -165,10 +165,10 @@ def _h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> np.ndarray:
     decoded += decoder.decode(None)
     if len(decoded) != len(frames):
         raise RuntimeError(f"H.264 round trip returned {len(decoded)} frames for {len(frames)}")
-    return decoded[-1].to_ndarray(format="rgb24")
+    return [f.to_ndarray(format="rgb24") for f in decoded]
 
 
-def _frame_count(path: Path) -> int:
+def frame_count(path: Path) -> int:
     import av
 
     with av.open(str(path)) as c:
@@ -189,7 +189,7 @@ def _clip_segments(path: Path, frames_per_clip: int, context: int, start_fractio
     held-out part (from ``start_fraction`` of its length on: ``ultrares train`` uses only the part before)."""
     import av
 
-    n = _frame_count(path)
+    n = frame_count(path)
     if n < 1:
         raise UserError(f"{path} has no video frames")
     first = min(max(context - 1, int(n * start_fraction)), n - 1)
@@ -242,13 +242,13 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     for clip in clips:
         rate = None
         for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES):
-            hr_frames = [_modcrop(f, 2 * scale) for f in frames]
+            hr_frames = [modcrop(f, 2 * scale) for f in frames]
             hh, hw = hr_frames[-1].shape[:2]
             if hh < 2 * scale or hw < 2 * scale:
                 raise UserError(f"{clip.name} frames ({hw}x{hh}) are too small for x{scale}")
             lw, lh = hw // scale, hh // scale
             rate = parse_bitrate(bitrate, lw, lh)
-            lr = _h264_roundtrip([imresize(f, scale=1 / scale) for f in hr_frames], rate)
+            lr = h264_roundtrip([imresize(f, scale=1 / scale) for f in hr_frames], rate)[-1]
             pairs.append((f"{clip.stem}#{index}", lr, hr_frames[-1]))
         log.info("%s: %d frames, LR %dx%d at %.0f kbit/s H.264", clip.name,
                  sum(1 for p in pairs if p[0].startswith(clip.stem + "#")), lw, lh, (rate or 0) / 1000)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..models.archs import SRVGGNetCompact
 from ..models.checkpoint import read_checkpoint, save_checkpoint
-from .data import CropSampler, build_pool
+from .data import CropSampler, PairSampler, build_pairs, build_pool
 from .degradations import DegradationConfig, degrade
 from .discriminator import VGGDiscriminator
 from .losses import feature_network, perceptual_loss, ragan_d_loss, ragan_g_loss
@@ -52,6 +52,10 @@ class TrainConfig:
     perceptual_weight: float = 1.0
     gan_weight: float = 0.1
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    # share of batches taken from the videos' first halves as real H.264 streams (LR with P-frame
+    # artefacts, encoded at each of pair_bpp bits per pixel) instead of degrading HR crops
+    pair_prob: float = 0.0
+    pair_bpp: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
     val_dir: Path | None = None  # Set5-style folder for the periodic validation PSNR
     val_every: int = 500
     ckpt_every: int = 200
@@ -93,6 +97,7 @@ class Trainer:
                 log.warning("no perceptual network given: GAN stage uses pixel + adversarial loss only")
         self.step = 0
         self.sampler: CropSampler | None = None
+        self.pair_sampler: PairSampler | None = None
         from ..engine.base import cpu_supports_bf16
 
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_supports_bf16())
@@ -110,6 +115,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(), "torch_rng": torch.get_rng_state(),
             "rng": self.rng.bit_generator.state, "history": self.history,
             "sampler": self.sampler.state() if self.sampler else None,
+            "pair_sampler": self.pair_sampler.state() if self.pair_sampler else None,
             "config": {k: str(v) for k, v in asdict(self.cfg).items()},
         }
         if self.d is not None:
@@ -135,6 +141,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = state.get("history", [])
         self._sampler_state = state.get("sampler")
+        self._pair_sampler_state = state.get("pair_sampler")
         log.info("resumed %s at step %d", self.ckpt_path, self.step)
         return True
 
@@ -142,9 +149,11 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_step(self, hr: torch.Tensor) -> dict[str, float]:
+    def train_step(self, hr: torch.Tensor, lr_img: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on an HR batch; its LR is ``lr_img`` or made by the degradations."""
         cfg = self.cfg
-        lr_img = degrade(hr, cfg.scale, self.rng, cfg.degradation)
+        if lr_img is None:
+            lr_img = degrade(hr, cfg.scale, self.rng, cfg.degradation)
         for group in self.opt_g.param_groups:
             group["lr"] = lr_at(self.step, cfg.lr, cfg.steps)
         self.g.train()
@@ -223,6 +232,12 @@ class Trainer:
         self.sampler = CropSampler(pool, cfg.crop, seed=cfg.seed)
         if getattr(self, "_sampler_state", None):
             self.sampler.set_state(self._sampler_state)
+        if cfg.pair_prob > 0:
+            self.pair_sampler = PairSampler(build_pairs(cfg.videos, cfg.scale, cfg.pair_bpp), cfg.crop, cfg.scale,
+                                            seed=cfg.seed + 2)
+            if getattr(self, "_pair_sampler_state", None):
+                self.pair_sampler.set_state(self._pair_sampler_state)
+            log.info("%.0f %% of batches from %d H.264 frame pairs", 100 * cfg.pair_prob, len(self.pair_sampler))
         log.info("stage %s: %d training images/frames, %s, batch %d x %dpx, %s", cfg.stage, len(self.sampler),
                  f"SRVGGNetCompact x{cfg.scale} feat {cfg.num_feat} conv {cfg.num_conv}", cfg.batch, cfg.crop,
                  "bf16 autocast" if self.bf16 else "fp32")
@@ -235,7 +250,11 @@ class Trainer:
             task = bar.add_task(f"train {cfg.stage}", total=cfg.steps, completed=self.step, info="")
             stop = min(cfg.steps, until or cfg.steps)
             while self.step < stop and time.monotonic() < deadline:
-                logs = self.train_step(self.sampler.batch(cfg.batch))
+                if self.pair_sampler is not None and self.rng.random() < cfg.pair_prob:
+                    lr_img, hr = self.pair_sampler.batch(cfg.batch)
+                    logs = self.train_step(hr, lr_img)
+                else:
+                    logs = self.train_step(self.sampler.batch(cfg.batch))
                 for k, v in logs.items():
                     avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
                 info = " ".join(f"{k} {v:.4f}" for k, v in avg.items())
