@@ -32,6 +32,18 @@ def anime_weights() -> Path:
     return need_data("weights", "realesr-animevideov3.pth")
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Pipelines set torch's process-wide CPU thread count (batcher.cpu_inference_threads);
+    restore it after each test so later tests run as configured."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

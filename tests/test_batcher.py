@@ -124,3 +124,37 @@ def test_inference_error_does_not_kill_the_worker(upscaler):
     b.stop()
     assert len(good.got) == 1 and not bad.got
     assert metrics.registry.get_sample_value("ultrares_errors_total", {"camera": "bad", "stage": "inference"}) == 1
+
+
+def test_cpu_inference_threads_leave_one_core_for_decode_and_encode(monkeypatch):
+    import os
+
+    from ultrares_stream.batcher import cpu_inference_threads
+
+    assert cpu_inference_threads(3) == 3  # configured: as given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpu_inference_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert cpu_inference_threads() == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_worker_runs_the_network_with_the_configured_threads(upscaler, threads):
+    seen = []
+
+    class Counting(Client):
+        def route(self):
+            seen.append(torch.get_num_threads())  # called on the worker thread, before the network
+            return super().route()
+
+    cam = Counting("a", (16, 16), upscaler)
+    b = Batcher("cpu", max_batch=1, max_wait_ms=0, threads=threads).start()
+    try:
+        b.attach(cam)
+        cam.queue.put(Frame(yuv_frame(16, 16), 16, 16, 0, 0.0))
+        deadline = time.monotonic() + 20
+        while not cam.got and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        b.stop()
+    assert seen == [threads] and len(cam.got) == 1

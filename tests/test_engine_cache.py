@@ -266,11 +266,13 @@ def test_engine_list_build_and_prune_commands(tmp_path, monkeypatch, capsys):
     assert "'big'" in capsys.readouterr().err
 
 
-def test_cli_parses_shape_ranges():
-    from ultrares_stream.commands.engine import parse_batch, parse_shapes
+def test_shape_ranges_parse_from_text():
+    from ultrares_stream.engine.cache import ShapeRange
 
-    assert parse_batch("8") == (8, 8, 8)
-    s = parse_shapes("480x270:960x540:1920x1080", parse_batch("1:4:8"))
+    assert ShapeRange.parse("960x540", "8").batch == (8, 8, 8)
+    s = ShapeRange.parse("480x270:960x540:1920x1080", "1:4:8")
     assert s.min_shape == (1, 3, 270, 480) and s.opt_shape == (4, 3, 540, 960) and s.max_shape == (8, 3, 1080, 1920)
-    with pytest.raises(UserError, match="--batch"):
-        parse_batch("1:x")
+    with pytest.raises(UserError, match="batch range"):
+        ShapeRange.parse("960x540", "1:x")
+    with pytest.raises(UserError, match="MIN <= OPT <= MAX"):
+        ShapeRange.parse("960x540:480x270:1920x1080")

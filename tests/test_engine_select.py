@@ -167,3 +167,40 @@ def test_bench_matrix_on_cpu_measures_and_reports_unavailable_backends():
     assert len(trt) == 2 and all("not available" in r["error"] for r in trt)
     table = format_table(rows)
     assert "| tiny x2 | 32x24 -> 64x48 | 1 | eager |" in table and "n/a" in table
+
+
+def test_service_engines_are_built_for_the_configured_batch_and_frame_sizes(monkeypatch, tiny_model):
+    """inference.max_batch and inference.engine_shape reach make_engine through the upscaler pool."""
+    from ultrares_stream import upscaler as upscaler_module
+    from ultrares_stream.config import parse_config
+    from ultrares_stream.engine.cache import ShapeRange
+    from ultrares_stream.stream import UpscalerPool
+
+    seen = {}
+    real = upscaler_module.make_engine
+
+    def spy(name, net, device, precision, **kw):
+        seen.update(kw)
+        return real(name, net, device, precision, **kw)
+
+    monkeypatch.setattr(upscaler_module, "make_engine", spy)
+    cfg = parse_config({"inference": {"device": "cpu", "engine": "eager", "max_batch": 6,
+                                      "engine_shape": "320x240:640x480:1280x720"},
+                        "cameras": [{"name": "a", "input": "rtsp://h/x", "output": "/tmp/a.mkv"}]})
+    UpscalerPool.from_config(cfg.inference, torch.device("cpu")).get(tiny_model, 0.0)
+    assert seen["max_batch"] == 6
+    assert seen["shapes"] == ShapeRange(batch=(1, 4, 6), width=(320, 640, 1280), height=(240, 480, 720))
+
+
+def test_engine_shape_errors_name_the_field(tmp_path, capsys):
+    import yaml
+
+    from ultrares_stream.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"inference": {"engine_shape": "960x540:480x270:960x540"},
+                                   "cameras": [{"name": "a", "input": "rtsp://h/x", "output": "/tmp/a.mkv"}]}))
+    for argv in (["serve", "--config", str(bad), "--check"], ["engine", "build", "--config", str(bad)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "inference.engine_shape" in err and "MIN <= OPT <= MAX" in err and "Traceback" not in err

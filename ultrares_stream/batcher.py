@@ -20,6 +20,7 @@ conversion back never delays the next inference.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -130,6 +131,24 @@ def default_max_batch(device_type: str) -> int:
     return 1 if device_type == "cpu" else 4
 
 
+def cpu_inference_threads(requested: int | None = None) -> int:
+    """torch threads for the network of a video pipeline on the CPU: ``requested``, else one
+    fewer than the cores this process may use (at least 1).
+
+    The spare core is for decode, colour conversion and encode. With every core in the
+    network's OpenMP team, each parallel region waits whenever the encoder holds one of them:
+    on the 2-core development machine the compact net took 21 ms a frame alone on 2 threads and
+    36 ms inside the pipeline, which then ran no faster than with 1 thread (docs/benchmarks.md).
+    """
+    if requested:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 @contextmanager
 def _light_ops(device: torch.device):
     """On the CPU, run cheap element-wise work on one thread (this thread only).
@@ -155,13 +174,15 @@ def _light_ops(device: torch.device):
 class Batcher:
     """One worker thread running batches for every attached camera on one device."""
 
-    def __init__(self, device: str = "cpu", max_batch: int = 4, max_wait_ms: float = 10.0, metrics=None):
+    def __init__(self, device: str = "cpu", max_batch: int = 4, max_wait_ms: float = 10.0, metrics=None,
+                 threads: int | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.device = str(device)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
+        self.threads = threads  # torch CPU threads of the network (None: cpu_inference_threads())
         self.batches = 0
         self.frames = 0
         self.errors = 0
@@ -240,8 +261,12 @@ class Batcher:
             self._rr = (self._rr + 1) % max(1, len(clients))
 
     def _run(self) -> None:
-        log.info("inference worker on %s: max_batch %d, max_wait %.0f ms", self.device, self.max_batch,
-                 self.max_wait_s * 1000)
+        threads = ""
+        if torch.device(self.device).type == "cpu":
+            torch.set_num_threads(cpu_inference_threads(self.threads))
+            threads = f", {torch.get_num_threads()} torch thread(s)"
+        log.info("inference worker on %s: max_batch %d, max_wait %.0f ms%s", self.device, self.max_batch,
+                 self.max_wait_s * 1000, threads)
         while not self._stop.is_set():
             with self._cond:
                 while not self._stop.is_set() and not self._has_items():

@@ -113,7 +113,9 @@ def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0
     from .stream import Stream, UpscalerPool
 
     metrics = Metrics()
-    batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics).start()
+    # the network's torch threads were set by run_bench (the worker keeps the current count)
+    batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics,
+                      threads=torch.get_num_threads()).start()
     pool = UpscalerPool(factory=lambda model, alpha: upscaler)
     from .config import EncoderConfig
 
@@ -158,9 +160,13 @@ def run_bench(input_path: Path | None = None, frames: int = 40, model: str | Non
         raise UserError(f"{path}: no such file")
     if frames < 2:
         raise UserError("--frames must be at least 2")
-    if threads:
-        torch.set_num_threads(threads)
     up = Upscaler(model, device=device, precision=precision, engine=engine, tile=0)
+    if up.device.type == "cpu":  # both measurements with the pipeline's CPU threads
+        from .batcher import cpu_inference_threads
+
+        torch.set_num_threads(cpu_inference_threads(threads))
+    elif threads:
+        torch.set_num_threads(threads)
     data, w, h, fps = decode_frames(path, frames)
     # warm up (oneDNN/cuDNN pick kernels on the first calls), then time the model alone before and
     # after the pipeline and keep the faster run: the stricter comparison for the pipeline

@@ -12,7 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .sizes import parse_size
+from .sizes import parse_size, parse_size_range
+
+#: input frame sizes (MIN:OPT:MAX) a TensorRT engine is built for unless configured
+DEFAULT_ENGINE_SHAPE = "480x270:960x540:960x540"
 
 
 class _Strict(BaseModel):
@@ -33,12 +36,37 @@ class InferenceConfig(_Strict):
         "frames per inference batch, across cameras; default 1 on the CPU (batching is slower per "
         "frame there, docs/benchmarks.md) and 4 on CUDA"))
 
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    tile: int | None = Field(None, ge=0)
+    threads: int | None = Field(None, ge=1, le=1024, description=(
+        "torch threads for the network when it runs on the CPU; default one fewer than the cores, "
+        "leaving one for decode and encode (docs/benchmarks.md)"))
+
+    engine_shape: str = Field(DEFAULT_ENGINE_SHAPE, description=(
+        "input frame sizes a TensorRT engine is built for: WxH, or MIN:OPT:MAX for a range; frames "
+        "outside it run on the eager engine (logged once)"))
+
+    @field_validator("engine_shape")
+    @classmethod
+    def _check_engine_shape(cls, v: str) -> str:
+        try:
+            parse_size_range(v)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     def batch_for(self, device_type: str) -> int:
         from .batcher import default_max_batch
 
         return self.max_batch or default_max_batch(device_type)
-    max_wait_ms: float = Field(10.0, ge=0, le=1000)
-    tile: int | None = Field(None, ge=0)
+
+    def engine_shapes(self, device_type: str):
+        """The :class:`~ultrares_stream.engine.cache.ShapeRange` engines are built for: batches
+        1..max_batch, frame sizes from ``engine_shape``."""
+        from .engine.cache import ShapeRange
+
+        batch = self.batch_for(device_type)
+        return ShapeRange.parse(self.engine_shape, (1, min(4, batch), batch))
 
 
 class QueueConfig(_Strict):

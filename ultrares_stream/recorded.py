@@ -23,7 +23,9 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from .batcher import default_max_batch, enhance_batch
+import torch
+
+from .batcher import cpu_inference_threads, default_max_batch, enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
 from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p
@@ -85,10 +87,12 @@ def _check_output(dst: Path) -> str:
 
 
 def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None = None, progress: bool = True,
-                  max_batch: int | None = None, encoder: EncoderSettings | None = None) -> dict:
+                  max_batch: int | None = None, encoder: EncoderSettings | None = None,
+                  threads: int | None = None) -> dict:
     """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
 
-    ``size`` = (width, height) of the output (default: the model's scale).
+    ``size`` = (width, height) of the output (default: the model's scale). ``threads``: torch
+    threads of the network on the CPU (default :func:`~ultrares_stream.batcher.cpu_inference_threads`).
     Raises :class:`UserError` for unreadable input, :class:`EnhanceInterrupted` on Ctrl-C/SIGTERM.
     """
     import av
@@ -146,6 +150,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     stop = threading.Event()
     errors: list[BaseException] = []
     max_batch = max_batch or default_max_batch(upscaler.device.type)
+    net_threads = cpu_inference_threads(threads)
     decoded_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     enhanced_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     counters = {"frames": 0, "decoded": 0, "bad_packets": 0, "copied": 0}
@@ -188,6 +193,8 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
 
     def infer() -> None:
         try:
+            if upscaler.device.type == "cpu":
+                torch.set_num_threads(net_threads)
             pending: list = []  # consecutive frames of one size, with packets queued behind them
 
             def flush() -> bool:

@@ -33,10 +33,9 @@ class Service:
         self.metrics = metrics or Metrics()
         inf = config.inference
         self.device = pick_device(inf.device)
-        self.pool = pool or UpscalerPool(device=str(self.device), precision=inf.precision, engine=inf.engine,
-                                         tile=inf.tile)
+        self.pool = pool or UpscalerPool.from_config(inf, self.device)
         self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms,
-                               metrics=self.metrics)
+                               metrics=self.metrics, threads=inf.threads)
         self.cameras: dict[str, Stream] = {}
         rc = config.reconnect
         for cam in config.cameras:

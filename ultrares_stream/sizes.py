@@ -24,6 +24,18 @@ def parse_size(text: str) -> tuple[int, int]:
     raise UserError(f"output size {text!r} is not one of {', '.join(PRESETS)} or WIDTHxHEIGHT (16..16384)")
 
 
+def parse_size_range(text: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """``960x540`` (one size) or ``480x270:960x540:1920x1080`` (MIN:OPT:MAX) -> three (width, height),
+    each no larger than the next."""
+    sizes = [parse_size(p) for p in str(text).split(":")]
+    if len(sizes) not in (1, 3):
+        raise UserError(f"frame sizes {text!r}: expected WxH or MIN:OPT:MAX sizes, e.g. 480x270:960x540:960x540")
+    lo, opt, hi = sizes * 3 if len(sizes) == 1 else sizes
+    if not (lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]):
+        raise UserError(f"frame sizes {text!r}: need MIN <= OPT <= MAX in both width and height")
+    return lo, opt, hi
+
+
 def fit_inside(width: int, height: int, box: tuple[int, int], even: bool = False) -> tuple[int, int]:
     """Largest size with ``width:height``'s aspect ratio that fits inside ``box``."""
     bw, bh = box

@@ -31,8 +31,9 @@ class UpscalerPool:
     """
 
     def __init__(self, device: str = "auto", precision: str = "auto", engine: str = "auto",
-                 tile: int | None = None, factory=None):
+                 tile: int | None = None, factory=None, shapes=None, max_batch: int = 8):
         self.device, self.precision, self.engine, self.tile = device, precision, engine, tile
+        self.shapes, self.max_batch = shapes, max_batch
         self._factory = factory
         self._items: dict[tuple[str | None, float], object] = {}
         self._users: dict[int, int] = {}
@@ -44,7 +45,14 @@ class UpscalerPool:
         from .upscaler import Upscaler
 
         return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
-                        engine=self.engine)
+                        engine=self.engine, shapes=self.shapes, max_batch=self.max_batch)
+
+    @classmethod
+    def from_config(cls, inference, device) -> UpscalerPool:
+        """The pool a service with this ``inference`` config uses on ``device`` (a torch.device)."""
+        return cls(device=str(device), precision=inference.precision, engine=inference.engine,
+                   tile=inference.tile, shapes=inference.engine_shapes(device.type),
+                   max_batch=inference.batch_for(device.type))
 
     def get(self, model: str | None, alpha: float):
         key = (model, round(float(alpha), 4))

@@ -32,13 +32,15 @@ class Upscaler:
     ``tile``: None = automatic (whole frame when it fits in memory), 0 = never tile,
     N = tiles of N x N input pixels. ``tile_pad``: context pixels around each tile;
     None = the network's receptive-field radius for SRVGGNetCompact (tiles then
-    reproduce the untiled result exactly), :data:`TILE_PAD` for RRDBNet.
+    reproduce the untiled result exactly), :data:`TILE_PAD` for RRDBNet. ``shapes`` (an
+    :class:`~ultrares_stream.engine.cache.ShapeRange`) and ``max_batch``: the inputs a compiled
+    engine is built for (TensorRT, torch.compile); frames outside run eagerly.
     """
 
     def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
                  device: str | torch.device = "auto", precision: str = "auto",
                  tile: int | None = None, tile_pad: int | None = None, tile_batch: int = 4,
-                 engine: str = "auto"):
+                 engine: str = "auto", shapes=None, max_batch: int = 8):
         resolved = model if isinstance(model, ResolvedModel) else resolve(model)
         self.model_name = resolved.name
         self._psnr, self._gan = resolved.psnr, resolved.gan
@@ -49,7 +51,8 @@ class Upscaler:
         self.device = pick_device(device)
         net = self.arch.build()
         self.multiple = net.size_multiple
-        self.engine: Engine = make_engine(engine, net, self.device, pick_precision(precision, self.device))
+        self.engine: Engine = make_engine(engine, net, self.device, pick_precision(precision, self.device),
+                                          shapes=shapes, max_batch=max_batch)
         if tile is not None and tile < 0:
             raise UserError(f"tile size must be 0 (never tile) or a positive number of pixels, not {tile}")
         self.tile, self.tile_batch = tile, max(1, tile_batch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import add_device, add_precision, add_threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,10 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", "-n", type=int, default=40, help="frames to time (default 40)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default ultrares-compact-x4)")
     p.add_argument("--engine", default="auto", help="engine backend (default auto); with --matrix a comma list")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add_device(p)
+    add_precision(p)
     p.add_argument("--batch", type=int, default=1, help="frames per inference batch (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads(p)
     p.add_argument("--preset", default="auto",
                    help="libx264 preset of the pipeline's encoder (default auto, as the service: ultrafast when "
                         "the model runs on the CPU, else veryfast)")

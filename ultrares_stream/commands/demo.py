@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .options import add_device
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="0 = faithful, 1 = detailed (default 0.5)")
     p.add_argument("--video", default=None, help="play this clip as the camera instead of the default scene")
     p.add_argument("--output-size", default=None, help="720p, 1080p, 4k or WxH (default: the model's scale)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -53,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..stream import UpscalerPool
 
     inf = cfg.inference
-    pool = UpscalerPool(device=str(pick_device(inf.device)), precision=inf.precision, engine=inf.engine,
-                        tile=inf.tile)
+    pool = UpscalerPool.from_config(inf, pick_device(inf.device))
     # load the model first: a missing or bad model is reported before anything starts
     preloaded = pool.get(cfg.camera_model(cfg.cameras[0]), cfg.camera_alpha(cfg.cameras[0]))
     with RtspServer(port=args.port, host=args.host, video=Path(args.video) if args.video else None) as srv:

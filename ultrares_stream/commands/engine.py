@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..config import DEFAULT_ENGINE_SHAPE
+from .options import add_device
+
 log = logging.getLogger(__name__)
 
 
@@ -21,13 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", default=None, help="model name, pair or checkpoint path (default: the shipped pair)")
     b.add_argument("--alpha", type=float, default=0.5, help="PSNR -> GAN interpolation to build with (default 0.5; "
                                                             "other alphas are refitted, not rebuilt)")
-    b.add_argument("--batch", default="1:4:8", metavar="MIN:OPT:MAX",
-                   help="batch sizes the engine accepts, MIN:OPT:MAX or one number (default 1:4:8)")
-    b.add_argument("--shape", default="960x540", metavar="WxH[:WxH:WxH]",
-                   help="input frame size, or MIN:OPT:MAX sizes for a dynamic range (default 960x540)")
+    b.add_argument("--batch", default="1:4:4", metavar="MIN:OPT:MAX",
+                   help="batch sizes the engine accepts, MIN:OPT:MAX or one number (default 1:4:4, as a "
+                        "service with the default max_batch 4 on CUDA)")
+    b.add_argument("--shape", default=DEFAULT_ENGINE_SHAPE, metavar="WxH[:WxH:WxH]",
+                   help="input frame size, or MIN:OPT:MAX sizes for a dynamic range (default "
+                        f"{DEFAULT_ENGINE_SHAPE}, as the service's inference.engine_shape)")
+    b.add_argument("--config", metavar="FILE",
+                   help="take the batch and shape range from this service config (inference.max_batch and "
+                        "inference.engine_shape), so `ultrares serve` reuses the engine; overrides --batch/--shape")
     b.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
                    help="engine precision (default auto = fp16 on CUDA)")
-    b.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
+    add_device(b, default="cuda")
     b.set_defaults(func=build)
 
     ls = actions.add_parser("list", help="show the engine cache",
@@ -39,45 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=prune)
 
 
-def parse_batch(text: str):
-    """``1:4:8`` -> (1, 4, 8); one number ``8`` -> (8, 8, 8), exactly that batch."""
-    from ..errors import UserError
-
-    parts = text.split(":")
-    try:
-        nums = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--batch {text!r}: expected MIN:OPT:MAX or one number, e.g. 1:4:8") from None
-    if len(nums) == 1:
-        nums = nums * 3
-    if len(nums) != 3:
-        raise UserError(f"--batch {text!r}: expected MIN:OPT:MAX or one number, e.g. 1:4:8")
-    return nums
-
-
-def parse_shapes(text: str, batch: tuple[int, int, int]):
-    """``960x540`` or ``480x270:960x540:1920x1080`` -> a ShapeRange."""
-    from ..engine.cache import ShapeRange
-    from ..errors import UserError
-    from ..sizes import parse_size
-
-    sizes = [parse_size(p) for p in text.split(":")]
-    if len(sizes) == 1:
-        sizes = sizes * 3
-    if len(sizes) != 3:
-        raise UserError(f"--shape {text!r}: expected WxH or MIN:OPT:MAX sizes, e.g. 480x270:960x540:960x540")
-    return ShapeRange(batch=batch, width=tuple(s[0] for s in sizes), height=tuple(s[1] for s in sizes))
-
-
 def build(args: argparse.Namespace) -> int:
     from ..engine.base import pick_device, pick_precision
-    from ..engine.cache import EngineCache
+    from ..engine.cache import EngineCache, ShapeRange
     from ..engine.tensorrt import TensorRTEngine
     from ..models.checkpoint import infer_arch
     from ..models.interpolation import check_alpha, interpolate
     from ..models.registry import resolve
 
-    shapes = parse_shapes(args.shape, parse_batch(args.batch))
+    if args.config:  # exactly the range `ultrares serve --config` builds, so the service reuses it
+        from ..config import load_config
+
+        shapes = load_config(args.config).inference.engine_shapes("cuda")
+    else:
+        shapes = ShapeRange.parse(args.shape, args.batch)
     alpha = check_alpha(args.alpha)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)

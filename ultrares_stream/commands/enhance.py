@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .options import add_device, add_precision, add_threads
 
 log = logging.getLogger("ultrares.enhance")
 
@@ -44,13 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "keeping the aspect ratio")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in input pixels; 0 = never tile (default: automatic from free memory)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 "
-                        "(use fp32 for the full precision of 16-bit images)")
+    add_device(p)
+    add_precision(p)  # fp32 keeps the full precision of 16-bit images
     p.add_argument("--preset", default="medium",
                    help="videos: libx264 preset (default medium; veryfast or ultrafast to go faster)")
     p.add_argument("--crf", type=_crf, default=18, help="videos: libx264 constant quality, 0-51 (default 18)")
+    add_threads(p)
     p.add_argument("--alpha-upsampler", default="model", choices=["model", "bicubic"],
                    help="how transparency is upscaled: through the model as a grey image (default, as "
                         "Real-ESRGAN does) or bicubic")
@@ -185,7 +185,8 @@ def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) 
     if job.kind == "video":
         dst = job.dst / job.src.name if job.to_folder else job.dst
         _check_dst(job.src, dst, seen)
-        info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress, args.preset, args.crf)
+        info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress, args.preset, args.crf,
+                              args.threads)
         info = info or {}
         log.info("%s -> %s (%s frames at %.1f fps, %s audio/subtitle packets copied, %.1f s)", job.src, dst,
                  info.get("frames", "?"), info.get("fps", 0.0), info.get("copied_packets", 0),
@@ -229,7 +230,7 @@ def _crf(text: str) -> int:
 
 
 def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = "medium",
-                   crf: int = 18):
+                   crf: int = 18, threads: int | None = None):
     try:
         from .. import recorded
     except ModuleNotFoundError as exc:
@@ -242,7 +243,8 @@ def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, 
     from ..sinks import EncoderSettings
 
     encoder = EncoderSettings(preset=preset, crf=crf, tune=None)
-    return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder)
+    return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder,
+                                  threads=threads)
 
 
 def _scaled_video_size(src: Path, scale: float) -> tuple[int, int]:

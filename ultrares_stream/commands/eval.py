@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .options import add_device
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "scored frame); repeatable")
     p.add_argument("--grid-box", default=None, metavar="X,Y,W,H",
                    help="crop of the grid pictures in HR pixels (default: the centre 256x256)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where the CSV, Markdown and grid files go (default eval-results)")
     p.set_defaults(func=run)
 

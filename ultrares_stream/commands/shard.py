@@ -5,17 +5,9 @@ import argparse
 import json
 import logging
 
+from .options import positive_int
+
 log = logging.getLogger("ultrares.shard")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the camera name with bounded loads, so each camera has one owner, replicas differ "
                     "by at most one camera, and adding a camera moves only a few others.")
     p.add_argument("--config", required=True, metavar="FILE", help="service config (YAML) with the cameras")
-    p.add_argument("--replicas", required=True, type=_positive, metavar="N",
+    p.add_argument("--replicas", required=True, type=positive_int, metavar="N",
                    help="number of replicas (StatefulSet replicas, usually one per GPU)")
     p.add_argument("--name", default="ultrares", metavar="NAME",
                    help="StatefulSet name, to show pod names NAME-I (default ultrares)")

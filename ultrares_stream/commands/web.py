@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..errors import UserError
+from .options import add_device
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="default model: a registry name (see `ultrares models`) or checkpoint path(s), "
                         "'psnr.pth+gan.pth' for a pair (default ultrares-compact-x4)")
-    p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda, cuda:N (default auto)")
+    add_device(p)
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload in MiB (default 25)")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048,
                    help="largest input image in pixels (default 4194304 = 2048x2048)")

@@ -77,6 +77,23 @@ class ShapeRange:
         return f"batch {b[0]}-{b[2]} (opt {b[1]}), {w[0]}x{h[0]} to {w[2]}x{h[2]} (opt {w[1]}x{h[1]})"
 
     @classmethod
+    def parse(cls, sizes: str, batch: str | tuple[int, int, int] = (1, 4, 8)) -> ShapeRange:
+        """``960x540`` or ``480x270:960x540:1920x1080`` (input frame sizes, MIN:OPT:MAX) and a batch
+        range ``1:4:8`` (or one number, exactly that batch) -> a ShapeRange."""
+        from ..sizes import parse_size_range
+
+        if isinstance(batch, str):
+            try:
+                nums = tuple(int(p) for p in batch.split(":"))
+            except ValueError:
+                nums = ()
+            if len(nums) not in (1, 3):
+                raise UserError(f"batch range {batch!r}: expected MIN:OPT:MAX or one number, e.g. 1:4:8")
+            batch = nums * 3 if len(nums) == 1 else nums
+        parsed = parse_size_range(sizes)
+        return cls(batch=tuple(batch), width=tuple(s[0] for s in parsed), height=tuple(s[1] for s in parsed))
+
+    @classmethod
     def for_frames(cls, width: int, height: int, max_batch: int = 8, opt_batch: int | None = None) -> ShapeRange:
         """A range for one frame size (static spatial dims), batches 1..max_batch."""
         opt = opt_batch or max(1, min(max_batch, 4))
