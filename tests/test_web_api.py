@@ -168,6 +168,31 @@ def test_models_list(client, pair_spec):
     assert by_name["RRDB_ESRGAN_x4"]["architecture"] == "RRDBNet"
 
 
+def test_upscale_requests_are_counted_by_status_on_metrics(pair_spec):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(c):
+        samples = {}
+        for fam in text_string_to_metric_families(c.get("/metrics").text):
+            for s in fam.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    with TestClient(create_app(default_model=pair_spec, device="cpu", max_upload_bytes=10_000)) as c:
+        assert upscale(c, png_bytes(8, 8)).status_code == 200
+        assert upscale(c, png_bytes(8, 6), size="1080p").status_code == 200
+        assert upscale(c, b"not an image").status_code == 415
+        assert upscale(c, png_bytes(8, 8), size="huge").status_code == 400
+        assert upscale(c, png_bytes(80, 80)).status_code == 413  # over 10,000 bytes
+        got = scrape(c)
+    assert got[("ultrares_web_upscales_total", (("status", "200"),))] == 2
+    assert got[("ultrares_web_upscales_total", (("status", "415"),))] == 1
+    assert got[("ultrares_web_upscales_total", (("status", "400"),))] == 1
+    assert got[("ultrares_web_upscales_total", (("status", "413"),))] == 1  # within the form allowance: the handler refuses it
+    assert got[("ultrares_web_upscale_seconds_count", ())] == 2
+    assert got[("ultrares_web_upscale_seconds_sum", ())] > 0
+
+
 def test_info_metrics_and_probes(client):
     info = client.get("/api/v1/info").json()
     assert info["sizes"]["1080p"] == [1920, 1080] and info["formats"] == ["png", "jpeg", "webp"]

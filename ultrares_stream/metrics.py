@@ -47,6 +47,12 @@ class Metrics:
         self.model = Info("ultrares_model", "Model, alpha, engine and output size per camera", cam, registry=r)
         self.gpu_memory_bytes = Gauge("ultrares_gpu_memory_bytes", "CUDA memory, by kind (allocated, reserved)",
                                       ["device", "kind"], registry=r)
+        self.web_upscales = Counter("ultrares_web_upscales_total",
+                                    "Image upscale requests of the web page and API, by HTTP status",
+                                    ["status"], registry=r)
+        self.web_upscale_seconds = Histogram("ultrares_web_upscale_seconds",
+                                             "Upload received to upscaled image ready (queue wait included)",
+                                             buckets=LATENCY_BUCKETS + (20.0, 30.0, 60.0, 120.0), registry=r)
         self.inference_seconds = Histogram("ultrares_batch_inference_seconds", "Time for one inference batch",
                                            ["device"], buckets=LATENCY_BUCKETS, registry=r)
 

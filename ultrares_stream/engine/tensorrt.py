@@ -196,7 +196,7 @@ class TensorRTEngine:
         if size not in self._warned_sizes:
             self._warned_sizes.add(size)
             log.warning("frame %dx%d is outside the TensorRT engine's range (%s); running it on eager %s. "
-                        "Build an engine for it: ultrares engine build --shape %dx%d",
+                        "Widen inference.engine_shape in the config to cover %dx%d",
                         *size, self.shapes.describe(), self.precision, *size)
         with self._build_lock:
             if self._fallback is None:

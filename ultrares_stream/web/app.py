@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import time
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -309,33 +310,41 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
                                                                     "the network's scale")] = None,
         format: Annotated[Literal["png", "jpeg", "webp"], Form(description="output format")] = "png",
     ) -> Response:
-        data = await image.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise ApiError(413, f"the upload is over {max_upload_bytes:,} bytes; send a smaller file")
-        spec = ctx.check_model(model)
-        if size and size.strip():
-            from ..sizes import parse_size
-
-            parse_size(size)  # a bad size is a 400 before any work is queued
-        upload = uploads.identify(data, max_pixels)
-        job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, (size or "").strip() or None, format,
-                      max_output_pixels)
+        started = time.perf_counter()
         try:
-            result = await ctx.jobs.run(job, timeout=ctx.request_timeout)
-        except QueueFull as exc:
-            raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
-                           {"Retry-After": str(exc.retry_after)}) from None
-        except JobTimeout as exc:
-            raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
-                           {"Retry-After": str(exc.retry_after)}) from None
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
-        (w, h), (ow, oh) = result.input_size, result.output_size
-        return Response(result.data, media_type=result.media_type, headers={
-            "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
-            "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
-            "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
-            "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
-        })
+            data = await image.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise ApiError(413, f"the upload is over {max_upload_bytes:,} bytes; send a smaller file")
+            spec = ctx.check_model(model)
+            if size and size.strip():
+                from ..sizes import parse_size
+
+                parse_size(size)  # a bad size is a 400 before any work is queued
+            upload = uploads.identify(data, max_pixels)
+            job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, (size or "").strip() or None, format,
+                          max_output_pixels)
+            try:
+                result = await ctx.jobs.run(job, timeout=ctx.request_timeout)
+            except QueueFull as exc:
+                raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
+                               {"Retry-After": str(exc.retry_after)}) from None
+            except JobTimeout as exc:
+                raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
+                               {"Retry-After": str(exc.retry_after)}) from None
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
+            (w, h), (ow, oh) = result.input_size, result.output_size
+            response = Response(result.data, media_type=result.media_type, headers={
+                "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
+                "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
+                "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
+                "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
+            })
+        except Exception as exc:  # counted by the status its handler below answers with, then re-raised
+            metrics.web_upscales.labels(str(getattr(exc, "status", 400 if isinstance(exc, UserError) else 500))).inc()
+            raise
+        metrics.web_upscales.labels("200").inc()
+        metrics.web_upscale_seconds.observe(time.perf_counter() - started)
+        return response
 
     @app.get(f"{API}/streams", response_model=StreamList, tags=["cameras"], summary="Every camera and its stats")
     def streams() -> StreamList:
