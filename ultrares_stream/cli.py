@@ -49,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
+    """Logs go to stderr, so stdout carries only results (tables, ``--json``)."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)])
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False,
+                                              rich_tracebacks=False, markup=False)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .options import add_device
+from .options import add_device, add_threads
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", default=None, help="play this clip as the camera instead of the default scene")
     p.add_argument("--output-size", default=None, help="720p, 1080p, 4k or WxH (default: the model's scale)")
     add_device(p)
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         camera["alpha"] = args.alpha
     if args.output_size:
         camera["output_size"] = args.output_size
-    data = {"server": {"host": args.host, "port": args.http_port}, "inference": {"device": args.device},
+    data = {"server": {"host": args.host, "port": args.http_port},
+            "inference": {"device": args.device, "threads": args.threads},
             "cameras": [camera]}
     if args.model:
         data["defaults"] = {"model": args.model}
