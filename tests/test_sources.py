@@ -139,3 +139,42 @@ def test_frame_clock_falls_back_to_the_frame_rate():
     assert c.time(5.0) == pytest.approx(1.16)
     avi = FrameClock(Fraction(25), synthetic=True)
     assert [round(avi.time(t), 3) for t in (0.04, 0.16, 0.24)] == [0.0, 0.04, 0.08]
+
+
+def test_nvdec_is_picked_only_for_cuda_models_with_a_working_decoder():
+    from ultrares_stream.sources import pick_hwaccel
+
+    works, broken = (lambda kind: None), (lambda kind: "no device")
+    assert pick_hwaccel("cuda", probe=works) == "cuda"
+    assert pick_hwaccel("cuda:1", probe=works) == "cuda"
+    assert pick_hwaccel("cuda", probe=broken) is None  # software, with a warning
+    assert pick_hwaccel("cuda", "off", probe=works) is None
+    assert pick_hwaccel("cpu", probe=works) is None
+
+
+def test_hwaccel_problem_says_why_hardware_decoding_is_unusable():
+    import torch
+
+    from ultrares_stream.sources import hwaccel_problem
+
+    assert hwaccel_problem("no-such-device") == "this FFmpeg build has no no-such-device device"
+    if not torch.cuda.is_available():  # a real attempt to create the NVDEC context fails here
+        assert hwaccel_problem("cuda")
+
+
+@pytest.mark.gpu
+def test_nvdec_decodes_the_same_frames_as_software(tmp_path, make_clip):
+    import numpy as np
+
+    from ultrares_stream.sources import hwaccel_problem
+
+    problem = hwaccel_problem("cuda")
+    if problem:
+        pytest.skip(f"NVDEC not usable here: {problem}")
+    clip = make_clip(tmp_path / "c.mp4", frames=30, w=320, h=240)
+    soft = list(Source(str(clip), "soft").frames())
+    hard = list(Source(str(clip), "nvdec", hwaccel="cuda").frames())
+    assert len(hard) == len(soft) == 30
+    for a, b in zip(soft, hard):
+        assert b.data.shape == a.data.shape and (b.width, b.height) == (a.width, a.height)
+        assert np.abs(a.data.astype(int) - b.data.astype(int)).max() <= 2  # NV12 -> yuv420p rounding

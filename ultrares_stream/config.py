@@ -38,6 +38,9 @@ class InferenceConfig(_Strict):
 
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
     tile: int | None = Field(None, ge=0)
+    hw_decode: Literal["auto", "off"] = Field("auto", description=(
+        "auto: decode cameras with NVDEC when the model runs on CUDA and FFmpeg has it "
+        "(software fallback per codec); off: always software"))
     threads: int | None = Field(None, ge=1, le=1024, description=(
         "torch threads for the network when it runs on the CPU; default one fewer than the cores, "
         "leaving one for decode and encode (docs/benchmarks.md)"))

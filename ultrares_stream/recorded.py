@@ -28,7 +28,7 @@ import torch
 from .batcher import cpu_inference_threads, default_max_batch, enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
-from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p
+from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p, hwaccel_args, pick_hwaccel
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
         raise UserError(f"{dst}: output would overwrite the input; choose another name")
     fmt = _check_output(dst)
     try:
-        inp = av.open(str(src), timeout=30)
+        inp = av.open(str(src), timeout=30, **hwaccel_args(pick_hwaccel(str(upscaler.device))))
     except av.error.FFmpegError as exc:
         raise UserError(f"{src}: not a readable video ({_describe(exc)})") from None
     if not inp.streams.video:

@@ -16,7 +16,7 @@ from .batcher import Batcher
 from .config import ServiceConfig
 from .metrics import Metrics
 from .sinks import EncoderSettings
-from .sources import is_live, mask_url
+from .sources import is_live, mask_url, pick_hwaccel
 from .stream import Stream, UpscalerPool
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class Service:
                                metrics=self.metrics, threads=inf.threads)
         self.cameras: dict[str, Stream] = {}
         rc = config.reconnect
+        hwaccel = pick_hwaccel(str(self.device), inf.hw_decode)
+        log.info("camera decoding: %s", "NVDEC (cuda), software fallback" if hwaccel else "software")
         for cam in config.cameras:
             if not cam.enabled:
                 log.info("%s: disabled in the config; skipped", cam.name)
@@ -51,7 +53,7 @@ class Service:
                 queue_policy=cam.queue.policy, rtsp_transport=cam.rtsp_transport,
                 encoder=EncoderSettings.from_config(enc_cfg, live=live, cpu_inference=self.device.type == "cpu"), timeout_s=rc.timeout_s,
                 backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s,
-                watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live)
+                watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live, hwaccel=hwaccel)
         self.started_at: float | None = None
         self._stopped = threading.Event()
 

@@ -13,12 +13,13 @@ for streams and often for files too.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -95,6 +96,49 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
     return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, timeout_s)}
 
 
+def pick_hwaccel(device: str, mode: str = "auto", probe: Callable[[str], str | None] | None = None) -> str | None:
+    """The FFmpeg hardware decoder for inputs feeding a model on ``device``: ``"cuda"`` (NVDEC)
+    when the model runs on CUDA and an NVDEC context can be created here, else None (software).
+    ``mode`` ``"off"`` never asks for one. ``probe(kind)`` returns why ``kind`` is unusable, or
+    None (default :func:`hwaccel_problem`)."""
+    if mode == "off" or not str(device).startswith("cuda"):
+        return None
+    problem = (probe or hwaccel_problem)("cuda")
+    if problem:
+        log.warning("NVDEC decoding unavailable (%s); cameras are decoded in software", problem)
+        return None
+    return "cuda"
+
+
+def hwaccel_args(hwaccel: str | None) -> dict:
+    """Extra ``av.open`` arguments to decode on ``hwaccel`` ("cuda" = NVDEC); frames come back in
+    system memory, and codecs the hardware lacks are decoded in software."""
+    if not hwaccel:
+        return {}
+    from av.codec.hwaccel import HWAccel
+
+    return {"hwaccel": HWAccel(device_type=hwaccel, allow_software_fallback=True)}
+
+
+@functools.lru_cache(maxsize=None)
+def hwaccel_problem(kind: str) -> str | None:
+    """Why FFmpeg's ``kind`` hardware decoder cannot be used here (None when it can): not in
+    this FFmpeg build, or its device cannot be created (no GPU, driver or container without
+    video capabilities). Checked once per process by creating an H.264 decoder context."""
+    try:
+        from av.codec import Codec
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError as exc:
+        return f"PyAV has no hardware decoding ({exc})"
+    if kind not in hwdevices_available():
+        return f"this FFmpeg build has no {kind} device"
+    try:
+        HWAccel(device_type=kind).create(Codec("h264", "r"))
+    except Exception as exc:  # noqa: BLE001 - any failure means: decode in software
+        return _describe(exc)
+    return None
+
+
 @dataclass
 class Frame:
     """One decoded frame: packed yuv420p (``(H*3/2, W)`` uint8: Y rows, then U, then V)."""
@@ -127,7 +171,8 @@ class Source:
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
                  timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 metrics=None, decode_threads: int = 1, max_frames: int | None = None):
+                 metrics=None, decode_threads: int = 1, max_frames: int | None = None,
+                 hwaccel: str | None = None):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -139,6 +184,7 @@ class Source:
         self.metrics = metrics
         self.decode_threads = decode_threads
         self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
+        self.hwaccel = hwaccel  # FFmpeg hardware decoder ("cuda" = NVDEC), software fallback (pick_hwaccel)
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
         self.state = "starting"
         self.reconnects = 0
@@ -204,6 +250,12 @@ class Source:
         if self.metrics is not None:
             self.metrics.up.labels(self.name).set(0)
 
+    def _open(self, args: dict):
+        import av
+
+        return av.open(args["file"], format=args["format"], options=args["options"], timeout=args["timeout"],
+                       **hwaccel_args(self.hwaccel))
+
     def _read_once(self) -> Iterator[Frame]:
         import av
 
@@ -211,8 +263,7 @@ class Source:
         self.state = "connecting"
         log.info("%s: opening %s", self.name, self.masked_url)
         try:
-            container = av.open(args["file"], format=args["format"], options=args["options"],
-                                timeout=args["timeout"])
+            container = self._open(args)
         except (av.error.FileNotFoundError, av.error.InvalidDataError) as exc:
             if not self.live:
                 raise UserError(f"{self.masked_url}: not a readable video ({_describe(exc)})") from None

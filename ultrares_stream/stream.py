@@ -117,13 +117,15 @@ class Stream:
                  model: str | None = None, alpha: float = 0.5, output_size: str | tuple[int, int] | None = None,
                  queue_size: int = 8, queue_policy: str = "auto", rtsp_transport: str = "tcp",
                  encoder: EncoderSettings | None = None, timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 30.0, watchdog_s: float = 5.0, metrics=None, live: bool | None = None):
+                 backoff_max_s: float = 30.0, watchdog_s: float = 5.0, metrics=None, live: bool | None = None,
+                 hwaccel: str | None = None):
         self.name = name
         self.input_url, self.output_url = input_url, output_url
         self.metrics = metrics
         self.batcher, self.pool = batcher, pool
         self.source = Source(input_url, name, live=live, transport=rtsp_transport, timeout_s=timeout_s,
-                             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s, metrics=metrics)
+                             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s, metrics=metrics,
+                             hwaccel=hwaccel)
         self.live = self.source.live
         policy = ("drop_oldest" if self.live else "block") if queue_policy == "auto" else queue_policy
         self.queue: FrameQueue = FrameQueue(queue_size, policy, on_drop=self._on_drop)
