@@ -52,6 +52,23 @@ def test_output_kinds():
     assert pick_codec("auto") in ("libx264", "h264_nvenc")
 
 
+def test_auto_codec_uses_nvenc_only_where_it_opens():
+    import torch
+
+    from ultrares_stream.sinks import encoder_problem
+
+    assert encoder_problem("libx264") is None
+    assert encoder_problem("no_such_encoder") == "no_such_encoder is not in this FFmpeg build"
+    if torch.cuda.is_available():
+        assert pick_codec("auto") == ("libx264" if encoder_problem("h264_nvenc") else "h264_nvenc")
+    else:  # no GPU: NVENC, even when built into FFmpeg as here, cannot open
+        assert pick_codec("auto") == "libx264"
+        from ultrares_stream.sinks import codec_available
+
+        if codec_available("h264_nvenc"):
+            assert encoder_problem("h264_nvenc")
+
+
 def frames(n, w=64, h=48):
     for i in range(n):
         rgb = np.zeros((h, w, 3), np.uint8)

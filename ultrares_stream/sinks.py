@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -77,8 +78,26 @@ def codec_available(name: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def encoder_problem(name: str) -> str | None:
+    """Why encoder ``name`` cannot be opened here (None when it can). A hardware encoder can be in
+    the FFmpeg build and still fail to open (no GPU, a driver or container without the video
+    capability), so this opens a small one, once per process."""
+    import av
+
+    if not codec_available(name):
+        return f"{name} is not in this FFmpeg build"
+    try:
+        ctx = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 144, "yuv420p", Fraction(1, 25)
+        ctx.open()
+    except Exception as exc:  # noqa: BLE001 - any failure means: use another encoder
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def pick_codec(name: str) -> str:
-    """``auto``: h264_nvenc on a CUDA machine whose FFmpeg has it, else libx264. Named codecs are checked."""
+    """``auto``: h264_nvenc on a CUDA machine where it opens, else libx264. Named codecs are checked."""
     if name == "auto":
         try:
             import torch
@@ -86,7 +105,13 @@ def pick_codec(name: str) -> str:
             cuda = torch.cuda.is_available()
         except ImportError:  # pragma: no cover
             cuda = False
-        return "h264_nvenc" if cuda and codec_available("h264_nvenc") else "libx264"
+        if not cuda:
+            return "libx264"
+        problem = encoder_problem("h264_nvenc")
+        if problem:
+            log.warning("NVENC unavailable (%s); encoding with libx264", problem)
+            return "libx264"
+        return "h264_nvenc"
     if not codec_available(name):
         raise UserError(f"video encoder {name!r} is not available in this FFmpeg build (try libx264)")
     return name
