@@ -39,12 +39,11 @@ class InferenceConfig(_Strict):
     max_wait_ms: float = Field(10.0, ge=0, le=1000)
     tile: int | None = Field(None, ge=0)
     hw_decode: Literal["auto", "off"] = Field("auto", description=(
-        "auto: decode cameras with NVDEC when the model runs on CUDA and FFmpeg has it "
-        "(software fallback per codec); off: always software"))
+        "auto: decode cameras with NVDEC when the model runs on CUDA and an NVDEC decoder can be "
+        "created here (else, and for codecs NVDEC lacks, in software); off: always software"))
     threads: int | None = Field(None, ge=1, le=1024, description=(
         "torch threads for the network when it runs on the CPU; default one fewer than the cores, "
         "leaving one for decode and encode (docs/benchmarks.md)"))
-
     engine_shape: str = Field(DEFAULT_ENGINE_SHAPE, description=(
         "input frame sizes a TensorRT engine is built for: WxH, or MIN:OPT:MAX for a range; frames "
         "outside it run on the eager engine (logged once)"))

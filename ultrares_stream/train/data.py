@@ -1,4 +1,5 @@
-"""Training data: HR images from folders and frames from videos, served as random crops."""
+"""Training data: HR images from folders and frames from videos, served as random crops; and
+(LR, HR) pairs of clips encoded as real H.264 streams, served as aligned crops."""
 from __future__ import annotations
 
 import logging
@@ -101,7 +102,19 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
 
 
-class CropSampler:
+class _Sampler:
+    """Random state of a sampler, saved in checkpoints so a resumed run draws the same batches."""
+
+    rng: np.random.Generator
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+class CropSampler(_Sampler):
     """Random HR crops (flips and 90-degree rotations) from a pool of images, weighted by area."""
 
     def __init__(self, images: list[np.ndarray], crop: int, seed: int = 0):
@@ -127,14 +140,9 @@ class CropSampler:
             out[i] = _augment(self.rng, im[y:y + c, x:x + c])[0]
         return _to_tensor(out)
 
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
 
-class PairSampler:
+class PairSampler(_Sampler):
     """Aligned random crops of (LR, HR) pairs: LR ``crop // scale`` pixels, HR ``crop``, the same
     flips and rotations on both; pairs weighted by area."""
 
