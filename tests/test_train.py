@@ -152,15 +152,14 @@ def _psnr(a, b):
 def test_encoded_clip_pairs_are_aligned_p_frames_of_a_real_stream(tmp_path):
     import av
 
-    from ultrares_stream.quality.datasets import CONTEXT_FRAMES
     from ultrares_stream.quality.matlab_resize import imresize
-    from ultrares_stream.train.data import encoded_clip_pairs
+    from ultrares_stream.train.data import SETTLE_FRAMES, encoded_clip_pairs
 
     clip = _texture_clip(tmp_path / "clips")
     with av.open(str(clip)) as c:
         originals = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     pairs = encoded_clip_pairs(clip, 4, (0.05, 2.0), every=4)
-    kept = list(range(CONTEXT_FRAMES, 20, 4))  # first half of 40 frames only: the rest is held out
+    kept = list(range(SETTLE_FRAMES, 20, 4))  # first half of 40 frames only: the rest is held out
     assert len(pairs) == 2 * len(kept)
     for (lr, hr), i in zip(pairs, kept * 2):
         assert lr.shape == (32, 40, 3) and hr.shape == (128, 160, 3)

@@ -11,7 +11,6 @@ from PIL import Image
 
 from ..errors import UserError
 from ..quality.datasets import (
-    CONTEXT_FRAMES,
     HELD_OUT_FROM,
     h264_roundtrip,
     modcrop,
@@ -19,6 +18,10 @@ from ..quality.datasets import (
 )
 
 log = logging.getLogger(__name__)
+#: frames skipped at the start of each training stream: the first ones are intra-coded and
+#: rate control starts from a guess. The frames after them are kept, including the ramp-up of
+#: a camera that has just (re)started.
+SETTLE_FRAMES = 8
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".ts"}
 
@@ -71,11 +74,11 @@ def encoded_clip_pairs(path: Path, scale: int, bpp_levels: tuple[float, ...], ev
     from ..quality.matlab_resize import imresize
 
     hr = [modcrop(f, 2 * scale) for f in training_frames(path)]
-    if len(hr) <= CONTEXT_FRAMES:
+    if len(hr) <= SETTLE_FRAMES:
         return []
     lr_clean = [imresize(f, scale=1 / scale) for f in hr]
     lh, lw = lr_clean[0].shape[:2]
-    keep = range(CONTEXT_FRAMES, len(hr), every)
+    keep = range(SETTLE_FRAMES, len(hr), every)
     pairs = []
     for bpp in bpp_levels:
         decoded = h264_roundtrip(lr_clean, parse_bitrate(f"{bpp}bpp", lw, lh))
@@ -197,7 +200,7 @@ def build_pairs(video_dirs: list[Path], scale: int, bpp_levels: tuple[float, ...
         pairs += found
     if not pairs:
         raise UserError("no H.264 frame pairs: give --videos folders with clips longer than "
-                        f"{2 * (CONTEXT_FRAMES + 1)} frames")
+                        f"{2 * (SETTLE_FRAMES + 1)} frames")
     return pairs
 
 
