@@ -183,12 +183,13 @@ def test_upscale_requests_are_counted_by_status_on_metrics(pair_spec):
         assert upscale(c, png_bytes(8, 6), size="1080p").status_code == 200
         assert upscale(c, b"not an image").status_code == 415
         assert upscale(c, png_bytes(8, 8), size="huge").status_code == 400
-        assert upscale(c, png_bytes(80, 80)).status_code == 413  # over 10,000 bytes
+        assert upscale(c, png_bytes(80, 80)).status_code == 413  # over 10,000 bytes: the handler refuses it
+        assert upscale(c, png_bytes(200, 200)).status_code == 413  # past the form allowance: the middleware does
         got = scrape(c)
     assert got[("ultrares_web_upscales_total", (("status", "200"),))] == 2
     assert got[("ultrares_web_upscales_total", (("status", "415"),))] == 1
     assert got[("ultrares_web_upscales_total", (("status", "400"),))] == 1
-    assert got[("ultrares_web_upscales_total", (("status", "413"),))] == 1  # within the form allowance: the handler refuses it
+    assert got[("ultrares_web_upscales_total", (("status", "413"),))] == 2
     assert got[("ultrares_web_upscale_seconds_count", ())] == 2
     assert got[("ultrares_web_upscale_seconds_sum", ())] > 0
 

@@ -17,6 +17,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -246,7 +247,11 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
                     "watch and steer the live cameras. Errors are JSON: `{\"error\": \"...\"}`.",
     )
     app.state.ultrares = ctx
-    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES)
+    def count_refused(path: str) -> None:
+        if path == f"{API}/upscale":
+            metrics.web_upscales.labels("413").inc()
+
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES, on_refused=count_refused)
     _install_error_handlers(app)
 
     def require_token(request: Request) -> None:
@@ -429,10 +434,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class UploadLimit:
     """Refuse request bodies over ``max_bytes`` (413) without reading them: by Content-Length
-    when given, else by counting the bytes as they arrive."""
+    when given, else by counting the bytes as they arrive. ``on_refused(path)`` is called for
+    each refusal (the upload metrics count them)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, on_refused: Callable[[str], None] | None = None):
         self.app, self.max_bytes = app, max_bytes
+        self.on_refused = on_refused or (lambda path: None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -440,6 +447,8 @@ class UploadLimit:
         message = f"the request body is over {self.max_bytes:,} bytes; send a smaller file"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            if length.isdigit():
+                self.on_refused(scope["path"])
             response = _error(413, message) if length.isdigit() else _error(400, "bad Content-Length header")
             return await response(scope, receive, send)
         seen = 0
@@ -450,6 +459,7 @@ class UploadLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:  # FastAPI passes HTTPException through body parsing
+                    self.on_refused(scope["path"])
                     raise HTTPException(413, message)
             return msg
 
