@@ -23,3 +23,22 @@ def test_nothing_happens_without_a_c_library(monkeypatch):
 
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("env, called", [(None, True), ("0", False)])
+def test_the_cli_applies_them_unless_told_not_to(monkeypatch, tmp_path, env, called):
+    import yaml
+
+    from ultrares_stream import allocator
+    from ultrares_stream.cli import main
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    if env is None:
+        monkeypatch.delenv("ULTRARES_KEEP_FREED_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("ULTRARES_KEEP_FREED_MEMORY", env)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"cameras": [{"name": "a", "input": "rtsp://h/a", "output": "/tmp/a.mkv"}]}))
+    assert main(["shard", "--config", str(cfg), "--replicas", "1"]) == 0
+    assert bool(calls) is called

@@ -10,8 +10,9 @@ how the thread's arena had been used before (docs/benchmarks.md).
 :func:`keep_freed_memory`, called by the CLI before any thread starts, puts every thread on
 the main heap (one arena) and raises the mmap and trim thresholds, so the working set of a
 video pipeline stays mapped. The resident size then stays at its peak instead of shrinking
-between frames; it does not grow past that peak. On a C library other than glibc this does
-nothing.
+between frames. Measured on `ultrares enhance` of the 748-frame CCTV clip: peak RSS 525 MB
+instead of 511 MB, and 17.9 instead of 16.6 fps. ``ULTRARES_KEEP_FREED_MEMORY=0`` keeps glibc's
+defaults. On a C library other than glibc this does nothing.
 """
 from __future__ import annotations
 

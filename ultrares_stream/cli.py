@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from .allocator import keep_freed_memory
 
-    keep_freed_memory()
+    if os.environ.get("ULTRARES_KEEP_FREED_MEMORY", "1") != "0":  # 0: glibc's defaults
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
