@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact, shuffle_add_nearest
 
 
 def _lrelu(x):
@@ -72,6 +72,19 @@ def test_compact_residual_is_nearest_upsampled_input():
     with torch.no_grad():
         out = net(x)
     assert torch.equal(out, x.repeat_interleave(4, 2).repeat_interleave(4, 3))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shuffle_add_nearest_equals_shuffle_plus_upsample(scale, channels_last):
+    torch.manual_seed(scale)
+    out = torch.randn(2, 3 * scale * scale, 5, 7)
+    x = torch.rand(2, 3, 5, 7)
+    if channels_last:
+        out, x = out.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    expected = F.pixel_shuffle(out, scale) + F.interpolate(x, scale_factor=scale, mode="nearest")
+    got = shuffle_add_nearest(out, x, scale)
+    assert got.shape == expected.shape and torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("act", ["prelu", "relu", "lrelu"])

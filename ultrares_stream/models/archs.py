@@ -105,7 +105,6 @@ class SRVGGNetCompact(nn.Module):
             layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), _activation(act_type, num_feat)]
         layers.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
         self.body = nn.ModuleList(layers)
-        self.upsampler = nn.PixelShuffle(upscale)
 
     size_multiple = 1
 
@@ -113,8 +112,21 @@ class SRVGGNetCompact(nn.Module):
         out = x
         for layer in self.body:
             out = layer(out)
-        out = self.upsampler(out)
-        return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return shuffle_add_nearest(out, x, self.scale)
+
+
+def shuffle_add_nearest(out: torch.Tensor, x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``pixel_shuffle(out, scale) + interpolate(x, scale, "nearest")`` in one pass.
+
+    Each LR pixel of ``x`` is broadcast over its ``scale x scale`` output block while the
+    shuffle is applied as a view, so neither the upsampled input nor the shuffled features
+    are materialised at HR. Same values; at 320x240 x4 on the CPU the tail drops from about
+    19 ms to 5 ms a frame (docs/benchmarks.md).
+    """
+    n, c, h, w = out.shape
+    channels = c // (scale * scale)
+    blocks = out.reshape(n, channels, scale, scale, h, w).permute(0, 1, 4, 2, 5, 3)
+    return (blocks + x[:, :, :, None, :, None]).reshape(n, channels, h * scale, w * scale)
 
 
 def _activation(kind: str, num_feat: int) -> nn.Module:
