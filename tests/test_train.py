@@ -201,3 +201,34 @@ def test_resume_with_video_pairs_gives_identical_weights(tmp_path):
     assert len(second.pair_sampler) == 2 * 3
     for (k, a), b in zip(straight.g.state_dict().items(), second.g.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_deepened_generator_computes_the_same_function():
+    from ultrares_stream.errors import UserError
+    from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+    from ultrares_stream.train.growth import deepen_compact
+
+    torch.manual_seed(0)
+    small = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).eval()
+    grown_sd = deepen_compact(small.state_dict(), 5)
+    grown = SRVGGNetCompact(num_feat=8, num_conv=5, upscale=4).eval()
+    grown.load_state_dict(grown_sd)  # strict: every key of the deeper net, nothing else
+    x = torch.rand(2, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(grown(x), small(x), atol=1e-6)
+    with pytest.raises(UserError, match="cannot shrink"):
+        deepen_compact(small.state_dict(), 1)
+    with pytest.raises(UserError, match="PReLU"):
+        deepen_compact(SRVGGNetCompact(num_feat=8, num_conv=2, act_type="lrelu").state_dict(), 4)
+    with pytest.raises(UserError, match="SRVGGNetCompact"):
+        deepen_compact(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).state_dict(), 4)
+
+
+def test_training_from_a_shallower_init_deepens_it(tmp_path):
+    folder = _scene(tmp_path)
+    init = Trainer(_cfg(tmp_path / "p", folder, steps=5)).fit(resume=False)
+    deeper = Trainer(_cfg(tmp_path / "d", folder, steps=5, num_conv=4, init=init))
+    small = read_checkpoint(init)
+    for k in ("body.0.weight", "body.3.weight"):  # first conv, first body activation: carried over
+        assert torch.equal(deeper.g.state_dict()[k], small[k])
+    assert deeper.g.num_conv == 4 and torch.equal(deeper.g.state_dict()["body.10.bias"], small["body.6.bias"])

@@ -22,10 +22,11 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from ..models.archs import SRVGGNetCompact
-from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..models.checkpoint import infer_arch, read_checkpoint, save_checkpoint
 from .data import CropSampler, PairSampler, build_pairs, build_pool
 from .degradations import DegradationConfig, degrade
 from .discriminator import VGGDiscriminator
+from .growth import deepen_compact
 from .losses import feature_network, perceptual_loss, ragan_d_loss, ragan_g_loss
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.g = SRVGGNetCompact(num_feat=cfg.num_feat, num_conv=cfg.num_conv, upscale=cfg.scale)
         if cfg.init:
-            self.g.load_state_dict(read_checkpoint(cfg.init))
+            self.g.load_state_dict(self._init_weights(cfg.init))
         self.ema = copy.deepcopy(self.g).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -102,6 +103,16 @@ class Trainer:
 
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_supports_bf16())
         self.history: list[dict] = []
+
+    def _init_weights(self, path: Path) -> dict[str, torch.Tensor]:
+        """The --init weights; a shallower compact net is deepened with identity layers."""
+        sd = read_checkpoint(path)
+        have = dict(infer_arch(sd, str(path)).kwargs).get("num_conv")
+        if have is not None and have < self.cfg.num_conv:
+            log.info("deepening %s from %d to %d body convs (new layers start as identity)",
+                     path, have, self.cfg.num_conv)
+            sd = deepen_compact(sd, self.cfg.num_conv, str(path))
+        return sd
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
