@@ -144,3 +144,11 @@ def test_set5_and_traffic_with_the_real_esrgan_checkpoint(tmp_path):
     md = (out / "eval.md").read_text()
     assert "| Set5 | realesr-animevideov3 | - |" in md and "H.264 (libx264)" in md
     assert not math.isnan(float(rows["Set5", "realesr-animevideov3"]["sharpness"]))
+
+
+def test_dataset_labels_say_how_the_lr_was_made(tmp_path):
+    from ultrares_stream.commands.eval import dataset_label
+
+    assert dataset_label(tmp_path / "Set14" / "HR", traffic=False) == "Set14"
+    assert dataset_label(tmp_path / "video", traffic=True) == "video (H.264)"
+    assert dataset_label(tmp_path / "video", traffic=True, encoded=False) == "video (no H.264)"

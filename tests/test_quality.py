@@ -230,6 +230,10 @@ def test_traffic_pairs_from_a_synthetic_clip(tmp_path):
     rich = traffic_video_pairs(tmp_path, 4, 1, bitrate="2M")[0][1]
     clean = imresize(traffic_video_pairs(tmp_path, 4, 1)[0][2], scale=0.25)
     assert np.abs(rich.astype(int) - clean).mean() < np.abs(starved.astype(int) - clean).mean()
+    unencoded = traffic_video_pairs(tmp_path, scale=4, frames_per_clip=2, bitrate="none")
+    assert [p[0] for p in unencoded] == ["road#10", "road#13"]
+    for (_, lr, hr), (_, _, hr_encoded) in zip(unencoded, pairs):
+        assert np.array_equal(hr, hr_encoded) and np.array_equal(lr, imresize(hr, scale=0.25))
 
 
 def test_traffic_pairs_from_shared_clips():

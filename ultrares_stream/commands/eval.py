@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames-per-clip", type=int, default=4, help="traffic protocol: frames scored per clip (default 4)")
     p.add_argument("--bitrate", default="auto",
                    help="traffic protocol: H.264 bitrate of the LR stream: auto (0.1 bit per pixel at 25 fps, "
-                        "at least 32k), bit/s such as 200k, or bits per pixel such as 0.15bpp (default auto)")
+                        "at least 32k), bit/s such as 200k, bits per pixel such as 0.15bpp, or none: no H.264, the clean "
+                        "down-scale, to see how much of the gap is compression (default auto)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME",
                    help="also write a picture grid (bicubic, each model/alpha, original) of this image or frame: "
                         "an image name (zebra), a frame (street-pole-640x352#455) or a clip name (its first "
@@ -54,11 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def dataset_label(path: Path, traffic: bool) -> str:
-    """Short name for tables: ``Set5``, ``Set14`` (for Set14/HR), ``video (H.264)``."""
+def dataset_label(path: Path, traffic: bool, encoded: bool = True) -> str:
+    """Short name for tables: ``Set5``, ``Set14`` (for Set14/HR), ``video (H.264)``, ``video (no H.264)``."""
     path = Path(path)
     name = path.parent.name if path.name.upper() == "HR" and path.parent.name else path.stem
-    return f"{name} (H.264)" if traffic else name
+    if not traffic:
+        return name
+    return f"{name} (H.264)" if encoded else f"{name} (no H.264)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..models.interpolation import check_alpha
     from ..models.registry import DEFAULT_MODEL
-    from ..quality.datasets import is_video_folder, load_pairs, traffic_video_pairs
+    from ..quality.datasets import is_unencoded, is_video_folder, load_pairs, traffic_video_pairs
     from ..quality.evaluate import evaluate_methods, write_csv, write_markdown
 
     if args.scale < 1:
@@ -92,11 +95,13 @@ def run(args: argparse.Namespace) -> int:
     datasets = []
     for d in args.dataset:
         traffic = args.traffic or is_video_folder(d)
-        label = dataset_label(d, traffic)
+        encoded = not is_unencoded(args.bitrate)
+        label = dataset_label(d, traffic, encoded)
         if traffic:
             pairs = traffic_video_pairs(d, args.scale, args.frames_per_clip, args.bitrate)
+            lr = (f"then H.264 (libx264) at bitrate {args.bitrate}" if encoded else "not re-encoded")
             notes.append(f"{label}: {len(pairs)} frames of the clips in {d.name}, MATLAB bicubic x1/{args.scale} "
-                         f"then H.264 (libx264) at bitrate {args.bitrate}, scored against the original frames.")
+                         f"{lr}, scored against the original frames.")
         else:
             pairs = load_pairs(d, args.scale)
             shipped = (d / "LR_bicubic" / f"X{args.scale}").is_dir()

@@ -26,7 +26,7 @@ from .matlab_resize import imresize
 log = logging.getLogger(__name__)
 
 __all__ = ["load_pairs", "traffic_video_pairs", "read_image", "is_video_folder", "parse_bitrate",
-           "h264_roundtrip", "modcrop", "IMAGE_EXTS", "VIDEO_EXTS", "CONTEXT_FRAMES", "AUTO_BPP"]
+           "h264_roundtrip", "is_unencoded", "modcrop", "IMAGE_EXTS", "VIDEO_EXTS", "CONTEXT_FRAMES", "AUTO_BPP"]
 
 Pair = tuple[str, np.ndarray, np.ndarray]
 
@@ -227,8 +227,9 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     the MATLAB-bicubic x1/``scale`` down-scale of the frame and of up to ``CONTEXT_FRAMES - 1``
     frames before it (4 s; short clips give what they have), encoded as one H.264 stream
     (libx264, veryfast, zerolatency, CBR-like at ``bitrate``) and decoded back: the scored frame
-    is a P-frame of a settled encoder, like a low-resolution camera stream that has been running. ``bitrate``: ``auto`` (``AUTO_BPP`` bits per pixel at 25 fps,
-    at least 32 kbit/s), bit/s (``200k``), or bits per pixel (``0.15bpp``).
+    is a P-frame of a settled encoder, like a low-resolution camera stream that has been running.
+    ``bitrate``: ``auto`` (``AUTO_BPP`` bits per pixel at 25 fps, at least 32 kbit/s), bit/s
+    (``200k``), bits per pixel (``0.15bpp``), or ``none`` (no H.264: the clean down-scale).
     """
     video_dir = Path(video_dir)
     scale = _check_scale(scale)
@@ -242,21 +243,31 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
         raise UserError(f"video folder not found: {video_dir}")
     if not clips:
         raise UserError(f"no video files ({', '.join(sorted(VIDEO_EXTS))}) in {video_dir}")
+    encode = not is_unencoded(bitrate)
     pairs: list[Pair] = []
     for clip in clips:
         rate = None
-        for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES):
+        for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES if encode else 1):
             hr_frames = [modcrop(f, 2 * scale) for f in frames]
             hh, hw = hr_frames[-1].shape[:2]
             if hh < 2 * scale or hw < 2 * scale:
                 raise UserError(f"{clip.name} frames ({hw}x{hh}) are too small for x{scale}")
             lw, lh = hw // scale, hh // scale
-            rate = parse_bitrate(bitrate, lw, lh)
-            lr = h264_roundtrip([imresize(f, scale=1 / scale) for f in hr_frames], rate)[-1]
+            if encode:
+                rate = parse_bitrate(bitrate, lw, lh)
+                lr = h264_roundtrip([imresize(f, scale=1 / scale) for f in hr_frames], rate)[-1]
+            else:
+                lr = imresize(hr_frames[-1], scale=1 / scale)
             pairs.append((f"{clip.stem}#{index}", lr, hr_frames[-1]))
-        log.info("%s: %d frames, LR %dx%d at %.0f kbit/s H.264", clip.name,
-                 sum(1 for p in pairs if p[0].startswith(clip.stem + "#")), lw, lh, (rate or 0) / 1000)
+        log.info("%s: %d frames, LR %dx%d %s", clip.name, sum(1 for p in pairs if p[0].startswith(clip.stem + "#")),
+                 lw, lh, f"at {rate / 1000:.0f} kbit/s H.264" if encode else "not re-encoded")
     return pairs
+
+
+def is_unencoded(bitrate: str | int) -> bool:
+    """``bitrate`` ``none``: the traffic protocol without the H.264 round trip (the clean
+    down-scale), to separate up-scaling from the repair of compression artefacts."""
+    return str(bitrate).strip().lower() == "none"
 
 
 def describe_bitrate(bitrate: str, lr_width: int, lr_height: int) -> str:
