@@ -216,9 +216,12 @@ def _write_clip(path, frames=16, w=100, h=76):
             c.mux(p)
 
 
-def test_traffic_pairs_from_a_synthetic_clip(tmp_path):
+def test_traffic_pairs_from_a_synthetic_clip(tmp_path, caplog):
     _write_clip(tmp_path / "road.mp4")
-    pairs = traffic_video_pairs(tmp_path, scale=4, frames_per_clip=2, bitrate="64k")
+    with caplog.at_level("WARNING"):
+        pairs = traffic_video_pairs(tmp_path, scale=4, frames_per_clip=2, bitrate="64k")
+    # 16 frames cannot give the protocol's 100 frames of stream: said, with how many there were
+    assert "road.mp4 is short: 2 scored frame(s) had only 11-14 frames" in caplog.text
     # held-out second half of the 16 frames (from frame 8, after 8 context frames), evenly spaced
     assert [p[0] for p in pairs] == ["road#10", "road#13"]
     for _, lr, hr in pairs:

@@ -246,8 +246,10 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     encode = not is_unencoded(bitrate)
     pairs: list[Pair] = []
     for clip in clips:
-        rate = None
+        rate, short = None, []
         for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES if encode else 1):
+            if encode and len(frames) < CONTEXT_FRAMES:
+                short.append(len(frames))
             hr_frames = [modcrop(f, 2 * scale) for f in frames]
             hh, hw = hr_frames[-1].shape[:2]
             if hh < 2 * scale or hw < 2 * scale:
@@ -259,6 +261,10 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
             else:
                 lr = imresize(hr_frames[-1], scale=1 / scale)
             pairs.append((f"{clip.stem}#{index}", lr, hr_frames[-1]))
+        if short:
+            span = f"{min(short)}" if min(short) == max(short) else f"{min(short)}-{max(short)}"
+            log.warning("%s is short: %d scored frame(s) had only %s frames of LR stream up to them, not %d; "
+                        "the encoder had not settled", clip.name, len(short), span, CONTEXT_FRAMES)
         log.info("%s: %d frames, LR %dx%d %s", clip.name, sum(1 for p in pairs if p[0].startswith(clip.stem + "#")),
                  lw, lh, f"at {rate / 1000:.0f} kbit/s H.264" if encode else "not re-encoded")
     return pairs
