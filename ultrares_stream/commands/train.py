@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--num-feat", type=int, default=32)
     p.add_argument("--num-conv", type=int, default=6)
-    p.add_argument("--init", type=Path, default=None, help="generator weights to start from (stage gan: the psnr run's generator_ema.safetensors)")
+    p.add_argument("--init", type=Path, default=None, help="generator weights to start from (stage gan: the psnr run's generator_ema.safetensors); "
+                        "a compact net with fewer body convs than --num-conv is deepened with identity layers")
     p.add_argument("--perceptual", default=None,
                    help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
                         "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
