@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     notes = ["Y-channel PSNR/SSIM (BT.601, MATLAB protocol), SR quantised to uint8, "
              f"border of {args.scale} px shaved; x{args.scale}."]
     datasets = []
+    encoded = not is_unencoded(args.bitrate)
     for d in args.dataset:
         traffic = args.traffic or is_video_folder(d)
-        encoded = not is_unencoded(args.bitrate)
         label = dataset_label(d, traffic, encoded)
         if traffic:
             pairs = traffic_video_pairs(d, args.scale, args.frames_per_clip, args.bitrate)
