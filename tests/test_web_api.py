@@ -25,7 +25,10 @@ from ultrares_stream.metrics import Metrics
 from ultrares_stream.models.archs import SRVGGNetCompact
 from ultrares_stream.models.checkpoint import build_model, read_checkpoint, save_checkpoint
 from ultrares_stream.web.app import create_app
-from ultrares_stream.web.jobs import JobQueue, QueueFull
+from ultrares_stream.tiling import Cancelled
+from ultrares_stream.web import uploads
+from ultrares_stream.web.jobs import JobQueue, JobTimeout, QueueFull
+from ultrares_stream.web.upscaling import UpscalerCache, upscale_upload
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -296,6 +299,42 @@ def test_job_queue_refuses_when_full_and_recovers():
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
     queue.shutdown()
+
+
+def test_a_timed_out_job_is_told_to_stop_and_frees_its_worker():
+    queue = JobQueue(workers=1, waiting=1)
+    cancel = threading.Event()
+
+    def long_job():  # works in steps, like tiles, and stops when told
+        for _ in range(1000):
+            if cancel.is_set():
+                raise Cancelled("stopped")
+            time.sleep(0.01)
+        return "finished"
+
+    async def scenario():
+        with pytest.raises(JobTimeout):
+            await queue.run(long_job, timeout=0.1, cancel=cancel)
+        assert cancel.is_set()
+        # the next job gets the worker long before the 10 s the first would have taken
+        return await asyncio.wait_for(queue.run(lambda: "next", timeout=5), 3)
+
+    assert asyncio.run(scenario()) == "next"
+    assert queue.admitted == 0
+    queue.shutdown()
+
+
+def test_a_cancelled_upload_stops_before_its_tiles_and_releases_the_model(pair_spec):
+    cache = UpscalerCache(device="cpu")
+    upload = uploads.identify(png_bytes(300, 280), 10_000_000)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        upscale_upload(cache, upload, pair_spec, 0.5, None, "png", 10_000_000, stop)
+    _, lock = cache.get(pair_spec)
+    assert not lock.locked()  # the next request can use the model
+    result = upscale_upload(cache, upload, pair_spec, 0.5, None, "png", 10_000_000, threading.Event())
+    assert result.output_size == (1200, 1120)
 
 
 def test_full_queue_is_429_with_retry_after_and_timeout_is_503(pair_spec):

@@ -3,15 +3,21 @@
 Each tile is cut with ``pad`` pixels of context on every side (clipped at the
 frame border); after upscaling, only the tile's own core is kept, so the seams
 carry no border artefacts and the result matches the untiled one as long as the
-pad covers the network's effective receptive field.
+pad covers the network's effective receptive field. Between tile batches a caller's
+``cancel`` event is checked, so a long job can be stopped part-way (:class:`Cancelled`).
 """
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set: the upscale stopped between two tile batches."""
 
 
 @dataclass(frozen=True)
@@ -58,16 +64,19 @@ def _pad_span(a: int, b: int, pad: int, limit: int, multiple: int) -> tuple[int,
 
 def upscale_tiled(frames: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], scale: int,
                   tile: int, pad: int, tile_batch: int = 4, device: torch.device | None = None,
-                  multiple: int = 1) -> torch.Tensor:
+                  multiple: int = 1, cancel: threading.Event | None = None) -> torch.Tensor:
     """Upscale NCHW ``frames`` (kept where they are, e.g. on the CPU) tile by tile.
 
     Tiles of equal padded shape are sent to ``device`` ``tile_batch`` at a time and
     run through ``run``; only the tiles, never the whole frame, visit the device.
+    Raises :class:`Cancelled` before the next batch once ``cancel`` is set.
     """
     n, c, h, w = frames.shape
     out = torch.empty((n, c, h * scale, w * scale), dtype=frames.dtype, device=frames.device)
     tiles = plan_tiles(h, w, tile, pad, multiple)
     for group in _same_shape_groups(tiles, tile_batch):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"stopped with {len(tiles)} tiles planned")
         crops = torch.cat([frames[:, :, t.py0:t.py1, t.px0:t.px1] for t in group])
         if device is not None:
             crops = crops.to(device, non_blocking=True)

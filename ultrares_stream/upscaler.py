@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.5
 TILE_PAD = 16
+# with a cancel event, frames larger than this (input pixels) run in tiles of this size, so that
+# the job can be stopped between tiles; a whole frame cannot be stopped mid-forward on a CPU
+CANCEL_TILE = 256
 
 
 class Upscaler:
@@ -110,17 +113,23 @@ class Upscaler:
         side = auto_tile_size(per_tile_pixel, free) - 2 * self.tile_pad
         return max(side, 32)
 
-    def upscale(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def upscale(self, x: torch.Tensor, size: tuple[int, int] | None = None,
+                 cancel: threading.Event | None = None) -> torch.Tensor:
         """NCHW float [0, 1] -> upscaled NCHW float [0, 1] (clamped).
 
         The result is on the engine's device, except when tiling was needed: then
         it stays where ``x`` was (the whole frame never visits the device).
         ``size`` = (width, height) resizes the result, antialiased bicubic.
+        ``cancel``: once set, the upscale stops between tiles with
+        :class:`~ultrares_stream.tiling.Cancelled` (large frames are tiled for it).
         """
-        tile = self.tile_size_for(x.shape[-2], x.shape[-1], x.shape[0])
+        h, w = x.shape[-2:]
+        tile = self.tile_size_for(h, w, x.shape[0])
+        if not tile and cancel is not None and self.tile != 0 and max(h, w) > CANCEL_TILE:
+            tile = CANCEL_TILE
         if tile:
             out = upscale_tiled(x, self.run, self.scale, tile, self.tile_pad, self.tile_batch,
-                                device=self.device, multiple=self.multiple)
+                                device=self.device, multiple=self.multiple, cancel=cancel)
         else:
             out = self.run(x)
         out = out.clamp_(0.0, 1.0)

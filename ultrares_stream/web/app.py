@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import threading
 import time
 from contextlib import asynccontextmanager
 from functools import partial
@@ -326,10 +327,11 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
 
                 parse_size(size)  # a bad size is a 400 before any work is queued
             upload = uploads.identify(data, max_pixels)
+            cancel = threading.Event()
             job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, (size or "").strip() or None, format,
-                          max_output_pixels)
+                          max_output_pixels, cancel)
             try:
-                result = await ctx.jobs.run(job, timeout=ctx.request_timeout)
+                result = await ctx.jobs.run(job, timeout=ctx.request_timeout, cancel=cancel)
             except QueueFull as exc:
                 raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
                                {"Retry-After": str(exc.retry_after)}) from None

@@ -3,7 +3,9 @@ of waiting slots, and a clear "busy" answer instead of an unbounded backlog.
 
 Async callers ``await queue.run(fn, timeout=...)``; the event loop never runs the
 work itself. When every slot is taken, :class:`QueueFull` carries a Retry-After
-estimate from the recent job durations.
+estimate from the recent job durations. A job that runs past its time limit is told to
+stop through its cancel event, so that it gives its worker back instead of finishing
+for a client that has already been answered.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
+
+from ..tiling import Cancelled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,16 +73,21 @@ class JobQueue:
             if seconds is not None:
                 self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
 
-    async def run(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+    async def run(self, fn: Callable[[], T], timeout: float | None = None,
+                  cancel: threading.Event | None = None) -> T:
         """Run ``fn`` on a worker thread. Raises :class:`QueueFull` at once when full and
-        :class:`JobTimeout` when it takes longer than ``timeout`` seconds (a job not yet
-        started is cancelled; one already running finishes in the background, holding its slot)."""
+        :class:`JobTimeout` when it takes longer than ``timeout`` seconds. A job not yet
+        started is dropped; for one already running ``cancel`` is set, which ``fn`` should
+        watch (:class:`~ultrares_stream.tiling.Cancelled`); until it stops it holds its slot."""
         self._admit()
 
         def job() -> T:
             start = time.perf_counter()
             try:
                 return fn()
+            except Cancelled:
+                log.info("timed-out job stopped after %.1f s; its worker is free", time.perf_counter() - start)
+                raise
             finally:
                 self._release(time.perf_counter() - start)
 
@@ -93,6 +102,8 @@ class JobQueue:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except (asyncio.TimeoutError, TimeoutError):
             future.cancel()
+            if cancel is not None:
+                cancel.set()
             log.warning("job timed out after %.1f s (%d admitted)", timeout, self._admitted)
             raise JobTimeout(timeout or 0.0, self.retry_after()) from None
 

@@ -69,8 +69,10 @@ class Result:
 
 
 def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alpha: float,
-                   size: str | None, fmt: str, max_output_pixels: int) -> Result:
-    """The whole job for one request (blocking; call it from a worker thread)."""
+                   size: str | None, fmt: str, max_output_pixels: int,
+                   cancel: threading.Event | None = None) -> Result:
+    """The whole job for one request (blocking; call it from a worker thread). Setting
+    ``cancel`` stops it between tiles (:class:`~ultrares_stream.tiling.Cancelled`)."""
     start = time.perf_counter()
     rgb, alpha_channel = uploads.decode(upload)
     h, w = rgb.shape[:2]
@@ -82,7 +84,7 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     x = uint8_to_float(torch.from_numpy(np.array(rgb)))  # a writable copy
     with lock, torch.inference_mode():
         upscaler.set_alpha(alpha)
-        y = upscaler.upscale(x, size=(out_w, out_h))
+        y = upscaler.upscale(x, size=(out_w, out_h), cancel=cancel)
     out = float_to_uint8(y.cpu())[0].numpy()
     if alpha_channel is not None:
         alpha_channel = np.asarray(Image.fromarray(alpha_channel, "L").resize((out_w, out_h), Image.BICUBIC))
