@@ -1,6 +1,7 @@
 """Image files: formats by content, alpha, grayscale, 16-bit PNG, bad files, atomic writes."""
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ultrares_stream import images as images_mod
 from ultrares_stream.errors import UserError
 from ultrares_stream.images import (Picture, enhance_image, output_name, output_size, read_image, upscale_picture,
                                     write_image)
@@ -171,12 +173,23 @@ def test_bad_files_name_the_file(tmp_path):
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     pic = Picture(torch.rand(1, 3, 8, 8))
+    real_fdopen = os.fdopen
 
-    def broken_save(self, fp, format=None, **kw):
-        fp.write(b"half an image")
-        raise OSError("disk full")
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            raise OSError("disk full")
+
+    monkeypatch.setattr(images_mod.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
     with pytest.raises(OSError, match="disk full"):
         write_image(pic, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []

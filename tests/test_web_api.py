@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.conftest import need_data
 from ultrares_stream.colour import float_to_uint8, uint8_to_float
+from ultrares_stream.images import Picture, encode_image, read_image
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.models.archs import SRVGGNetCompact
 from ultrares_stream.models.checkpoint import build_model, read_checkpoint, save_checkpoint
@@ -133,6 +134,23 @@ def test_webp_output_and_alpha_channel_kept(client):
     assert resp.status_code == 200, resp.text
     img = decode(resp.content)
     assert img.format == "WEBP" and img.size == (64, 48) and img.mode == "RGBA"
+
+
+def test_grey_and_16_bit_uploads_keep_their_kind(client):
+    grey = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(0, 240, 15, dtype=np.uint8), (12, 1)), "L").save(grey, "PNG")
+    resp = upscale(client, grey.getvalue(), alpha=0)
+    assert resp.status_code == 200, resp.text
+    assert decode(resp.content).mode == "L" and decode(resp.content).size == (64, 48)
+    # a 16-bit ramp over 1 % of the range: 656 levels at 16 bits, 3 at 8 bits
+    ramp = np.linspace(0.50, 0.51, 24 * 32, dtype=np.float32).reshape(1, 1, 24, 32).repeat(3, 1)
+    png16 = encode_image(Picture(torch.from_numpy(ramp), bits=16), "PNG")
+    resp = upscale(client, png16, alpha=0)
+    assert resp.status_code == 200, resp.text
+    out = read_image(resp.content)
+    assert out.bits == 16 and (out.width, out.height) == (128, 96)
+    levels = np.unique(np.round(out.colour.numpy() * 65535))
+    assert len(levels) > 20, len(levels)  # more than 8 bits could carry
 
 
 def test_content_decides_the_type_not_the_name(client):

@@ -18,10 +18,12 @@ folder, renamed on success).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,45 +84,46 @@ class Picture:
 # ---------------------------------------------------------------- reading
 
 
-def read_image(path: str | Path) -> Picture:
-    """Read an image file; the type comes from its content, not its name.
+def read_image(source: str | Path | bytes, name: str | None = None,
+               formats: tuple[str, ...] = SUPPORTED_FORMATS) -> Picture:
+    """Read an image file, or a whole file's bytes; the type comes from the content, not the name.
 
-    Raises :class:`UserError` naming the file for anything that is not a complete,
-    supported image of an acceptable size.
+    Raises :class:`UserError` naming the file (``name`` for bytes) for anything that is not
+    a complete image in one of ``formats`` (Pillow names) of an acceptable size.
     """
-    path = Path(path)
+    label = name or ("image" if isinstance(source, bytes) else str(source))
     try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 fmt = im.format or "?"
-                if fmt not in SUPPORTED_FORMATS:
-                    raise UserError(f"{path}: {fmt} images are not supported "
-                                    f"(supported: {', '.join(SUPPORTED_FORMATS)})")
+                if fmt not in formats:
+                    raise UserError(f"{label}: {fmt} images are not supported (supported: {', '.join(formats)})")
                 if getattr(im, "n_frames", 1) > 1:
-                    log.warning("%s: has %d frames; only the first is enhanced", path, im.n_frames)
-                if fmt == "PNG" and _png_bit_depth(path) == 16:
-                    pic = _read_png16(path)
+                    log.warning("%s: has %d frames; only the first is enhanced", label, im.n_frames)
+                if fmt == "PNG" and _png_bit_depth(data) == 16:
+                    pic = _read_png16(data, label)
                     pic.icc_profile = im.info.get("icc_profile")
                     return pic
                 im.load()
-                return _from_pillow(ImageOps.exif_transpose(im), fmt, path)
+                return _from_pillow(ImageOps.exif_transpose(im), fmt, label)
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        raise UserError(f"{label}: no such file") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder") from None
+        raise UserError(f"{label}: is a folder") from None
     except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image in a supported format (or corrupt)") from None
+        raise UserError(f"{label}: not an image in a supported format (or corrupt)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{path}: image is too large (more than {Image.MAX_IMAGE_PIXELS} pixels; "
+        raise UserError(f"{label}: image is too large (more than {Image.MAX_IMAGE_PIXELS} pixels; "
                         "refused as a possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise UserError(f"{path}: cannot decode the image (corrupt or truncated: {exc})") from None
+        raise UserError(f"{label}: cannot decode the image (corrupt or truncated: {exc})") from None
 
 
-def _from_pillow(im: Image.Image, fmt: str, path: Path) -> Picture:
+def _from_pillow(im: Image.Image, fmt: str, path: str) -> Picture:
     mode = im.mode
     icc = im.info.get("icc_profile")
     if mode == "P" or mode == "PA":
@@ -161,18 +164,14 @@ def _planes(hwc: np.ndarray) -> torch.Tensor:
 _PNG16 = {0: (1, "gray16be"), 4: (2, "ya16be"), 2: (3, "rgb48be"), 6: (4, "rgba64be")}
 
 
-def _png_bit_depth(path: Path) -> int:
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
+def _png_bit_depth(data: bytes) -> int:
+    return data[24] if len(data) >= 26 and data[12:16] == b"IHDR" else 8
 
 
-def _read_png16(path: Path) -> Picture:
+def _read_png16(data: bytes, path: str) -> Picture:
     import av
 
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-        data = head + fh.read()
+    head = data[:26]
     width, height = struct.unpack(">II", head[16:24])
     colour_type = head[25]
     if colour_type not in _PNG16:
@@ -218,8 +217,9 @@ def output_size(width: int, height: int, model_scale: int, scale: float | None =
 
 
 def upscale_picture(pic: Picture, upscaler, size: tuple[int, int] | None = None,
-                    alpha_mode: str = "model") -> Picture:
-    """Upscale colour (and alpha) with ``upscaler``; ``size`` = final (width, height)."""
+                    alpha_mode: str = "model", cancel: threading.Event | None = None) -> Picture:
+    """Upscale colour (and alpha) with ``upscaler``; ``size`` = final (width, height).
+    ``cancel``: see :meth:`~ultrares_stream.upscaler.Upscaler.upscale`."""
     if alpha_mode not in _ALPHA_MODES:
         raise UserError(f"alpha mode must be one of {', '.join(_ALPHA_MODES)}, not {alpha_mode!r}")
     size = size or (pic.width * upscaler.scale, pic.height * upscaler.scale)
@@ -229,7 +229,7 @@ def upscale_picture(pic: Picture, upscaler, size: tuple[int, int] | None = None,
     batch = [_as_rgb(pic.colour)]
     if pic.alpha is not None and alpha_mode == "model":
         batch.append(_as_rgb(pic.alpha))
-    out = upscaler.upscale(torch.cat(batch), size=size).float().cpu()
+    out = upscaler.upscale(torch.cat(batch), size=size, cancel=cancel).float().cpu()
     colour = _luma(out[:1]) if pic.grey else out[:1]
     alpha = None
     if pic.alpha is not None:
@@ -263,30 +263,37 @@ def format_for_path(path: str | Path) -> str:
     return fmt
 
 
-def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality: int = 95) -> Path:
-    """Write ``pic`` to ``path`` (format from ``fmt`` or the extension), atomically.
+def encode_image(pic: Picture, fmt: str, quality: int = 95, name: str = "image") -> bytes:
+    """``pic`` as the bytes of a ``fmt`` (Pillow name) file.
 
     Formats without alpha (JPEG) drop it, with a warning; formats without 16-bit
     samples (JPEG, WebP, BMP, 16-bit colour TIFF) get 8 bits, with a warning.
     """
-    path = Path(path)
-    fmt = fmt or format_for_path(path)
     if fmt not in SUPPORTED_FORMATS:
-        raise UserError(f"{path}: cannot write {fmt} images (supported: {', '.join(SUPPORTED_FORMATS)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"{name}: cannot write {fmt} images (supported: {', '.join(SUPPORTED_FORMATS)})")
     alpha = pic.alpha
     if alpha is not None and fmt == "JPEG":
-        log.warning("%s: JPEG has no alpha channel; transparency dropped", path)
+        log.warning("%s: JPEG has no alpha channel; transparency dropped", name)
         alpha = None
     x = pic.colour if alpha is None else torch.cat((pic.colour, alpha), 1)
     hwc = x[0].permute(1, 2, 0).numpy()
+    if pic.bits == 16 and fmt == "PNG":
+        return _encode_png16(hwc)
+    buf = io.BytesIO()
+    _pillow_image(hwc, pic.bits, fmt, name).save(buf, format=fmt, **_save_options(fmt, quality, pic))
+    return buf.getvalue()
+
+
+def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality: int = 95) -> Path:
+    """Write ``pic`` to ``path`` (format from ``fmt`` or the extension), atomically
+    (:func:`encode_image` says what each format keeps)."""
+    path = Path(path)
+    data = encode_image(pic, fmt or format_for_path(path), quality, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
-            if pic.bits == 16 and fmt == "PNG":
-                fh.write(_encode_png16(hwc))
-            else:
-                _pillow_image(hwc, pic.bits, fmt, path).save(fh, format=fmt, **_save_options(fmt, quality, pic))
+            fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -308,7 +315,7 @@ def _umask() -> int:
     return 0o022
 
 
-def _pillow_image(hwc: np.ndarray, bits: int, fmt: str, path: Path) -> Image.Image:
+def _pillow_image(hwc: np.ndarray, bits: int, fmt: str, path: str) -> Image.Image:
     channels = hwc.shape[2]
     if bits == 16 and channels == 1 and fmt == "TIFF":
         return Image.fromarray(np.round(hwc[..., 0] * 65535.0).clip(0, 65535).astype(np.uint16))  # I;16
@@ -330,6 +337,8 @@ def _save_options(fmt: str, quality: int, pic: Picture) -> dict:
         opts["icc_profile"] = pic.icc_profile
     if fmt in ("JPEG", "WEBP"):
         opts["quality"] = quality
+    if fmt == "JPEG":
+        opts["subsampling"] = 0  # 4:4:4: keep the colour detail the network restored
     if fmt == "TIFF":
         opts["compression"] = "tiff_deflate"
     return opts

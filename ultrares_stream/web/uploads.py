@@ -1,8 +1,10 @@
-"""Uploaded image files: identify the type from the content, refuse oversized and
-decompression-bomb images from the header alone, decode, and encode the result.
+"""Uploaded image files: identify the type from the content and refuse oversized and
+decompression-bomb images from the header alone, before any work is queued.
 
 Pillow reads only the header in ``Image.open``; the pixel count is checked before
-``load()`` decodes anything.
+anything is decoded. Decoding and encoding are :mod:`ultrares_stream.images`' (grey,
+alpha, 16-bit PNG and ICC profiles kept, as for ``ultrares enhance``); this module turns
+their errors into HTTP answers.
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from .. import images
+from ..errors import UserError
 from .errors import ApiError
 
 #: Pillow decoders tried on uploads (the type comes from the bytes, never the file name).
@@ -29,8 +32,9 @@ OUTPUT_FORMATS = {
 class Upload:
     """An identified, not yet decoded, image."""
 
-    image: Image.Image
+    image: Image.Image  # header only
     format: str  # Pillow's name: PNG, JPEG, ...
+    data: bytes
 
     @property
     def size(self) -> tuple[int, int]:
@@ -56,43 +60,18 @@ def identify(data: bytes, max_pixels: int) -> Upload:
     if w * h > max_pixels:
         raise ApiError(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels "
                             "(downscale it or crop it first)")
-    return Upload(image, image.format or "unknown")
+    return Upload(image, image.format or "unknown", data)
 
 
-def decode(upload: Upload) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode to (RGB HxWx3 uint8, alpha HxW uint8 or None), EXIF orientation applied; 400 if damaged."""
+def decode(upload: Upload) -> images.Picture:
+    """Decode to a :class:`~ultrares_stream.images.Picture` (EXIF orientation applied); 400 if damaged."""
     try:
-        image = upload.image
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ApiError(400, f"the {upload.format} image could not be decoded ({_describe(exc)}); "
-                            "the file may be truncated or damaged, upload it again") from None
-    alpha = None
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"))
-        if alpha.min() == 255:
-            alpha = None
-        rgb = rgba.convert("RGB")
-    else:
-        rgb = image.convert("RGB")
-    return np.asarray(rgb), alpha
+        return images.read_image(upload.data, name=f"the {upload.format} image", formats=INPUT_FORMATS)
+    except UserError as exc:
+        raise ApiError(400, f"{exc}; the file may be truncated or damaged, upload it again") from None
 
 
-def encode(rgb: np.ndarray, fmt: str, alpha: np.ndarray | None = None) -> tuple[bytes, str, str]:
-    """HxWx3 uint8 (+ optional HxW alpha) -> (file bytes, media type, extension)."""
+def encode(picture: images.Picture, fmt: str) -> tuple[bytes, str, str]:
+    """The result as (file bytes, media type, extension) in output format ``fmt``."""
     pil_format, media_type, ext = OUTPUT_FORMATS[fmt]
-    image = Image.fromarray(rgb, "RGB")
-    if alpha is not None and fmt != "jpeg":
-        image.putalpha(Image.fromarray(alpha, "L"))
-    buf = io.BytesIO()
-    options = {"PNG": {"compress_level": 6}, "JPEG": {"quality": 92, "subsampling": 0},
-               "WEBP": {"quality": 92, "method": 4}}[pil_format]
-    image.save(buf, pil_format, **options)
-    return buf.getvalue(), media_type, ext
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return text[:160]
+    return images.encode_image(picture, pil_format, quality=92, name="the result"), media_type, ext

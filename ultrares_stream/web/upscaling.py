@@ -1,5 +1,6 @@
 """Upscaling one uploaded image: output size, a small cache of loaded models, and the
-decode -> network -> resize -> encode pipeline (run on a worker thread, never the event loop)."""
+decode -> network -> resize -> encode job (run on a worker thread, never the event loop),
+the same steps as ``ultrares enhance`` takes for an image file (:mod:`ultrares_stream.images`)."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +9,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..colour import float_to_uint8, uint8_to_float
-from ..sizes import fit_inside, parse_size
+from .. import images
+from ..images import upscale_picture
+from ..sizes import parse_size
 from ..upscaler import Upscaler
 from . import uploads
 from .errors import ApiError
@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 def output_size(width: int, height: int, scale: int, size: str | None) -> tuple[int, int]:
     """The result's (width, height): the network's native ``scale`` when ``size`` is empty,
     else the largest size with the input's aspect ratio that fits inside the ``size`` box."""
-    if not size:
-        return width * scale, height * scale
-    return fit_inside(width, height, parse_size(size))
+    return images.output_size(width, height, scale, size=parse_size(size) if size else None)
 
 
 class UpscalerCache:
@@ -74,22 +72,18 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     """The whole job for one request (blocking; call it from a worker thread). Setting
     ``cancel`` stops it between tiles (:class:`~ultrares_stream.tiling.Cancelled`)."""
     start = time.perf_counter()
-    rgb, alpha_channel = uploads.decode(upload)
-    h, w = rgb.shape[:2]
+    picture = uploads.decode(upload)
+    w, h = picture.width, picture.height
     upscaler, lock = cache.get(spec)
     out_w, out_h = output_size(w, h, upscaler.scale, size)
     if out_w * out_h > max_output_pixels:
         raise ApiError(413, f"the result would be {out_w}x{out_h} = {out_w * out_h:,} pixels; the limit is "
                             f"{max_output_pixels:,} (choose a smaller output size)")
-    x = uint8_to_float(torch.from_numpy(np.array(rgb)))  # a writable copy
     with lock, torch.inference_mode():
         upscaler.set_alpha(alpha)
-        y = upscaler.upscale(x, size=(out_w, out_h), cancel=cancel)
-    out = float_to_uint8(y.cpu())[0].numpy()
-    if alpha_channel is not None:
-        alpha_channel = np.asarray(Image.fromarray(alpha_channel, "L").resize((out_w, out_h), Image.BICUBIC))
-    data, media_type, ext = uploads.encode(out, fmt, alpha_channel)
+        result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
+    data, media_type, ext = uploads.encode(result, fmt)
     seconds = time.perf_counter() - start
-    log.info("upscaled %dx%d %s -> %dx%d %s with %s at alpha %.2f in %.2f s", w, h, upload.format,
+    log.info("upscaled %s %s -> %dx%d %s with %s at alpha %.2f in %.2f s", picture.describe(), upload.format,
              out_w, out_h, fmt, upscaler.model_name, alpha, seconds)
     return Result(data, media_type, ext, (w, h), (out_w, out_h), upscaler.model_name, alpha, seconds)
