@@ -1,6 +1,7 @@
-"""The shipped default pair: it is there, it is a pair of one architecture, and it beats bicubic."""
+"""The shipped pairs: they are there, each is a pair of one architecture, and they beat bicubic."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ultrares_stream.models.checkpoint import infer_arch, read_checkpoint
@@ -8,13 +9,22 @@ from ultrares_stream.models.registry import DEFAULT_MODEL, ENTRIES, PAIRS, local
 from ultrares_stream.upscaler import Upscaler
 
 
-def test_shipped_pair_is_present_and_interpolable():
-    psnr_name, gan_name = PAIRS[DEFAULT_MODEL]
+SHIPPED = {"ultrares-compact-x4": (32, 6), "ultrares-wide-x4": (64, 16)}
+
+
+def test_the_default_is_the_real_time_compact_pair():
+    assert DEFAULT_MODEL == "ultrares-compact-x4"
+    assert {name for name, e in ENTRIES.items() if e.url is None} == {n for p in SHIPPED for n in PAIRS[p]}
+
+
+@pytest.mark.parametrize("pair", sorted(SHIPPED))
+def test_shipped_pair_is_present_and_interpolable(pair):
+    psnr_name, gan_name = PAIRS[pair]
     psnr, gan = (read_checkpoint(local_path(ENTRIES[n])) for n in (psnr_name, gan_name))
     spec = infer_arch(psnr)
     assert spec == infer_arch(gan)
     assert spec.arch == "SRVGGNetCompact" and spec.scale == 4
-    assert dict(spec.kwargs)["num_feat"] == 32 and dict(spec.kwargs)["num_conv"] == 6
+    assert (dict(spec.kwargs)["num_feat"], dict(spec.kwargs)["num_conv"]) == SHIPPED[pair]
     # two different networks (else alpha would do nothing), of one lineage (close in weight space)
     diff = sum((psnr[k] - gan[k]).abs().sum() for k in psnr)
     size = sum(psnr[k].abs().sum() for k in psnr)
@@ -34,12 +44,13 @@ def test_default_upscaler_runs_and_alpha_changes_the_output():
     assert (a - b).abs().mean() > 1e-3
 
 
-def test_shipped_psnr_network_beats_bicubic_on_set5(data):
+@pytest.mark.parametrize("pair", sorted(SHIPPED))
+def test_shipped_psnr_network_beats_bicubic_on_set5(data, pair):
     from ultrares_stream.quality.datasets import load_pairs
     from ultrares_stream.quality.evaluate import bicubic_upscale, evaluate, upscaler_fn
 
     pairs = load_pairs(data("sr", "Set5"), 4)
     bicubic = evaluate(pairs, lambda lr: bicubic_upscale(lr, 4), 4)["psnr"]
-    model = evaluate(pairs, upscaler_fn(Upscaler(alpha=0.0, device="cpu", precision="fp32")), 4)["psnr"]
+    model = evaluate(pairs, upscaler_fn(Upscaler(pair, alpha=0.0, device="cpu", precision="fp32")), 4)["psnr"]
     assert abs(bicubic - 28.42) < 0.01
     assert model >= bicubic + 1.5, (model, bicubic)
