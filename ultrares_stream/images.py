@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import provenance
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -263,11 +264,14 @@ def format_for_path(path: str | Path) -> str:
     return fmt
 
 
-def encode_image(pic: Picture, fmt: str, quality: int = 95, name: str = "image") -> bytes:
+def encode_image(pic: Picture, fmt: str, quality: int = 95, name: str = "image",
+                 provenance: dict[str, str] | None = None) -> bytes:
     """``pic`` as the bytes of a ``fmt`` (Pillow name) file.
 
     Formats without alpha (JPEG) drop it, with a warning; formats without 16-bit
     samples (JPEG, WebP, BMP, 16-bit colour TIFF) get 8 bits, with a warning.
+    ``provenance`` (:func:`ultrares_stream.provenance.tags`) goes into PNG text chunks, the
+    JPEG comment or EXIF (TIFF, WebP); BMP has no place for it.
     """
     if fmt not in SUPPORTED_FORMATS:
         raise UserError(f"{name}: cannot write {fmt} images (supported: {', '.join(SUPPORTED_FORMATS)})")
@@ -278,17 +282,51 @@ def encode_image(pic: Picture, fmt: str, quality: int = 95, name: str = "image")
     x = pic.colour if alpha is None else torch.cat((pic.colour, alpha), 1)
     hwc = x[0].permute(1, 2, 0).numpy()
     if pic.bits == 16 and fmt == "PNG":
-        return _encode_png16(hwc)
+        return png_with_text(_encode_png16(hwc), provenance or {})
     buf = io.BytesIO()
-    _pillow_image(hwc, pic.bits, fmt, name).save(buf, format=fmt, **_save_options(fmt, quality, pic))
+    _pillow_image(hwc, pic.bits, fmt, name).save(buf, format=fmt, **_save_options(fmt, quality, pic),
+                                                  **_provenance_options(fmt, provenance))
     return buf.getvalue()
 
 
-def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality: int = 95) -> Path:
+def _provenance_options(fmt: str, prov: dict[str, str] | None) -> dict:
+    if not prov:
+        return {}
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in prov.items():
+            info.add_itxt(key, value)
+        return {"pnginfo": info}
+    if fmt == "JPEG":
+        return {"comment": prov["Comment"].encode()}
+    if fmt in ("TIFF", "WEBP"):
+        exif = Image.Exif()
+        exif[0x010E] = prov["Comment"]  # ImageDescription
+        exif[0x0131] = prov["Software"]  # Software
+        return {"exif": exif}
+    return {}
+
+
+def png_with_text(png: bytes, items: dict[str, str]) -> bytes:
+    """``png`` with a tEXt chunk per item inserted after IHDR (Latin-1 text, as tEXt requires)."""
+    import zlib
+
+    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    chunks = b""
+    for key, value in items.items():
+        body = b"tEXt" + key.encode("latin-1", "replace") + b"\0" + value.encode("latin-1", "replace")
+        chunks += struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def write_image(pic: Picture, path: str | Path, fmt: str | None = None, quality: int = 95,
+                provenance: dict[str, str] | None = None) -> Path:
     """Write ``pic`` to ``path`` (format from ``fmt`` or the extension), atomically
     (:func:`encode_image` says what each format keeps)."""
     path = Path(path)
-    data = encode_image(pic, fmt or format_for_path(path), quality, str(path))
+    data = encode_image(pic, fmt or format_for_path(path), quality, str(path), provenance)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -373,7 +411,7 @@ def enhance_image(src: str | Path, dst: str | Path, upscaler, scale: float | Non
     pic = read_image(src)
     out_size = output_size(pic.width, pic.height, upscaler.scale, scale=scale, size=size)
     result = upscale_picture(pic, upscaler, size=out_size, alpha_mode=alpha_mode)
-    written = write_image(result, dst, fmt=fmt)
+    written = write_image(result, dst, fmt=fmt, provenance=provenance.for_upscaler(upscaler))
     return {"input": str(src), "output": str(written), "in_size": (pic.width, pic.height),
             "out_size": out_size, "kind": pic.describe()}
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import provenance
 from .batcher import cpu_inference_threads, default_max_batch, enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
@@ -130,7 +131,8 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
-    out = av.open(str(tmp), "w", format=fmt, options={"movflags": "+faststart"} if fmt in ("mp4", "mov") else {})
+    out = av.open(str(tmp), "w", format=fmt, options={"movflags": "+faststart+use_metadata_tags"} if fmt in ("mp4", "mov") else {})
+    out.metadata.update(provenance.video_metadata(provenance.for_upscaler(upscaler)))
     settings = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
     pub = Publisher(str(tmp), settings, live=False, name=src.name)
     in_w, in_h = vin.codec_context.width, vin.codec_context.height

@@ -161,8 +161,9 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[st
                              "hls_flags": "delete_segments+independent_segments" if live else "independent_segments"}
     if suffix in (".mp4", ".mov", ".m4v"):
         # live files are fragmented so that a crash still leaves a playable file
-        return text, "mp4", ({"movflags": "frag_keyframe+empty_moov+default_base_moof"} if live
-                             else {"movflags": "+faststart"})
+        # use_metadata_tags: keep the provenance tags (provenance.video_metadata) that MP4 has no atom for
+        return text, "mp4", ({"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"} if live
+                             else {"movflags": "+faststart+use_metadata_tags"})
     if suffix in (".mkv", ".webm"):
         return text, "matroska" if suffix == ".mkv" else "webm", {}
     if suffix in (".ts", ".m2ts"):
@@ -224,8 +225,9 @@ class Publisher:
     """One open output: encoder + container. ``write`` takes packed yuv420p frames."""
 
     def __init__(self, url: str, settings: EncoderSettings | None = None, *, live: bool = True,
-                 timeout_s: float = 5.0, name: str = "camera"):
+                 timeout_s: float = 5.0, name: str = "camera", metadata: dict[str, str] | None = None):
         self.url = str(url)
+        self.metadata = metadata or {}  # container tags of a file output (provenance)
         self.settings = settings or EncoderSettings()
         self.live = live
         self.timeout_s = timeout_s
@@ -255,6 +257,8 @@ class Publisher:
                                     timeout=self.timeout_s)
             except av.error.FFmpegError as exc:
                 raise ConnectionError(f"cannot open output {self.masked_url}: {exc}") from None
+            if "://" not in self.target:
+                container.metadata.update(self.metadata)
         self.container = container
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
@@ -318,12 +322,13 @@ class SinkWorker:
     def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
                  name: str = "camera", live: bool = True, timeout_s: float = 5.0, watchdog_s: float = 5.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, metrics=None,
-                 on_published: Callable | None = None):
+                 on_published: Callable | None = None, metadata: Callable[[], dict[str, str]] | None = None):
         self.url, self.settings, self.fps_fn, self.queue = url, settings, fps, queue
         self.name, self.live, self.timeout_s, self.watchdog_s = name, live, timeout_s, watchdog_s
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.metrics = metrics
         self.on_published = on_published
+        self.metadata_fn = metadata  # file outputs' container tags, read when the output is opened
         output_args(url, live, timeout_s)  # validate the URL early (UserError)
         self.published = 0
         self.reconnects = 0
@@ -388,7 +393,8 @@ class SinkWorker:
     def _open(self, width: int, height: int) -> Publisher:
         attempt = 0
         while True:
-            pub = Publisher(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name)
+            pub = Publisher(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name,
+                            metadata=self.metadata_fn() if self.metadata_fn else None)
             try:
                 self._write_started = time.monotonic()
                 pub.open(width, height, self.fps_fn())

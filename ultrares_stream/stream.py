@@ -14,6 +14,7 @@ import time
 from collections import deque
 from fractions import Fraction
 
+from . import provenance
 from .batcher import Batcher, Enhanced
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkWorker
@@ -139,7 +140,8 @@ class Stream:
         self.encoder = encoder or EncoderSettings(tune="zerolatency" if self.live else None)
         self.sink = SinkWorker(output_url, self.encoder, self._fps, self.out_queue, name=name, live=self.live,
                                timeout_s=timeout_s, watchdog_s=watchdog_s, backoff_initial_s=backoff_initial_s,
-                               backoff_max_s=backoff_max_s, metrics=metrics, on_published=self._on_published)
+                               backoff_max_s=backoff_max_s, metrics=metrics, on_published=self._on_published,
+                               metadata=lambda: provenance.video_metadata(provenance.for_upscaler(self.upscaler)))
         self.frames_in = 0
         self.frames_out = 0
         self.delivered = 0  # frames back from the batcher

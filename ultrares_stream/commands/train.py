@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train the PSNR (stage 1) or GAN (stage 2) generator",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Two-stage ESRGAN-style training of an SRVGGNetCompact generator. Stage psnr: L1 loss. "
+        description="Two-stage ESRGAN-style training of an SRVGGNetCompact generator (or fine-tuning of any "
+                    "known architecture from --init). Stage psnr: L1 loss. "
                     "Stage gan: initialised from stage psnr (--init), L1 + perceptual + relativistic-average GAN. "
                     "Resumes from OUT/last.pt when it exists; writes OUT/generator_ema.safetensors.")
     p.add_argument("--stage", choices=["psnr", "gan"], default="psnr")
@@ -21,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"HR image folder (repeatable; default {sr / 'T91'} and {sr / 'BSD200'})")
     p.add_argument("--videos", type=Path, action="append", default=None,
                    help=f"folder of clips to take frames from (first half of each clip; default {data_dir() / 'video'} if present)")
+    p.add_argument("--plates", type=int, default=0, metavar="N",
+                   help="add N synthetic images of number plates and text to the training pool")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--budget-minutes", type=float, default=None, help="stop (and checkpoint) after this wall-clock time")
     p.add_argument("--batch", type=int, default=16)
@@ -29,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-feat", type=int, default=32)
     p.add_argument("--num-conv", type=int, default=6)
     p.add_argument("--init", type=Path, default=None, help="generator weights to start from (stage gan: the psnr run's generator_ema.safetensors); "
-                        "a compact net with fewer body convs than --num-conv is deepened with identity layers")
+                        "any known architecture (SRVGGNetCompact, RLFN, SPAN, RRDBNet): the net is built from them and "
+                        "--num-feat/--num-conv are ignored, except that a compact net with fewer body convs than "
+                        "--num-conv is deepened with identity layers")
     p.add_argument("--perceptual", default=None,
                    help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
                         "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not pair_bpp or min(pair_bpp) <= 0:
         raise UserError(f"--pair-bpp {args.pair_bpp!r}: bitrates must be positive")
     cfg = TrainConfig(
-        out_dir=args.out, stage=args.stage, images=images, videos=videos, steps=args.steps,
+        out_dir=args.out, stage=args.stage, images=images, videos=videos, plates=args.plates, steps=args.steps,
         budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
         degradation=degradation_config(args.degradation, args.degrade),

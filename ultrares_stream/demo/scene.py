@@ -86,8 +86,13 @@ def _plate_image(text: str, width: int, height: int) -> Image.Image:
 
 
 def render_scene_frame(index: int, width: int = 320, height: int = 240, fps: float = 25,
-                       vehicles: list[Vehicle] | None = None) -> np.ndarray:
-    """Frame ``index`` of the scene as an HxWx3 uint8 RGB array (pure function of its arguments)."""
+                       vehicles: list[Vehicle] | None = None,
+                       plates: list[tuple[int, int, int, int, str]] | None = None) -> np.ndarray:
+    """Frame ``index`` of the scene as an HxWx3 uint8 RGB array (pure function of its arguments).
+
+    ``plates``, when given, receives ``(x, y, w, h, text)`` of every plate wholly in the frame
+    (ground truth for the plate-readability evaluation).
+    """
     if width < 64 or height < 48:
         raise UserError(f"scene size {width}x{height} is too small (at least 64x48)")
     vehicles = scene_vehicles() if vehicles is None else vehicles
@@ -125,6 +130,8 @@ def render_scene_frame(index: int, width: int = 320, height: int = 240, fps: flo
         px = x0 + (length - plate_w) // 2
         py = y + car_h - plate_h - 2 if v.lane < 2 else y + 2
         img.paste(plate, (px, py))
+        if plates is not None and 0 <= px and px + plate_w <= width:
+            plates.append((px, py, plate_w, plate_h, v.plate))
     return np.asarray(img)
 
 

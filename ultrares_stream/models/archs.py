@@ -137,3 +137,153 @@ def _activation(kind: str, num_feat: int) -> nn.Module:
     if kind == "lrelu":
         return nn.LeakyReLU(negative_slope=0.1, inplace=True)
     raise ValueError(f"unknown activation {kind!r} (use prelu, relu or lrelu)")
+
+
+# -- efficient PSNR-oriented x4 nets (written from the papers; key names match the authors'
+#    checkpoints so that those load strictly) ---------------------------------------------------
+
+class PixelShuffleUpsampler(nn.Sequential):
+    """One 3x3 conv to ``out_ch * scale**2`` channels, then pixel shuffle (ESPCN)."""
+
+    def __init__(self, in_ch: int, out_ch: int, scale: int):
+        super().__init__(nn.Conv2d(in_ch, out_ch * scale * scale, 3, 1, 1), nn.PixelShuffle(scale))
+
+
+class ESA(nn.Module):
+    """Enhanced spatial attention (RFDN/RLFN): a strided, max-pooled branch gives a sigmoid mask."""
+
+    def __init__(self, num_feat: int, esa_ch: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, esa_ch, 1)
+        self.conv_f = nn.Conv2d(esa_ch, esa_ch, 1)
+        self.conv2 = nn.Conv2d(esa_ch, esa_ch, 3, 2, 0)
+        self.conv3 = nn.Conv2d(esa_ch, esa_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(esa_ch, num_feat, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1 = self.conv1(x)
+        pooled = F.max_pool2d(self.conv2(c1), kernel_size=7, stride=3)
+        c3 = F.interpolate(self.conv3(pooled), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x * torch.sigmoid(self.conv4(c3 + self.conv_f(c1)))
+
+
+class RLFB(nn.Module):
+    """Residual local feature block: three 3x3 conv + LeakyReLU(0.05), a residual, 1x1, ESA."""
+
+    def __init__(self, num_feat: int, esa_ch: int = 16):
+        super().__init__()
+        self.c1_r = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.c2_r = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.c3_r = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.c5 = nn.Conv2d(num_feat, num_feat, 1)
+        self.esa = ESA(num_feat, esa_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.leaky_relu(self.c1_r(x), 0.05)
+        out = F.leaky_relu(self.c2_r(out), 0.05)
+        out = F.leaky_relu(self.c3_r(out), 0.05)
+        return self.esa(self.c5(out + x))
+
+
+class RLFN(nn.Module):
+    """Residual Local Feature Network (Kong et al., CVPRW 2022): RLFN 52 features, RLFN-S 48.
+
+    The authors trained it on 0..255 pixel values; ``forward`` takes and returns 0..1 like every
+    net here, scaling around the body.
+
+    The ESA branch pools a stride-2 conv with a 7x7 window, so inputs must be at least
+    ``min_size`` pixels a side; :func:`forward` pads smaller ones (replicate) and crops back.
+    """
+
+    min_size = 17
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 52, num_block: int = 6,
+                 esa_ch: int = 16, upscale: int = 4):
+        super().__init__()
+        self.num_in_ch = num_in_ch
+        self.scale = upscale
+        self.conv_1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        for i in range(1, num_block + 1):
+            self.add_module(f"block_{i}", RLFB(num_feat, esa_ch))
+        self.num_block = num_block
+        self.conv_2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.upsampler = PixelShuffleUpsampler(num_feat, num_out_ch, upscale)
+
+    size_multiple = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = _pad_to(x, self.min_size) * 255.0
+        feat = self.conv_1(x)
+        out = feat
+        for i in range(1, self.num_block + 1):
+            out = getattr(self, f"block_{i}")(out)
+        out = self.upsampler(self.conv_2(out) + feat) / 255.0
+        return out[..., : h * self.scale, : w * self.scale]
+
+
+class Conv3XC(nn.Module):
+    """SPAN's re-parameterisable conv in its collapsed (inference) form: one 3x3 conv."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.eval_conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.eval_conv(x)
+
+
+class SPAB(nn.Module):
+    """Swift parameter-free attention block: three convs, SiLU, attention ``sigmoid(out3) - 0.5``."""
+
+    def __init__(self, num_feat: int):
+        super().__init__()
+        self.c1_r = Conv3XC(num_feat, num_feat)
+        self.c2_r = Conv3XC(num_feat, num_feat)
+        self.c3_r = Conv3XC(num_feat, num_feat)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output and its first conv's activation (SPAN concatenates block 6's)."""
+        act1 = F.silu(self.c1_r(x))
+        out3 = self.c3_r(F.silu(self.c2_r(act1)))
+        return (out3 + x) * (torch.sigmoid(out3) - 0.5), act1
+
+
+class SPAN(nn.Module):
+    """Swift Parameter-free Attention Network (Wan et al., CVPRW 2024), collapsed form.
+
+    Inputs are mean-shifted and scaled to 0..255 inside the net, as the authors trained it.
+    """
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48, upscale: int = 4,
+                 rgb_mean: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)):
+        super().__init__()
+        self.num_in_ch = num_in_ch
+        self.scale = upscale
+        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, 3, 1, 1), persistent=False)
+        self.conv_1 = Conv3XC(num_in_ch, num_feat)
+        for i in range(1, 7):
+            self.add_module(f"block_{i}", SPAB(num_feat))
+        self.conv_cat = nn.Conv2d(num_feat * 4, num_feat, 1)
+        self.conv_2 = Conv3XC(num_feat, num_feat)
+        self.upsampler = PixelShuffleUpsampler(num_feat, num_out_ch, upscale)
+
+    size_multiple = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_1((x - self.mean.to(x.dtype)) * 255.0)
+        out_b1, _ = self.block_1(feat)
+        out = out_b1
+        for i in range(2, 6):
+            out, _ = getattr(self, f"block_{i}")(out)
+        out_b6, out_b5_2 = self.block_6(out)
+        out = self.conv_cat(torch.cat([feat, self.conv_2(out_b6), out_b1, out_b5_2], 1))
+        return self.upsampler(out)
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Replicate-pad the bottom/right of an NCHW batch so both sides are at least ``size``."""
+    h, w = x.shape[-2:]
+    if h >= size and w >= size:
+        return x
+    return F.pad(x, (0, max(0, size - w), 0, max(0, size - h)), mode="replicate")

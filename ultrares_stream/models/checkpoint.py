@@ -8,6 +8,9 @@ Layouts understood:
   optionally wrapped in ``params_ema`` (preferred) or ``params``.
 * Original ESRGAN repo: ``RRDB_trunk.N.RDBk.convj``, ``trunk_conv``, ``upconv1/2``, ``HRconv``.
 * Oldest ESRGAN ``model.N.`` layout (``model.1.sub.N.RDBk.convj.0``).
+* RLFN (bytedance/RLFN): ``conv_1``, ``block_N.c1_r`` ... ``block_N.esa.*``, ``upsampler.0``.
+* SPAN, collapsed (NTIRE 2024 ESR slim files): ``conv_1.eval_conv``, ``block_N.cK_r.eval_conv``,
+  ``conv_cat``, ``upsampler.0``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .archs import RRDBNet, SRVGGNetCompact
+from .archs import RLFN, SPAN, RRDBNet, SRVGGNetCompact
 
 StateDict = dict[str, torch.Tensor]
 
@@ -29,7 +32,7 @@ StateDict = dict[str, torch.Tensor]
 class ArchSpec:
     """What a state dict describes: the class and its constructor arguments."""
 
-    arch: str  # "RRDBNet" or "SRVGGNetCompact"
+    arch: str  # a key of ARCHS
     kwargs: tuple[tuple[str, object], ...]
 
     @property
@@ -38,14 +41,19 @@ class ArchSpec:
         return int(d.get("scale", d.get("upscale", 4)))
 
     def build(self) -> nn.Module:
-        cls = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact}[self.arch]
-        return cls(**dict(self.kwargs))
+        return ARCHS[self.arch](**dict(self.kwargs))
 
     def describe(self) -> str:
-        d = dict(self.kwargs)
-        if self.arch == "RRDBNet":
-            return f"RRDBNet x{self.scale} (nf {d['num_feat']}, nb {d['num_block']}, gc {d['num_grow_ch']})"
-        return f"SRVGGNetCompact x{self.scale} (feat {d['num_feat']}, conv {d['num_conv']}, {d['act_type']})"
+        return f"{self.arch} x{self.scale} ({_DESCRIBE[self.arch].format(**dict(self.kwargs))})"
+
+
+#: architecture name -> class; what each checkpoint's hyper-parameters are called in `describe`.
+ARCHS: dict[str, type[nn.Module]] = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact, "RLFN": RLFN,
+                                     "SPAN": SPAN}
+_DESCRIBE = {"RRDBNet": "nf {num_feat}, nb {num_block}, gc {num_grow_ch}",
+             "SRVGGNetCompact": "feat {num_feat}, conv {num_conv}, {act_type}",
+             "RLFN": "feat {num_feat}, blocks {num_block}, esa {esa_ch}",
+             "SPAN": "feat {num_feat}"}
 
 
 def read_checkpoint(path: str | Path) -> StateDict:
@@ -149,9 +157,31 @@ def infer_arch(sd: StateDict, source: str = "checkpoint") -> ArchSpec:
             ("num_in_ch", int(num_in)), ("num_out_ch", int(num_in)), ("num_feat", int(num_feat)),
             ("num_conv", len(convs) - 2), ("upscale", scale), ("act_type", act),
         ))
+    if "block_1.esa.conv1.weight" in sd and "upsampler.0.weight" in sd:
+        num_feat, num_in = sd["conv_1.weight"].shape[:2]
+        return ArchSpec("RLFN", (
+            ("num_in_ch", int(num_in)), ("num_out_ch", int(num_in)), ("num_feat", int(num_feat)),
+            ("num_block", len({int(m[1]) for k in sd if (m := re.match(r"block_(\d+)\.c1_r\.", k))})),
+            ("esa_ch", int(sd["block_1.esa.conv1.weight"].shape[0])),
+            ("upscale", _shuffle_scale(sd["upsampler.0.weight"].shape[0], int(num_in), source)),
+        ))
+    if "conv_1.eval_conv.weight" in sd and "conv_cat.weight" in sd:
+        num_feat, num_in = sd["conv_1.eval_conv.weight"].shape[:2]
+        return ArchSpec("SPAN", (
+            ("num_in_ch", int(num_in)), ("num_out_ch", int(num_in)), ("num_feat", int(num_feat)),
+            ("upscale", _shuffle_scale(sd["upsampler.0.weight"].shape[0], int(num_in), source)),
+        ))
     first = next(iter(sd))
     raise ModelError(f"{source}: unrecognised checkpoint layout (first key {first!r}); "
-                     "expected ESRGAN/RRDBNet or Real-ESRGAN SRVGGNetCompact weights")
+                     "expected ESRGAN/RRDBNet, Real-ESRGAN SRVGGNetCompact, RLFN or collapsed SPAN weights")
+
+
+def _shuffle_scale(out_channels: int, num_out: int, source: str) -> int:
+    """Scale of a pixel-shuffle upsampler whose conv has ``out_channels`` = num_out * scale**2."""
+    scale = round((out_channels / num_out) ** 0.5)
+    if scale * scale * num_out != out_channels:
+        raise ModelError(f"{source}: upsampler has {out_channels} channels; no integer scale")
+    return scale
 
 
 def build_model(sd: StateDict, source: str = "checkpoint") -> nn.Module:

@@ -9,7 +9,7 @@ A *model spec* names what to run. It is one of
 * a checkpoint path, or two joined by ``+`` (``psnr.pth+gan.pth``) for an ad-hoc pair.
 
 Third-party weights are looked up in ``ULTRARES_WEIGHTS_DIR`` first, then the
-download cache; :func:`fetch` downloads them once, with a progress bar and a
+download cache, then the shared data folder's ``weights/``; :func:`fetch` downloads them once, with a progress bar and a
 size/hash check. Nothing downloads implicitly in tests: set
 ``ULTRARES_OFFLINE=1`` (the test suite does) and a missing file is an error.
 """
@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..settings import SHIPPED_WEIGHTS_DIR, cache_dir, weights_dir
+from ..settings import SHIPPED_WEIGHTS_DIR, cache_dir, data_dir, weights_dir
 from .checkpoint import StateDict, read_checkpoint
 
 DEFAULT_MODEL = "ultrares-compact-x4"
 _RE = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _GDRIVE = "https://drive.google.com/uc?export=download&id="
+_RLFN = "https://github.com/bytedance/RLFN/raw/bccfde91bf8b2de80789ec033a029e6f2a932330/model_zoo"
+_SPAN = "https://github.com/Amazingren/NTIRE2024_ESR/raw/6404fa48dde4a4adbf241a51debdc661aef20449/model_zoo"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in [
                f"{_RE}/v0.2.5.0/realesr-animevideov3.pth", size_bytes=2_334_339,
                sha256="4e1e09ba96d08bd4b8455e8897c3242a3501e3766f359941ea894122e158a932",
                note="Real-ESRGAN anime video compact"),
+    ModelEntry("rlfn-x4", "rlfn_x4.pth", "RLFN", 4, f"{_RLFN}/rlfn_x4.pth", size_bytes=2_212_893,
+               sha256="8c7edb57dfc89048bafba29d591d4c27d4099964b4a9e22df23d6dc257a637c0",
+               note="RLFN (Apache-2.0), PSNR-oriented, clean bicubic pairs"),
+    ModelEntry("rlfn-s-x4", "rlfn_s_x4.pth", "RLFN", 4, f"{_RLFN}/rlfn_s_x4.pth", size_bytes=1_919_005,
+               sha256="f769c5a88433786b2db0c2b24da6ca6c92a24c62344b9354a390f8a74388e89d",
+               note="RLFN-S (Apache-2.0), PSNR-oriented, clean bicubic pairs"),
+    ModelEntry("span-ch28-x4", "span_ch28_x4.pth", "SPAN", 4, f"{_SPAN}/team38_span_ch28_slim.pth",
+               size_bytes=618_658, sha256="6c80f05048313289c6526e5fc9726688d7bb3dfdd6ae3c8b1e7dd09f601e5971",
+               note="SPAN 28 ch, collapsed (MIT), PSNR-oriented, clean bicubic pairs"),
 ]}
 
 #: pair name -> (PSNR-oriented entry, GAN-oriented entry); alpha goes from the first to the second.
@@ -102,7 +113,7 @@ def local_path(entry: ModelEntry) -> Path | None:
     if entry.url is None:
         path = SHIPPED_WEIGHTS_DIR / entry.filename
         return path if path.is_file() else None
-    for folder in (weights_dir(), cache_dir()):
+    for folder in (weights_dir(), cache_dir(), data_dir() / "weights"):
         if folder is not None and (folder / entry.filename).is_file():
             return folder / entry.filename
     return None

@@ -38,6 +38,7 @@ class TrainConfig:
     stage: str = "psnr"  # psnr | gan
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
+    plates: int = 0  # synthetic plate/text images added to the pool (train.plates)
     scale: int = 4
     num_feat: int = 32
     num_conv: int = 6
@@ -82,9 +83,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed + 1)
-        self.g = SRVGGNetCompact(num_feat=cfg.num_feat, num_conv=cfg.num_conv, upscale=cfg.scale)
-        if cfg.init:
-            self.g.load_state_dict(self._init_weights(cfg.init))
+        self.g = self._build_generator()
         self.ema = copy.deepcopy(self.g).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -104,15 +103,26 @@ class Trainer:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_supports_bf16())
         self.history: list[dict] = []
 
-    def _init_weights(self, path: Path) -> dict[str, torch.Tensor]:
-        """The --init weights; a shallower compact net is deepened with identity layers."""
-        sd = read_checkpoint(path)
-        have = dict(infer_arch(sd, str(path)).kwargs).get("num_conv")
-        if have is not None and have < self.cfg.num_conv:
+    def _build_generator(self) -> torch.nn.Module:
+        """A fresh SRVGGNetCompact of the configured size, or the net of the ``--init`` weights:
+        any architecture :mod:`~ultrares_stream.models.checkpoint` knows (RLFN, SPAN, ...);
+        a shallower compact net is deepened with identity layers."""
+        cfg = self.cfg
+        if cfg.init is None:
+            return SRVGGNetCompact(num_feat=cfg.num_feat, num_conv=cfg.num_conv, upscale=cfg.scale)
+        sd = read_checkpoint(cfg.init)
+        spec = infer_arch(sd, str(cfg.init))
+        if spec.scale != cfg.scale:
+            raise UserError(f"--init {cfg.init}: a x{spec.scale} net, training is x{cfg.scale}")
+        have = dict(spec.kwargs).get("num_conv")
+        if spec.arch == "SRVGGNetCompact" and have < cfg.num_conv:
             log.info("deepening %s from %d to %d body convs (new layers start as identity)",
-                     path, have, self.cfg.num_conv)
-            sd = deepen_compact(sd, self.cfg.num_conv, str(path))
-        return sd
+                     cfg.init, have, cfg.num_conv)
+            sd = deepen_compact(sd, cfg.num_conv, str(cfg.init))
+            spec = infer_arch(sd, str(cfg.init))
+        net = spec.build()
+        net.load_state_dict(sd, strict=True)
+        return net
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -240,6 +250,11 @@ class Trainer:
         if resume:
             self.resume()
         pool = build_pool(cfg.images, cfg.videos)
+        if cfg.plates:
+            from .plates import plate_images
+
+            pool += plate_images(cfg.plates, seed=cfg.seed)
+            log.info("%d synthetic plate images", cfg.plates)
         self.sampler = CropSampler(pool, cfg.crop, seed=cfg.seed)
         if getattr(self, "_sampler_state", None):
             self.sampler.set_state(self._sampler_state)
@@ -250,7 +265,7 @@ class Trainer:
                 self.pair_sampler.set_state(self._pair_sampler_state)
             log.info("%.0f %% of batches from %d H.264 frame pairs", 100 * cfg.pair_prob, len(self.pair_sampler))
         log.info("stage %s: %d training images/frames, %s, batch %d x %dpx, %s", cfg.stage, len(self.sampler),
-                 f"SRVGGNetCompact x{cfg.scale} feat {cfg.num_feat} conv {cfg.num_conv}", cfg.batch, cfg.crop,
+                 infer_arch(self.g.state_dict()).describe(), cfg.batch, cfg.crop,
                  "bf16 autocast" if self.bf16 else "fp32")
         deadline = time.monotonic() + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
         started = time.monotonic()

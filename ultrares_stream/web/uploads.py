@@ -71,7 +71,8 @@ def decode(upload: Upload) -> images.Picture:
         raise ApiError(400, f"{exc}; the file may be truncated or damaged, upload it again") from None
 
 
-def encode(picture: images.Picture, fmt: str) -> tuple[bytes, str, str]:
-    """The result as (file bytes, media type, extension) in output format ``fmt``."""
+def encode(picture: images.Picture, fmt: str, provenance: dict[str, str] | None = None) -> tuple[bytes, str, str]:
+    """The result as (file bytes, media type, extension) in output format ``fmt``, with ``provenance``."""
     pil_format, media_type, ext = OUTPUT_FORMATS[fmt]
-    return images.encode_image(picture, pil_format, quality=92, name="the result"), media_type, ext
+    return (images.encode_image(picture, pil_format, quality=92, name="the result", provenance=provenance),
+            media_type, ext)

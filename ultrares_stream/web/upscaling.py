@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import images
+from .. import images, provenance
 from ..images import upscale_picture
 from ..sizes import parse_size
 from ..upscaler import Upscaler
@@ -82,7 +82,8 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     with lock, torch.inference_mode():
         upscaler.set_alpha(alpha)
         result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
-    data, media_type, ext = uploads.encode(result, fmt)
+        prov = provenance.for_upscaler(upscaler)
+    data, media_type, ext = uploads.encode(result, fmt, prov)
     seconds = time.perf_counter() - start
     log.info("upscaled %s %s -> %dx%d %s with %s at alpha %.2f in %.2f s", picture.describe(), upload.format,
              out_w, out_h, fmt, upscaler.model_name, alpha, seconds)
