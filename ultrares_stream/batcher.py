@@ -35,6 +35,7 @@ import torch
 from .colour import rgb_to_yuv420p, yuv420p_to_rgb
 from .frame_queue import FrameQueue
 from .sources import Frame
+from .temporal import Stabiliser, stabilise_batch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class BatchClient(Protocol):
 
     def route(self) -> tuple[object, tuple[int, int] | None]:
         """The upscaler to use now and the output size (width, height) or None (model scale)."""
+
+    @property
+    def stabiliser(self) -> Stabiliser | None:
+        """The camera's temporal stabiliser (:mod:`.temporal`), or None."""
 
     def deliver(self, out: Enhanced) -> None:
         """Take one enhanced frame (called in decode order, from the worker thread).
@@ -92,8 +97,13 @@ def output_size_for(upscaler, width: int, height: int, size: tuple[int, int] | N
 
 
 def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Packed yuv420p uint8 frames (same size) -> upscaled NCHW float RGB on the device (even size)."""
+                size: tuple[int, int] | None = None, stabilisers: list[Stabiliser | None] | None = None,
+                epochs: list[int] | None = None) -> torch.Tensor:
+    """Packed yuv420p uint8 frames (same size) -> upscaled NCHW float RGB on the device (even size).
+
+    ``stabilisers``: one per frame (None: none), applied on the device (:mod:`.temporal`);
+    ``epochs``: the frames' connection numbers (a reconnect resets the stabiliser).
+    """
     arr = np.stack(frames) if isinstance(frames, list) else frames
     device = upscaler.device
     t = torch.from_numpy(np.ascontiguousarray(arr))
@@ -106,6 +116,9 @@ def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, hei
         out = upscaler.upscale(rgb, size=(out_w, out_h))
         if out.shape[-1] % 2 or out.shape[-2] % 2:  # yuv420p needs even sizes
             out = out[..., : out.shape[-2] - out.shape[-2] % 2, : out.shape[-1] - out.shape[-1] % 2]
+        if stabilisers and any(stabilisers):
+            with _light_ops(device):
+                stabilise_batch(stabilisers, rgb, out, (id(upscaler), upscaler.alpha, (out_w, out_h)), epochs)
     return out
 
 
@@ -117,12 +130,14 @@ def to_packed_yuv(out: torch.Tensor) -> np.ndarray:
 
 
 def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
-    """Packed yuv420p uint8 frames (same size) -> upscaled packed yuv420p uint8 (N, H'*3/2, W').
+                  size: tuple[int, int] | None = None, stabiliser: Stabiliser | None = None) -> np.ndarray:
+    """Packed yuv420p uint8 frames (same size, one camera, in order) -> upscaled packed yuv420p
+    uint8 (N, H'*3/2, W'), stabilised by ``stabiliser`` when given.
 
     The only pixel conversions of the pipeline, done on the upscaler's device.
     """
-    return to_packed_yuv(upscale_yuv(upscaler, frames, width, height, size))
+    stabilisers = [stabiliser] * len(frames) if stabiliser is not None else None
+    return to_packed_yuv(upscale_yuv(upscaler, frames, width, height, size, stabilisers))
 
 
 def default_max_batch(device_type: str) -> int:
@@ -307,7 +322,8 @@ class Batcher:
             _, frame0, _, upscaler, size = items[0]
             t0 = time.perf_counter()
             try:
-                out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size)
+                out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size,
+                                  [getattr(c, "stabiliser", None) for c, *_ in items], [f.epoch for _, f, *_ in items])
             except Exception as exc:  # an inference error loses this group, never the worker
                 self._failed(items, exc)
                 continue

@@ -105,8 +105,10 @@ def _model_alone(upscaler, frames: list, width: int, height: int, batch: int, wa
     return {"frames": len(frames), "seconds": dt, "fps": len(frames) / dt, "ms_per_frame": 1000 * dt / len(frames)}
 
 
-def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0, preset: str = "auto") -> dict:
-    """fps of the whole file pipeline (decode, queue, batcher, encode, mux) on the first ``n`` frames."""
+def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0, preset: str = "auto",
+             stabilise=None) -> dict:
+    """fps of the whole file pipeline (decode, queue, batcher, encode, mux) on the first ``n`` frames,
+    with the temporal stabiliser when ``stabilise`` (its settings) is given."""
     from .batcher import Batcher
     from .metrics import Metrics
     from .sinks import EncoderSettings
@@ -126,7 +128,7 @@ def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0
         out = Path(tmp) / "bench.mkv"
         stream = Stream("bench", str(path), str(out), batcher=batcher, pool=pool, alpha=upscaler.alpha,
                         queue_size=max(8, 2 * batch), live=False, metrics=metrics,
-                        encoder=encoder)
+                        encoder=encoder, stabilise=stabilise)
         stream.source.max_frames = n
         t0 = time.perf_counter()
         stream.start()
@@ -170,8 +172,11 @@ def run_bench(input_path: Path | None = None, frames: int = 40, model: str | Non
     data, w, h, fps = decode_frames(path, frames)
     # warm up (oneDNN/cuDNN pick kernels on the first calls), then time the model alone before and
     # after the pipeline and keep the faster run: the stricter comparison for the pipeline
+    from .config import StabiliseConfig
+
     first = model_alone(up, data, w, h, batch, warmup=3)
     pipe = pipeline(up, path, len(data), batch, preset=preset)
+    stabilised = pipeline(up, path, len(data), batch, preset=preset, stabilise=StabiliseConfig().settings())
     second = model_alone(up, data, w, h, batch, warmup=0)
     alone = max(first, second, key=lambda a: a["fps"])
     return {"input": str(path), "width": w, "height": h, "input_fps": fps, "model": up.model_name,
@@ -179,6 +184,7 @@ def run_bench(input_path: Path | None = None, frames: int = 40, model: str | Non
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "encoder_preset": pipe["encoder_preset"],
             "model_alone": alone,
             "pipeline": pipe, "ratio": pipe["fps"] / alone["fps"],
+            "pipeline_stabilised": stabilised, "stabiliser_cost": 1 - stabilised["fps"] / pipe["fps"],
             "output": [w * up.scale, h * up.scale]}
 
 
@@ -200,6 +206,10 @@ def format_report(r: dict):
     t.add_row("whole pipeline (wall, with start-up)", str(p["frames"]), f"{p['wall_fps']:.2f}",
               f"{1000 / p['wall_fps']:.1f}")
     t.add_row("pipeline / model", "", f"{100 * r['ratio']:.1f} %", "")
+    st = r["pipeline_stabilised"]
+    t.add_row("whole pipeline with the stabiliser (steady state)", str(st["frames"]), f"{st['fps']:.2f}",
+              f"{1000 / st['fps']:.1f}")
+    t.add_row("stabiliser cost (fps)", "", f"{100 * r['stabiliser_cost']:.1f} %", "")
     s = Table(title="pipeline stages (mean per frame; inference is per batch)")
     s.add_column("stage")
     s.add_column("ms", justify="right")

@@ -92,6 +92,35 @@ class ReconnectConfig(_Strict):
     timeout_s: float = Field(5.0, gt=0, le=60, description="read/connect timeout of a source")
 
 
+class StabiliseConfig(_Strict):
+    """Temporal stabiliser of a camera's enhanced video (:mod:`ultrares_stream.temporal`)."""
+
+    enabled: bool = True
+    still: float = Field(2.0, ge=0, le=255, description="LR change (levels) up to which a pixel is still")
+    moving: float = Field(4.0, gt=0, le=255, description="LR change (levels) from which a pixel is moving")
+    window: int = Field(3, ge=1, le=15, description="neighbourhood (LR pixels, odd) whose largest change counts")
+    strength: float = Field(1.0, ge=0, le=1, description="weight of the held output on still pixels; below 1 "
+                                                         "held detail fades into new detail")
+    cut: float = Field(0.5, gt=0, le=1, description="share of moving pixels that marks a scene cut")
+
+    @model_validator(mode="after")
+    def _order(self) -> StabiliseConfig:
+        if self.moving <= self.still:
+            raise ValueError(f"moving ({self.moving}) must be above still ({self.still})")
+        if self.window % 2 == 0:
+            raise ValueError(f"window must be odd, not {self.window}")
+        return self
+
+    def settings(self):
+        """The stabiliser's settings, or None when disabled."""
+        from .temporal import StabiliserSettings
+
+        if not self.enabled:
+            return None
+        return StabiliserSettings(still=self.still, moving=self.moving, window=self.window, strength=self.strength,
+                                  cut=self.cut)
+
+
 class CameraConfig(_Strict):
     name: str
     input: str
@@ -102,6 +131,7 @@ class CameraConfig(_Strict):
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     queue: QueueConfig = QueueConfig()
     encoder: EncoderConfig | None = None
+    stabilise: StabiliseConfig | None = Field(None, description="default: defaults.stabilise")
     enabled: bool = True
 
     @field_validator("name")
@@ -127,6 +157,7 @@ class Defaults(_Strict):
     alpha: float = Field(0.5, ge=0, le=1)
     output_size: str | None = None
     encoder: EncoderConfig = EncoderConfig()
+    stabilise: StabiliseConfig = StabiliseConfig()
 
 
 class ServiceConfig(_Strict):
@@ -153,6 +184,9 @@ class ServiceConfig(_Strict):
 
     def camera_encoder(self, cam: CameraConfig) -> EncoderConfig:
         return cam.encoder or self.defaults.encoder
+
+    def camera_stabilise(self, cam: CameraConfig):
+        return (cam.stabilise or self.defaults.stabilise).settings()
 
 
 def _field_path(loc: tuple) -> str:

@@ -29,6 +29,7 @@ from . import provenance
 from .batcher import cpu_inference_threads, default_max_batch, enhance_batch
 from .errors import UserError
 from .sinks import EncoderSettings, Publisher
+from .temporal import Stabiliser, StabiliserSettings
 from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p, hwaccel_args, pick_hwaccel
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,12 @@ def _check_output(dst: Path) -> str:
 
 def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None = None, progress: bool = True,
                   max_batch: int | None = None, encoder: EncoderSettings | None = None,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, stabilise: StabiliserSettings | None = None) -> dict:
     """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
 
     ``size`` = (width, height) of the output (default: the model's scale). ``threads``: torch
     threads of the network on the CPU (default :func:`~ultrares_stream.batcher.cpu_inference_threads`).
+    ``stabilise``: temporal stabiliser settings (:mod:`.temporal`), None for none.
     Raises :class:`UserError` for unreadable input, :class:`EnhanceInterrupted` on Ctrl-C/SIGTERM.
     """
     import av
@@ -156,6 +158,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     decoded_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     enhanced_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
     counters = {"frames": 0, "decoded": 0, "bad_packets": 0, "copied": 0}
+    stabiliser = Stabiliser(stabilise) if stabilise is not None else None
 
     def put(q: queue.Queue, item) -> bool:
         while True:
@@ -203,7 +206,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
                 frames = [p for p in pending if p[0] == "frame"]
                 if frames:
                     w, h = frames[0][1][1], frames[0][1][2]
-                    outs = enhance_batch(upscaler, [f[1][0] for f in frames], w, h, size)
+                    outs = enhance_batch(upscaler, [f[1][0] for f in frames], w, h, size, stabiliser)
                     it = iter(outs)
                     for kind, item in pending:
                         if kind == "frame":

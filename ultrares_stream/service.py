@@ -53,7 +53,8 @@ class Service:
                 queue_policy=cam.queue.policy, rtsp_transport=cam.rtsp_transport,
                 encoder=EncoderSettings.from_config(enc_cfg, live=live, cpu_inference=self.device.type == "cpu"), timeout_s=rc.timeout_s,
                 backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s,
-                watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live, hwaccel=hwaccel)
+                watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live, hwaccel=hwaccel,
+                stabilise=config.camera_stabilise(cam))
         self.started_at: float | None = None
         self._stopped = threading.Event()
 

@@ -20,6 +20,7 @@ from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkWorker
 from .sizes import fit_inside, parse_size
 from .sources import DEFAULT_FPS, Source, mask_url
+from .temporal import Stabiliser, StabiliserSettings
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Stream:
                  queue_size: int = 8, queue_policy: str = "auto", rtsp_transport: str = "tcp",
                  encoder: EncoderSettings | None = None, timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, watchdog_s: float = 5.0, metrics=None, live: bool | None = None,
-                 hwaccel: str | None = None):
+                 hwaccel: str | None = None, stabilise: StabiliserSettings | None = None):
         self.name = name
         self.input_url, self.output_url = input_url, output_url
         self.metrics = metrics
@@ -137,6 +138,7 @@ class Stream:
         self._route_lock = threading.Lock()
         self.upscaler = pool.get(model, alpha)
         self.alpha = float(alpha)
+        self.stabiliser = Stabiliser(stabilise) if stabilise is not None else None  # batcher applies it
         self.encoder = encoder or EncoderSettings(tune="zerolatency" if self.live else None)
         self.sink = SinkWorker(output_url, self.encoder, self._fps, self.out_queue, name=name, live=self.live,
                                timeout_s=timeout_s, watchdog_s=watchdog_s, backoff_initial_s=backoff_initial_s,

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="medium",
                    help="videos: libx264 preset (default medium; veryfast or ultrafast to go faster)")
     p.add_argument("--crf", type=_crf, default=18, help="videos: libx264 constant quality, 0-51 (default 18)")
+    p.add_argument("--no-stabilise", dest="stabilise", action="store_false",
+                   help="videos: turn the temporal stabiliser off (it holds the output where the input is still: "
+                        "less flicker, docs/eval.md)")
     add_threads(p)
     p.add_argument("--alpha-upsampler", default="model", choices=["model", "bicubic"],
                    help="how transparency is upscaled: through the model as a grey image (default, as "
@@ -186,7 +189,7 @@ def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) 
         dst = job.dst / job.src.name if job.to_folder else job.dst
         _check_dst(job.src, dst, seen)
         info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress, args.preset, args.crf,
-                              args.threads)
+                              args.threads, args.stabilise)
         info = info or {}
         log.info("%s -> %s (%s frames at %.1f fps, %s audio/subtitle packets copied, %.1f s)", job.src, dst,
                  info.get("frames", "?"), info.get("fps", 0.0), info.get("copied_packets", 0),
@@ -230,7 +233,7 @@ def _crf(text: str) -> int:
 
 
 def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = "medium",
-                   crf: int = 18, threads: int | None = None):
+                   crf: int = 18, threads: int | None = None, stabilise: bool = True):
     try:
         from .. import recorded
     except ModuleNotFoundError as exc:
@@ -242,9 +245,11 @@ def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, 
         size = _scaled_video_size(src, scale)
     from ..sinks import EncoderSettings
 
+    from ..config import StabiliseConfig
+
     encoder = EncoderSettings(preset=preset, crf=crf, tune=None)
     return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder,
-                                  threads=threads)
+                                  threads=threads, stabilise=StabiliseConfig(enabled=stabilise).settings())
 
 
 def _scaled_video_size(src: Path, scale: float) -> tuple[int, int]:

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
 PLATE_ALPHAS = (0.0, 0.25, 0.5, 1.0)
+STABILISE_HISTORY = 8  # LR frames the stabiliser runs over before a scored frame (eval --stabilise)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                f"--dataset {data_dir() / 'video'} --model {DEFAULT_MODEL} --alpha 0 --alpha 1")
     p.add_argument("--dataset", type=Path, action="append", required=True, metavar="DIR",
                    help="Set5/Set14-style image folder or folder of video clips (repeatable)")
-    p.add_argument("--task", choices=["quality", "plates"], default="quality",
+    p.add_argument("--task", choices=["quality", "plates", "flicker"], default="quality",
                    help="quality: PSNR/SSIM (default); plates: plate readability, an OCR reading each annotated "
                         "plate (folders of photos with 'file x y w h PLATE' .txt files, e.g. "
-                        f"{data_dir() / 'plates' / 'us'}) after x1/SCALE and back; writes plates.csv and plates.md")
+                        f"{data_dir() / 'plates' / 'us'}) after x1/SCALE and back; writes plates.csv and plates.md; "
+                        "flicker: frame-to-frame change on static pixels relative to bicubic, without and with "
+                        "the temporal stabiliser (--dataset: clips or folders of clips); writes flicker.md")
+    p.add_argument("--stabilise", action="store_true",
+                   help="quality task, traffic datasets: also score each model with the temporal stabiliser run "
+                        "over the 8 LR frames before each scored frame (its cost in PSNR)")
+    p.add_argument("--frames", type=int, default=60, help="flicker task: consecutive frames per clip (default 60)")
+    p.add_argument("--profile", action="store_true",
+                   help="flicker task: also write a picture per clip (temporal profile of a row and a moving crop)")
     p.add_argument("--max-plates", type=int, default=None, metavar="N",
                    help="plates task: score the first N plates only")
     p.add_argument("--scale", type=int, default=4, help="up-scaling factor (default 4)")
@@ -77,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..errors import UserError
+    from ..config import StabiliseConfig
     from ..models.interpolation import check_alpha
     from ..models.registry import DEFAULT_MODEL
     from ..quality.datasets import is_unencoded, is_video_folder, load_pairs, traffic_video_pairs
@@ -95,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"dataset not found: {d}")
     if args.task == "plates":
         return run_plates(args, models, alphas)
+    if args.task == "flicker":
+        return run_flicker(args, models, alphas)
 
     box = _parse_box(args.grid_box) if args.grid_box else None
 
@@ -103,11 +115,16 @@ def run(args: argparse.Namespace) -> int:
     notes = ["Y-channel PSNR/SSIM (BT.601, MATLAB protocol), SR quantised to uint8, "
              f"border of {args.scale} px shaved; x{args.scale}."]
     datasets = []
+    sequences: dict[str, list] = {}
     encoded = not is_unencoded(args.bitrate)
     for d in args.dataset:
         traffic = args.traffic or is_video_folder(d)
         label = dataset_label(d, traffic, encoded)
-        if traffic:
+        if traffic and args.stabilise:
+            sequences[label] = traffic_video_pairs(d, args.scale, args.frames_per_clip, args.bitrate,
+                                                   history=STABILISE_HISTORY)
+            pairs = [(name, seq[-1], hr) for name, seq, hr in sequences[label]]
+        elif traffic:
             pairs = traffic_video_pairs(d, args.scale, args.frames_per_clip, args.bitrate)
             lr = (f"then H.264 (libx264) at bitrate {args.bitrate}" if encoded else "not re-encoded")
             notes.append(f"{label}: {len(pairs)} frames of the clips in {d.name}, MATLAB bicubic x1/{args.scale} "
@@ -132,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                 _tiles[name].append((row.method if not row.alpha else f"{row.method} a={row.alpha}", sr))
 
         rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
-                                 on_row=on_row, keep=keep)
+                                 on_row=on_row, keep=keep, sequences=sequences.get(label),
+                                 stabilise=StabiliseConfig().settings())
         for name, shown in tiles.items():
             hr = next(h for n, _, h in pairs if n == name)
             shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
@@ -204,6 +222,118 @@ def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float])
         w.writerows(result.reads)
     log.info("wrote %s and %s", out / "plates.md", out / "plates.csv")
     return 0
+
+
+def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]) -> int:
+    """``--task flicker``: static-region flicker per clip and method, relative to bicubic (quality.flicker)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..config import StabiliseConfig
+    from ..errors import UserError
+    from ..quality.datasets import _videos_in
+    from ..quality.evaluate import bicubic_upscale, model_label
+    from ..quality.flicker import clip_frames, measure, upscaler_methods
+    from ..upscaler import Upscaler
+
+    if args.frames < 2:
+        raise UserError(f"--frames must be at least 2, got {args.frames}")
+    clips = [c for d in args.dataset for c in (_videos_in(d) if d.is_dir() else [d])]
+    if not clips:
+        raise UserError("no clips found in " + ", ".join(str(d) for d in args.dataset))
+    settings = StabiliseConfig().settings()
+    ups = []
+    for spec in models:
+        for a in alphas:
+            up = Upscaler(model=spec, alpha=a, device=args.device, precision="fp32")
+            ups.append((model_label(spec) + (f" a={a:g}" if up.is_pair else ""), up))
+            if not up.is_pair:
+                break
+    results: dict[str, dict[str, float]] = {}
+    for clip in clips:
+        frames = clip_frames(clip, args.frames)
+        if len(frames) < 2:
+            raise UserError(f"{clip}: fewer than 2 frames in its second half")
+        methods = {"bicubic": lambda lr: bicubic_upscale(lr, args.scale)}
+        for label, up in ups:
+            methods.update(upscaler_methods(up, label, settings))
+        if args.profile:
+            methods = _recording(methods)
+        results[clip.stem] = measure(frames, methods, args.scale)
+        log.info("%s: %d frames, flicker %s", clip.name, len(frames),
+                 ", ".join(f"{k} {v:.3f}" for k, v in results[clip.stem].items()))
+        if args.profile:
+            _write_profile(frames, methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png", args.scale)
+
+    names = list(next(iter(results.values())))
+    table = Table(title=f"Flicker x{args.scale}: change on static pixels, relative to bicubic ({args.frames} frames)")
+    table.add_column("method")
+    for clip in results:
+        table.add_column(clip, justify="right")
+    table.add_column("mean", justify="right")
+    lines = ["| method | " + " | ".join(results) + " | mean |", "| --- |" + " ---: |" * (len(results) + 1)]
+    for name in names:
+        ratios = [results[c][name] / results[c]["bicubic"] for c in results]
+        cells = [f"{r:.2f}x" for r in ratios] + [f"{sum(ratios) / len(ratios):.2f}x"]
+        table.add_row(name, *cells)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    Console().print(table)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "flicker.md").write_text(
+        f"# Flicker x{args.scale}\n\n{args.frames} consecutive frames from the second half of each clip, "
+        "upscaled in order; mean |change of Y| between frames on static pixels (no channel of the input changed "
+        "by 2 levels or more in the 3x3 neighbourhood), divided by bicubic's. Stabiliser: the default "
+        f"settings ({settings}).\n\n" + "\n".join(lines) + "\n\nAbsolute values (Y levels):\n\n" +
+        "\n".join(f"- {c}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) for c, r in results.items()) + "\n")
+    log.info("wrote %s", out / "flicker.md")
+    return 0
+
+
+def _recording(methods: dict) -> dict:
+    """Wrap methods so that each keeps its outputs (for the profile picture)."""
+    wrapped = {}
+    for name, fn in methods.items():
+        def rec(lr, _fn=fn, _store=[]):
+            out = _fn(lr)
+            _store.append(out)
+            return out
+        rec.outputs = rec.__defaults__[1]
+        wrapped[name] = rec
+    return wrapped
+
+
+def _write_profile(frames: list, methods: dict, path: Path, scale: int) -> None:
+    """Bicubic, the first model without and with the stabiliser: a temporal profile of the row
+    through the stillest LR area, and a crop around where the input moves most."""
+    import numpy as np
+    from PIL import Image
+
+    names = [n for n in methods if n == "bicubic"] + [n for n in methods if n != "bicubic"][:2]
+    lr = np.stack([f.astype(np.int16) for f in frames])
+    motion = np.abs(np.diff(lr, axis=0)).max(axis=(0, 3))  # HxW: largest change anywhere in time
+    h, w = motion.shape
+    band = 64 // scale
+    stillest_row = int(np.argmin([motion[max(0, r - 1): r + 2].mean() for r in range(h)]))
+    busiest = np.unravel_index(np.argmax(motion), motion.shape)
+    cy = int(np.clip(busiest[0] - band // 2, 0, max(0, h - band))) * scale
+    cx = int(np.clip(busiest[1] - band, 0, max(0, w - 2 * band))) * scale
+    mid = len(frames) // 2
+    tiles = []
+    for n in names:
+        outs = methods[n].outputs
+        profile = np.stack([o[stillest_row * scale, : w * scale // 2] for o in outs])
+        profile = np.repeat(profile, 4, axis=0)  # 4 px per frame, to be seen
+        crop = outs[mid][cy: cy + band * scale, cx: cx + 2 * band * scale]
+        tile = np.zeros((profile.shape[0] + crop.shape[0] + 4, max(profile.shape[1], crop.shape[1]), 3), np.uint8)
+        tile[: profile.shape[0], : profile.shape[1]] = profile
+        tile[profile.shape[0] + 4:, : crop.shape[1]] = crop
+        tiles.append(tile)
+    grid = np.concatenate([np.pad(t, ((0, 0), (0, 8), (0, 0))) for t in tiles], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    log.info("wrote %s (%s; row %d over %d frames, then frame %d around the largest motion)", path,
+             " | ".join(names), stillest_row * scale, len(frames), mid)
 
 
 def _write_per_image(records: list[dict], path: Path) -> None:

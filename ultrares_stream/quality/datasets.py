@@ -220,7 +220,7 @@ def _clip_segments(path: Path, frames_per_clip: int, context: int, start_fractio
 
 
 def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 4,
-                        bitrate: str = "auto") -> list[Pair]:
+                        bitrate: str = "auto", history: int = 0) -> list[Pair]:
     """Frames of traffic clips: (``clip#frame``, LR uint8, HR uint8), clips in name order.
 
     HR is the decoded original frame cropped so that LR is even-sized (H.264 4:2:0). LR is
@@ -230,6 +230,8 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     is a P-frame of a settled encoder, like a low-resolution camera stream that has been running.
     ``bitrate``: ``auto`` (``AUTO_BPP`` bits per pixel at 25 fps, at least 32 kbit/s), bit/s
     (``200k``), bits per pixel (``0.15bpp``), or ``none`` (no H.264: the clean down-scale).
+    ``history`` > 0: LR is the scored frame and the ``history`` LR frames before it, stacked
+    (T x H x W x 3, oldest first), for methods that use earlier frames (the temporal stabiliser).
     """
     video_dir = Path(video_dir)
     scale = _check_scale(scale)
@@ -247,7 +249,7 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     pairs: list[Pair] = []
     for clip in clips:
         rate, short = None, []
-        for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES if encode else 1):
+        for index, frames in _clip_segments(clip, frames_per_clip, CONTEXT_FRAMES if encode else 1 + history):
             if encode and len(frames) < CONTEXT_FRAMES:
                 short.append(len(frames))
             hr_frames = [modcrop(f, 2 * scale) for f in frames]
@@ -255,11 +257,12 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
             if hh < 2 * scale or hw < 2 * scale:
                 raise UserError(f"{clip.name} frames ({hw}x{hh}) are too small for x{scale}")
             lw, lh = hw // scale, hh // scale
+            keep = hr_frames if encode else hr_frames[-1 - history:]
+            lrs = [imresize(f, scale=1 / scale) for f in keep]
             if encode:
                 rate = parse_bitrate(bitrate, lw, lh)
-                lr = h264_roundtrip([imresize(f, scale=1 / scale) for f in hr_frames], rate)[-1]
-            else:
-                lr = imresize(hr_frames[-1], scale=1 / scale)
+                lrs = h264_roundtrip(lrs, rate)
+            lr = np.stack(lrs[-1 - history:]) if history else lrs[-1]
             pairs.append((f"{clip.stem}#{index}", lr, hr_frames[-1]))
         if short:
             span = f"{min(short)}" if min(short) == max(short) else f"{min(short)}-{max(short)}"

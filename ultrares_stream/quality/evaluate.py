@@ -106,10 +106,34 @@ class Row:
     seconds: float
 
 
+def stabilised_fn(upscaler, settings) -> UpscaleFn:
+    """``T x h x w x 3`` LR frames (oldest first) -> SR uint8 of the last, with a fresh temporal
+    stabiliser (:mod:`ultrares_stream.temporal`) run over all of them, as a live camera would."""
+    import torch
+
+    from ..colour import float_to_uint8, uint8_to_float
+    from ..temporal import Stabiliser
+
+    def run(frames: np.ndarray) -> np.ndarray:
+        stab = Stabiliser(settings)
+        with torch.inference_mode():
+            for lr in frames:
+                x = uint8_to_float(torch.from_numpy(np.ascontiguousarray(lr))).to(upscaler.device)
+                out = stab(x, upscaler.upscale(x).float())
+            return float_to_uint8(out.cpu())[0].numpy()
+
+    return run
+
+
 def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence[str] = (),
                      alphas: Sequence[float] = (0.0, 0.5, 1.0), device: str = "auto",
-                     on_row: Callable[[Row, dict], None] | None = None, keep: Collection[str] = ()) -> list[Row]:
+                     on_row: Callable[[Row, dict], None] | None = None, keep: Collection[str] = (),
+                     sequences: Sequence | None = None, stabilise=None) -> list[Row]:
     """Bicubic, then every model (every alpha for pairs) on the same pairs.
+
+    ``sequences`` (the pairs with T x h x w x 3 LR clips ending at each scored frame) and
+    ``stabilise`` (:class:`~ultrares_stream.temporal.StabiliserSettings`): each model row is
+    followed by a ``stabilised`` row, the same model with the temporal stabiliser run over the clip.
 
     Models are built with ``Upscaler(model=spec, alpha=a, device=device, precision="fp32")``;
     a model whose scale is not ``scale`` is a :class:`~ultrares_stream.errors.UserError`.
@@ -120,8 +144,8 @@ def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence
 
     rows: list[Row] = []
 
-    def add(method: str, alpha: str, fn: UpscaleFn) -> None:
-        res = evaluate(pairs, fn, scale, keep=keep)
+    def add(method: str, alpha: str, fn: UpscaleFn, on=None) -> None:
+        res = evaluate(on if on is not None else pairs, fn, scale, keep=keep)
         base = rows[0].psnr if rows else res["psnr"]
         row = Row(dataset, method, alpha, res["psnr"], res["ssim"], res["sharpness"],
                   res["psnr"] - base, res["count"], res["seconds"])
@@ -139,12 +163,13 @@ def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence
             up = Upscaler(model=spec, alpha=alphas[0] if alphas else 0.0, device=device, precision="fp32")
             if up.scale != scale:
                 raise UserError(f"model {spec} is x{up.scale}, the evaluation is x{scale} (use --scale {up.scale})")
-            if up.is_pair:
-                for a in alphas:
+            for a in alphas if up.is_pair else [None]:
+                if a is not None:
                     up.set_alpha(a)
-                    add(model_label(spec), f"{a:g}", upscaler_fn(up))
-            else:
-                add(model_label(spec), "", upscaler_fn(up))
+                label = "" if a is None else f"{a:g}"
+                add(model_label(spec), label, upscaler_fn(up))
+                if sequences is not None and stabilise is not None:
+                    add(f"{model_label(spec)} stabilised", label, stabilised_fn(up, stabilise), on=sequences)
     return rows
 
 

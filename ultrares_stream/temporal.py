@@ -1,0 +1,108 @@
+"""Temporal stabilisation: keep the enhanced video as steady as the camera.
+
+Frame-by-frame super-resolution invents slightly different detail in every frame, so where
+the scene stands still the output shimmers; and because a network's receptive field is wide,
+a vehicle passing changes the output on the still road around it too. The stabiliser blends
+each new output with the previous (stabilised) output, per pixel, by how still the *input*
+is there: the weight comes from the low-resolution difference between this frame and the
+*reference* input the held output was made from (largest channel change in a
+``window`` x ``window`` neighbourhood). A moving vehicle, whose pixels change by far more than
+sensor noise, takes the new output unchanged and is never ghosted; a still pixel keeps its
+output. The reference follows the input at the same rate as the output, so a slow change of
+light, each frame below the threshold, still adds up and refreshes the output.
+
+Everything stays on the inference device; the per-camera state is the reference LR frame and
+the last output (a reference to the tensor, not a copy). It resets on a scene cut (most of the frame changed),
+on a size, model or alpha change and when the camera reconnects (:meth:`reset`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class StabiliserSettings:
+    """``still``/``moving``: LR change (0..255 levels) up to which a pixel counts as still, and
+    from which it counts as moving (linear in between), over a ``window`` x ``window``
+    neighbourhood. ``strength``: the weight of the held output on still pixels (below 1, held
+    detail fades into new detail). ``cut``: share of moving LR pixels that marks a scene cut."""
+
+    still: float = 2.0
+    moving: float = 4.0
+    window: int = 3
+    strength: float = 1.0
+    cut: float = 0.5
+
+
+def stillness(lr: torch.Tensor, ref_lr: torch.Tensor, still: float, moving: float, window: int = 3) -> torch.Tensor:
+    """Per-LR-pixel stillness in [0, 1] (N1HW): 1 where every channel of every pixel in the
+    ``window`` x ``window`` neighbourhood changed by at most ``still`` levels, 0 from ``moving`` on."""
+    change = (lr - ref_lr).abs().amax(1, keepdim=True) * 255.0
+    change = F.max_pool2d(change, window, stride=1, padding=window // 2)
+    return ((moving - change) / (moving - still)).clamp_(0.0, 1.0)
+
+
+def blend_(out: torch.Tensor, prev_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``out += weight * (prev_out - out)`` in place, ``weight`` an LR map (N1hw) broadcast over
+    each output pixel's block (nearest up-sampling as a view: no HR weight map is made)."""
+    n, c, big_h, big_w = out.shape
+    h, w = weight.shape[-2:]
+    sh, sw = big_h // h, big_w // w
+    if sh * h != big_h or sw * w != big_w:  # output not a whole multiple of the input: resample
+        out.lerp_(prev_out, F.interpolate(weight, size=(big_h, big_w), mode="nearest"))
+        return out
+    # splitting a dimension is always a view, whatever the strides (channels_last, cropped)
+    blocks = out.unflatten(2, (h, sh)).unflatten(4, (w, sw))
+    blocks.lerp_(prev_out.unflatten(2, (h, sh)).unflatten(4, (w, sw)), weight.view(n, 1, h, 1, w, 1))
+    return out
+
+
+class Stabiliser:
+    """One camera's stabiliser: call it on each (LR, output) pair in decode order."""
+
+    def __init__(self, settings: StabiliserSettings | None = None):
+        self.settings = settings or StabiliserSettings()
+        self._prev_lr: torch.Tensor | None = None
+        self._prev_out: torch.Tensor | None = None
+        self._key: tuple | None = None
+        self._reset = False
+        self.resets = 0  # how many times the state was dropped (for tests and metrics)
+
+    def reset(self) -> None:
+        """Forget the previous frame (thread-safe: takes effect on the next frame)."""
+        self._reset = True
+
+    def __call__(self, lr: torch.Tensor, out: torch.Tensor, key: tuple = ()) -> torch.Tensor:
+        """Stabilise ``out`` (1CHW, the network's output for ``lr``) in place and return it.
+        ``key`` names what made it (model, alpha, output size): a new key starts afresh."""
+        s = self.settings
+        ref_lr, prev_out = self._prev_lr, self._prev_out
+        fresh = (self._reset or ref_lr is None or key != self._key or ref_lr.shape != lr.shape
+                 or prev_out.shape != out.shape)
+        if not fresh:
+            weight = stillness(lr, ref_lr, s.still, s.moving, s.window)
+            if float((weight < 0.5).float().mean()) > s.cut:  # a scene cut: nothing to carry over
+                fresh = True
+            else:
+                weight.mul_(s.strength)
+                blend_(out, prev_out, weight)
+                lr = torch.lerp(lr, ref_lr, weight)  # the input the blended output stands for
+        if fresh and ref_lr is not None:
+            self.resets += 1
+        self._reset = False
+        self._prev_lr, self._prev_out, self._key = lr, out, key
+        return out
+
+
+def stabilise_batch(stabilisers: list[Stabiliser | None], lr: torch.Tensor, out: torch.Tensor,
+                    key: tuple, epochs: list[int] | None = None) -> torch.Tensor:
+    """Apply each frame's stabiliser (None: leave it) in batch order; frames of one camera in
+    one batch are in decode order, so each sees the one before it. ``epochs``: each frame's
+    connection number (a reconnect starts afresh)."""
+    for i, stab in enumerate(stabilisers):
+        if stab is not None:
+            stab(lr[i:i + 1], out[i:i + 1], (*key, epochs[i] if epochs else 0))
+    return out
