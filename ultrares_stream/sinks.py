@@ -291,8 +291,16 @@ class Publisher:
         if packets:
             self.container.mux(packets)
 
+    def send(self, data: np.ndarray, pts: int) -> tuple[float, float]:
+        """Encode and mux one packed yuv420p frame; returns (encode_s, mux_s)."""
+        t0 = time.perf_counter()
+        packets = self.encode(data, pts)
+        t1 = time.perf_counter()
+        self.mux(packets)
+        return t1 - t0, time.perf_counter() - t1
+
     def write(self, data: np.ndarray, pts: int) -> None:
-        self.mux(self.encode(data, pts))
+        self.send(data, pts)
         self.frames += 1
 
     def close(self, flush: bool = True) -> None:
@@ -332,6 +340,7 @@ class SinkWorker:
         output_args(url, live, timeout_s)  # validate the URL early (UserError)
         self.published = 0
         self.reconnects = 0
+        self._failures = 0  # consecutive dropped connections: the reconnect backoff grows with them
         self.state = "idle"
         self.mapper: TimestampMapper | None = None
         self._pub: Publisher | None = None
@@ -391,10 +400,13 @@ class SinkWorker:
                     self.metrics.errors.labels(self.name, "publish").inc()
 
     def _open(self, width: int, height: int) -> Publisher:
+        from .sink_process import NETWORK_SCHEMES, RemotePublisher
+
+        kind = RemotePublisher if urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES else Publisher
         attempt = 0
         while True:
-            pub = Publisher(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name,
-                            metadata=self.metadata_fn() if self.metadata_fn else None)
+            pub = kind(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name,
+                       metadata=self.metadata_fn() if self.metadata_fn else None)
             try:
                 self._write_started = time.monotonic()
                 pub.open(width, height, self.fps_fn())
@@ -439,6 +451,7 @@ class SinkWorker:
         pub.close(flush=False)
         self._pub = None
         self.reconnects += 1
+        self._failures += 1
         if self.metrics is not None:
             self.metrics.reconnects.labels(self.name, "sink").inc()
 
@@ -455,18 +468,15 @@ class SinkWorker:
             if pub is not None and self._hung.is_set():
                 self._drop_connection(pub, "server not responding")
                 pub = None
-                if self._stop.wait(backoff_delay(1, self.backoff_initial_s, self.backoff_max_s)):
+                if self._stop.wait(backoff_delay(self._failures, self.backoff_initial_s, self.backoff_max_s)):
                     return
             if pub is None:
                 pub = self._pub = self._open(enhanced.width, enhanced.height)
                 self._hung.clear()
                 self.state = "running"
-            t0 = time.perf_counter()
             self._write_started = time.monotonic()
             try:
-                packets = pub.encode(enhanced.data, pts)
-                t1 = time.perf_counter()
-                pub.mux(packets)
+                encode_s, mux_s = pub.send(enhanced.data, pts)
                 pub.frames += 1
             except Exception as exc:  # noqa: BLE001 - server gone or hung (socket timeout)
                 self._write_started = None
@@ -475,16 +485,16 @@ class SinkWorker:
                 self._drop_connection(pub, f"publishing failed ({exc if str(exc) else type(exc).__name__})")
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
-                if self._stop.wait(backoff_delay(1, self.backoff_initial_s, self.backoff_max_s)):
+                if self._stop.wait(backoff_delay(self._failures, self.backoff_initial_s, self.backoff_max_s)):
                     return
                 continue
             finally:
                 self._write_started = None
-            t2 = time.perf_counter()
             self.published += 1
+            self._failures = 0
             if self.metrics is not None:
-                self.metrics.observe_stage(self.name, "encode", t1 - t0)
-                self.metrics.observe_stage(self.name, "publish", t2 - t1)
+                self.metrics.observe_stage(self.name, "encode", encode_s)
+                self.metrics.observe_stage(self.name, "publish", mux_s)
             if self.on_published is not None:
-                self.on_published(enhanced, t2 - t0)
+                self.on_published(enhanced, encode_s + mux_s)
             return
