@@ -16,6 +16,11 @@ from ultrares_stream.sources import Source, backoff_delay, is_live, mask_url, op
     ("rtsp://10.0.0.5/stream", "rtsp://10.0.0.5/stream"),
     ("/videos/clip.mp4", "/videos/clip.mp4"),
     ("rtmp://u:pw@host/live/key", "rtmp://u:***@host/live/key"),
+    ("rtsp://admin:s3cret/x@cam/live", "rtsp://admin:***@cam/live"),  # '/' in the password
+    ("rtsp://admin:s3@cret@cam/live", "rtsp://admin:***@cam/live"),  # '@' in the password
+    ("rtsp://cam/x?user=admin&password=s3cret&ch=1", "rtsp://cam/x?user=admin&password=***&ch=1"),
+    ("rtsp://cam/x?pwd=s3cret#t", "rtsp://cam/x?pwd=***#t"),
+    ("https://cam/live.m3u8?token=s3cret", "https://cam/live.m3u8?token=***"),
 ])
 def test_mask_url(url, masked):
     assert mask_url(url) == masked

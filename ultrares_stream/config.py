@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UserError
 from .sizes import parse_size, parse_size_range
 
+#: URL schemes a camera's input or output may use (anything else with '://' is a typo, not a file)
+URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "file",
+                         "v4l2"})
+
 #: input frame sizes (MIN:OPT:MAX) a TensorRT engine is built for unless configured
 DEFAULT_ENGINE_SHAPE = "480x270:960x540:960x540"
 
@@ -139,6 +143,14 @@ class CameraConfig(_Strict):
     def _name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("input", "output")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme, sep, _ = v.partition("://")
+        if sep and scheme.lower() not in URL_SCHEMES:
+            raise ValueError(f"unknown URL scheme {scheme!r} (use {', '.join(sorted(URL_SCHEMES))} or a file path)")
         return v
 
     @field_validator("output_size")

@@ -80,6 +80,25 @@ def is_video(path: str | Path) -> bool:
         return False
 
 
+#: smallest input side a video may have (a 1x1 stream rounds down to 0x0 for yuv420p)
+MIN_VIDEO_SIDE = 8
+#: largest output side H.264 (libx264 and the decoders that play it) handles
+MAX_VIDEO_SIDE = 8192
+
+
+def video_size_problem(width: int, height: int, size: tuple[int, int] | None, scale: int) -> str | None:
+    """Why a ``width`` x ``height`` video cannot be enhanced to ``size`` (or x``scale``), or None."""
+    if not width or not height:
+        return "the video stream has no frame size (damaged?)"
+    if min(width, height) < MIN_VIDEO_SIDE:
+        return f"frames of {width}x{height} are too small (at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE})"
+    out_w, out_h = size if size is not None else (width * scale, height * scale)
+    if max(out_w, out_h) > MAX_VIDEO_SIDE:
+        return (f"the output would be {out_w}x{out_h}; videos are limited to {MAX_VIDEO_SIDE} pixels a side "
+                "(choose a smaller --size or --scale)")
+    return None
+
+
 def _check_output(dst: Path) -> str:
     fmt = OUTPUT_FORMATS.get(dst.suffix.lower())
     if fmt is None:
@@ -114,6 +133,9 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
         inp.close()
         raise UserError(f"{src}: has no video stream")
     vin = inp.streams.video[0]
+    if vin.codec_context is None:
+        inp.close()
+        raise UserError(f"{src}: the video stream cannot be decoded (damaged header or unknown codec)")
     vin.thread_type = "AUTO"
     vin.codec_context.thread_count = 1
     rate = vin.average_rate or vin.guessed_rate or DEFAULT_FPS
@@ -138,10 +160,12 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     settings = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
     pub = Publisher(str(tmp), settings, live=False, name=src.name)
     in_w, in_h = vin.codec_context.width, vin.codec_context.height
-    if not in_w or not in_h:
+    problem = video_size_problem(in_w, in_h, size, upscaler.scale)
+    if problem:
         out.close()
         inp.close()
-        raise UserError(f"{src}: video stream has no frame size (corrupt?)")
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{src}: {problem}")
     in_w, in_h = in_w - in_w % 2, in_h - in_h % 2
     out_w, out_h = size if size is not None else (in_w * upscaler.scale, in_h * upscaler.scale)
     out_w, out_h = out_w - out_w % 2, out_h - out_h % 2

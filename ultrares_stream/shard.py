@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UserError
+from .sizes import is_decimal
 
 if TYPE_CHECKING:
     from .config import CameraConfig, ServiceConfig
@@ -109,7 +110,7 @@ def shard_of(config: ServiceConfig, index: int, count: int) -> list[CameraConfig
 def parse_ordinal(pod_name: str) -> int:
     """StatefulSet ordinal from a pod name: ``ultrares-3`` -> 3."""
     head, _, tail = pod_name.rpartition("-")
-    if not head or not tail.isdigit():
+    if not head or not is_decimal(tail):
         raise UserError(f"{pod_name!r} is not a StatefulSet pod name (NAME-ORDINAL)")
     return int(tail)
 

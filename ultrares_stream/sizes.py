@@ -11,13 +11,18 @@ PRESETS: dict[str, tuple[int, int]] = {
 }
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes '²' (which ``int`` refuses) and '١٠٠'."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``1080p`` / ``4k`` / ``1920x1080`` -> (width, height)."""
     key = text.strip().lower()
     if key in PRESETS:
         return PRESETS[key]
     parts = key.split("x")
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
+    if len(parts) == 2 and all(is_decimal(p) for p in parts):
         w, h = int(parts[0]), int(parts[1])
         if 16 <= w <= 16384 and 16 <= h <= 16384:
             return w, h

@@ -35,20 +35,32 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp",
 DEFAULT_FPS = Fraction(25)
 
 
+#: query-string keys whose values are secrets (``?user=admin&password=...``, ``?token=...``)
+SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass(word|wd)?|pwd|token|access_?token|auth|key|api_?key|secret|sig(nature)?)$")
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in a URL's user info: ``rtsp://admin:***@cam/...``. Safe on non-URLs."""
+    """Hide the secrets of a URL: the password of its user info (``rtsp://admin:***@cam/...``, also
+    when the password holds ``/`` or ``@``) and the values of secret query keys (``?password=***``).
+    Safe on non-URLs."""
     text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", text)
-    if parts.password is None:
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", text)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, query_at)  # user info ends at the last '@' before the query
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = f"{user}{':***' if colon else ''}@{rest[at + 1:]}"
+        query_at = rest.find("?") if "?" in rest else len(rest)
+    if query_at < len(rest) and rest[query_at] == "?":
+        head, query = rest[: query_at + 1], rest[query_at + 1:]
+        query, hash_, frag = query.partition("#")
+        pairs = [(k, v) for k, _, v in (p.partition("=") for p in query.split("&"))]
+        query = "&".join(f"{k}=***" if SECRET_QUERY_KEYS.match(k) and v else (f"{k}={v}" if v else k)
+                         for k, v in pairs)
+        rest = head + query + hash_ + frag
+    return f"{scheme}{sep}{rest}"
 
 
 def is_live(url: str) -> bool:

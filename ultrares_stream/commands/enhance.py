@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..sizes import is_decimal
 from .options import add_device, add_precision, add_threads
 
 log = logging.getLogger("ultrares.enhance")
@@ -74,6 +75,8 @@ def plan_jobs(inputs: list[Path], output: Path) -> list[Job]:
     for src in inputs:
         if not src.exists():
             raise UserError(f"{src}: no such file or folder")
+        if not src.is_file() and not src.is_dir():  # a FIFO, a device such as /dev/zero, a socket
+            raise UserError(f"{src}: not a regular file or folder")
     single_file = len(inputs) == 1 and inputs[0].is_file()
     if single_file and not output.is_dir() and not str(output).endswith(("/", "\\")):
         if not output.suffix:
@@ -170,7 +173,9 @@ def _kind(src: Path) -> str:
         if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
             raise
         return "video" if src.suffix.lower() in VIDEO_SUFFIXES else "image"
-    return "video" if recorded.is_video(src) else "image"
+    if recorded.is_video(src) or src.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"  # a damaged video is reported as a video that cannot be read, not as an image
+    return "image"
 
 
 def _make_upscaler(args: argparse.Namespace):
@@ -227,7 +232,7 @@ def _check_dst(src: Path, dst: Path, seen: set[Path]) -> None:
 
 
 def _crf(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 51:
+    if not is_decimal(text) or not 0 <= int(text) <= 51:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 51, not {text!r}")
     return int(text)
 

@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
         log.info("shard %d of %d: %d camera(s): %s", args.shard_index, args.shard_count, len(enabled),
                  ", ".join(c.name for c in enabled) or "none")
         cfg.cameras = enabled
-    if args.check:
-        print(f"{args.config}: valid ({len(enabled)} enabled camera(s) of {len(cfg.cameras)})")
-        return 0
-    if not enabled:
+    if not enabled:  # refused by --check too: it says what serve would do
         from ..errors import UserError
 
         where = f" in shard {args.shard_index} of {args.shard_count}" if args.shard_count > 1 else ""
         raise UserError(f"{args.config}: no enabled cameras{where} (add entries under 'cameras:')")
+    if args.check:
+        print(f"{args.config}: valid ({len(enabled)} enabled camera(s) of {len(cfg.cameras)})")
+        return 0
     service = Service(cfg)
     http = HttpServer(make_app(service, cfg.server.api_token), cfg.server.host, cfg.server.port).start()
     service.start()
@@ -85,4 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"metrics: {http.url}/metrics   API: {http.url}/api/v1/streams   (Ctrl-C to stop)")
     run_until_stopped(service, http, args.duration)
+    failed = [name for name, s in service.cameras.items() if s.state == "failed"]
+    if failed:
+        log.error("%d of %d camera(s) failed: %s", len(failed), len(service.cameras), ", ".join(failed))
+        return 1
     return 0

@@ -35,7 +35,7 @@ from .. import __version__
 from ..errors import UserError
 from ..metrics import Metrics
 from ..models import registry
-from ..sizes import PRESETS
+from ..sizes import PRESETS, is_decimal
 from . import uploads
 from .errors import ApiError
 from .jobs import JobQueue, JobTimeout, QueueFull
@@ -448,10 +448,10 @@ class UploadLimit:
             return await self.app(scope, receive, send)
         message = f"the request body is over {self.max_bytes:,} bytes; send a smaller file"
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            if length.isdigit():
+        if length is not None and (not is_decimal(length) or int(length) > self.max_bytes):
+            if is_decimal(length):
                 self.on_refused(scope["path"])
-            response = _error(413, message) if length.isdigit() else _error(400, "bad Content-Length header")
+            response = _error(413, message) if is_decimal(length) else _error(400, "bad Content-Length header")
             return await response(scope, receive, send)
         seen = 0
 
