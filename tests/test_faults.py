@@ -88,6 +88,40 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
         batcher.stop(5)
 
 
+def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
+    """Recovery = from the restarted camera accepting connections to its first decoded frame.
+    Quick retries keep it near the connect time (0.2-0.7 s measured here); the bound below only
+    catches a return of exponential backoff (a second or more per outage), not load noise."""
+    import statistics
+
+    from ultrares_stream.demo.server import RtspServer
+    from ultrares_stream.sources import Source
+
+    with RtspServer(port=0).start(timeout=30) as camera:
+        src = Source(camera.camera_url, "cam", live=True, timeout_s=2.0, backoff_initial_s=0.5)
+        last = [0.0]
+
+        def read():
+            for _ in src.frames():
+                last[0] = time.monotonic()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            assert _wait(lambda: last[0] > 0, 30)
+            recoveries = []
+            for _ in range(10):
+                camera.stop()
+                time.sleep(0.5)
+                camera.start(timeout=30)
+                back = time.monotonic()
+                assert _wait(lambda: last[0] > back, 15), f"no frame within 15 s of restart {len(recoveries) + 1}"
+                recoveries.append(last[0] - back)
+        finally:
+            src.stop()
+    assert src.reconnects >= 10
+    assert statistics.median(recoveries) < 2.0 and max(recoveries) < 5.0, recoveries
+
+
 # --- bad inputs: a clear one-line error, a non-zero exit, no traceback, no hang ----------------
 
 def _cli(*args, timeout=120):

@@ -17,6 +17,7 @@ import functools
 import logging
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: seconds of an outage during which a live source is retried every ``backoff_initial_s``
+QUICK_RETRY_S = 10.0
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 DEFAULT_FPS = Fraction(25)
 
@@ -96,6 +99,8 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
         options.update(rtsp_transport=transport, timeout=us)
         # the RTP jitter buffer adds latency; keep reordering short for live video
         options["max_delay"] = "500000"
+        # stream parameters come in the SDP and the first keyframe: probing longer only delays (re)connects
+        options.update(analyzeduration="200000", probesize="65536")
     elif scheme in ("http", "https"):
         options.update(rw_timeout=us, reconnect="0")
     elif scheme in ("rtmp", "rtmps"):
@@ -218,8 +223,13 @@ class Source:
         return self._stop.is_set()
 
     def frames(self) -> Iterator[Frame]:
-        """Decoded frames; for live sources this only ends when :meth:`stop` is called."""
+        """Decoded frames; for live sources this only ends when :meth:`stop` is called.
+
+        Reconnects: every ``backoff_initial_s`` for the first :data:`QUICK_RETRY_S` of an outage
+        (a camera that restarts is back within about that), then with exponential backoff.
+        """
         attempt = 0
+        outage_since: float | None = None
         while not self._stop.is_set():
             got_any = False
             try:
@@ -248,7 +258,10 @@ class Source:
             if self._stop.is_set():
                 return
             attempt = 1 if got_any else attempt + 1
-            delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s)
+            if got_any or outage_since is None:
+                outage_since = time.monotonic()
+            quick = time.monotonic() - outage_since < QUICK_RETRY_S
+            delay = backoff_delay(1 if quick else attempt, self.backoff_initial_s, self.backoff_max_s)
             self.state = "reconnecting"
             log.info("%s: reconnecting to %s in %.1f s (attempt %d)", self.name, self.masked_url, delay, attempt)
             if self._stop.wait(delay):
@@ -314,9 +327,23 @@ class Source:
                 if self._stop.is_set() or (self.max_frames is not None and self._index >= self.max_frames):
                     return
                 t0 = time.perf_counter()
+        except BaseException:
+            self._set_down()  # down now: closing a dead connection can take another timeout (RTSP TEARDOWN)
+            raise
         finally:
             self._container = None
-            container.close()
+            if self.live and sys.exc_info()[0] is not None:
+                threading.Thread(target=_close_quietly, args=(container,), daemon=True,
+                                 name=f"close-{self.name}").start()
+            else:
+                container.close()
+
+
+def _close_quietly(container) -> None:
+    try:
+        container.close()
+    except Exception as exc:  # noqa: BLE001 - the connection is already gone
+        log.debug("closing a dead input: %s", exc)
 
 
 class FrameClock:
