@@ -122,6 +122,49 @@ def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
     assert statistics.median(recoveries) < 2.0 and max(recoveries) < 5.0, recoveries
 
 
+def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model, tmp_path):
+    """A real ``ultrares serve`` recording a camera to MP4, killed with SIGKILL: the file plays, with
+    every frame published up to the last keyframe (GOP here: 10 frames)."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    import av
+
+    from ultrares_stream.demo.server import free_port
+
+    port = free_port()
+    out = tmp_path / "rec.mp4"
+    cfg = tmp_path / "cams.yaml"
+    cfg.write_text(f"server: {{port: {port}}}\ninference: {{device: cpu, engine: eager, precision: fp32}}\n"
+                   f"defaults: {{model: '{tiny_model}', encoder: {{gop: 10}}}}\n"
+                   f"cameras:\n  - {{name: cam, input: '{rtsp_server.camera_url}', output: '{out}'}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "ultrares_stream.cli", "serve", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def published():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/streams", timeout=2) as r:
+                data = json.load(r)
+        except OSError:
+            return 0
+        items = data["streams"] if isinstance(data, dict) else data
+        return items[0]["frames_out"] if items else 0
+
+    try:
+        assert _wait(lambda: published() >= 60, 90, step=0.2), "serve published no frames"
+        done = published()
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with av.open(str(out)) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames >= done - 10 - 3, (frames, done)  # one GOP, and frames between the query and the kill
+
+
 # --- bad inputs: a clear one-line error, a non-zero exit, no traceback, no hang ----------------
 
 def _cli(*args, timeout=120):

@@ -160,10 +160,10 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[st
         return text, "hls", {"hls_time": "2", "hls_list_size": "6" if live else "0",
                              "hls_flags": "delete_segments+independent_segments" if live else "independent_segments"}
     if suffix in (".mp4", ".mov", ".m4v"):
-        # live files are fragmented so that a crash still leaves a playable file
-        # use_metadata_tags: keep the provenance tags (provenance.video_metadata) that MP4 has no atom for
-        return text, "mp4", ({"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"} if live
-                             else {"movflags": "+faststart+use_metadata_tags"})
+        # fragmented at every keyframe and flushed with each packet, live or not: a killed service
+        # leaves a file that plays up to the last GOP. use_metadata_tags keeps the provenance tags.
+        return text, "mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags",
+                             "flush_packets": "1"}
     if suffix in (".mkv", ".webm"):
         return text, "matroska" if suffix == ".mkv" else "webm", {}
     if suffix in (".ts", ".m2ts"):
