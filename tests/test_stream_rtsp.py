@@ -113,7 +113,7 @@ class SlowUpscaler(Upscaler):
         return super().upscale(x, size)
 
 
-def test_slow_model_keeps_queue_at_its_bound_and_counts_drops(rtsp_server, pipeline, tiny_model, tmp_path):
+def test_slow_model_keeps_queue_at_its_bound_and_counts_drops(rtsp_server, pipeline, tiny_model, tmp_path, caplog):
     pool = UpscalerPool(factory=lambda model, alpha: SlowUpscaler(model, alpha=alpha, device="cpu",
                                                                   precision="fp32", engine="eager", tile=0))
     stream, m = pipeline(rtsp_server.camera_url, str(tmp_path / "slow.mkv"), pool=pool, max_batch=1, queue_size=3)
@@ -129,7 +129,11 @@ def test_slow_model_keeps_queue_at_its_bound_and_counts_drops(rtsp_server, pipel
     fin = m.registry.get_sample_value("ultrares_frames_in_total", {"camera": "cam"})
     fout = m.registry.get_sample_value("ultrares_frames_out_total", {"camera": "cam"})
     assert drops > 0 and drops == stream.source_drops()
+    ratio = m.registry.get_sample_value("ultrares_drop_ratio", {"camera": "cam"})
+    assert 0.5 < ratio < 1  # about 4 of the camera's 25 fps get through
     assert fout < fin / 2  # 25 fps camera, about 4 fps model
+    falling = [r for r in caplog.records if "falling behind" in r.getMessage()]
+    assert len(falling) == 1, "a camera falling behind is said once (then at most every 30 s)"
     in_flight = fin - fout - drops
     assert 0 <= in_flight <= 3 + 1 + stream.out_queue.maxsize
 

@@ -258,6 +258,22 @@ def test_missing_image_is_422(client):
     assert_json_error(client.post("/api/v1/upscale", data={"alpha": "0.5"}), 422, "image")
 
 
+def test_malformed_upscales_are_counted(pair_spec):
+    metrics = Metrics()
+    with TestClient(create_app(default_model=pair_spec, device="cpu", metrics=metrics)) as c:
+        for _ in range(2):
+            c.post("/api/v1/upscale", data={"alpha": "0.5"})
+    assert metrics.registry.get_sample_value("ultrares_web_upscales_total", {"status": "422"}) == 2
+
+
+def test_security_headers(client):
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "object-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    for path in ("/", "/static/app.js", "/api/v1/models", "/healthz", "/no-such-page"):
+        assert client.get(path).headers.get("x-content-type-options") == "nosniff", path
+
+
 def test_bad_files_get_4xx_json(client):
     assert_json_error(upscale(client, b"", name="e.png"), 400, "empty")
     assert_json_error(upscale(client, b"this is not a picture" * 10, name="fake.png"), 415, "not a png")

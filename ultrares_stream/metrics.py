@@ -36,6 +36,8 @@ class Metrics:
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
         self.fps = Gauge("ultrares_fps", "Current frame rate, by direction (in or out)",
                          ["camera", "direction"], registry=r)
+        self.drop_ratio = Gauge("ultrares_drop_ratio", "Share of the camera's frames dropped over the last 10 s "
+                                "(it falls behind when this stays above 0)", cam, registry=r)
         self.queue_depth = Gauge("ultrares_queue_depth", "Frames waiting in the camera's queue", cam, registry=r)
         self.queue_capacity = Gauge("ultrares_queue_capacity", "Bound of the camera's queue", cam, registry=r)
         self.last_frame_age = Gauge("ultrares_last_frame_age_seconds",

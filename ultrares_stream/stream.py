@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -77,6 +78,13 @@ class UpscalerPool:
                     del self._items[k]
 
 
+#: a camera "falls behind" when more than DROP_WARN_RATIO of its frames are dropped over DROP_WINDOW_S;
+#: it is logged at most every DROP_WARN_EVERY_S (and exported as ultrares_drop_ratio)
+DROP_WINDOW_S = 10.0
+DROP_WARN_RATIO = 0.1
+DROP_WARN_EVERY_S = 30.0
+
+
 class _Rate:
     """Events per second over a sliding window."""
 
@@ -91,6 +99,14 @@ class _Rate:
             self._t.append(now)
             while self._t and now - self._t[0] > self.window_s:
                 self._t.popleft()
+
+    def count(self) -> int:
+        """Events in the window."""
+        now = time.monotonic()
+        with self._lock:
+            while self._t and now - self._t[0] > self.window_s:
+                self._t.popleft()
+            return len(self._t)
 
     def rate(self) -> float:
         now = time.monotonic()
@@ -157,6 +173,8 @@ class Stream:
         self.output_size: tuple[int, int] | None = None
         self._latencies: deque[float] = deque(maxlen=512)
         self._rate_in, self._rate_out = _Rate(), _Rate()
+        self._window_in, self._window_drop = _Rate(DROP_WINDOW_S), _Rate(DROP_WINDOW_S)
+        self._drops_warned_at = -math.inf
         self._latest: Enhanced | None = None
         self._jpeg: tuple[float, bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -175,6 +193,7 @@ class Stream:
             m.reconnects.labels(n, side)
         m.queue_capacity.labels(n).set(self.queue.maxsize)
         m.queue_depth.labels(n).set_function(lambda: self.queue.depth)
+        m.drop_ratio.labels(n).set_function(self.drop_ratio)
         m.fps.labels(n, "in").set_function(self._rate_in.rate)
         m.fps.labels(n, "out").set_function(self._rate_out.rate)
         m.last_frame_age.labels(n).set_function(
@@ -194,9 +213,21 @@ class Stream:
             "device": str(getattr(up, "device", "")),
             "output_size": f"{size[0]}x{size[1]}" if size else "model scale"})
 
+    def drop_ratio(self) -> float:
+        """Share of the frames dropped over the last :data:`DROP_WINDOW_S` seconds."""
+        return self._window_drop.count() / max(self._window_in.count(), 1)
+
     def _on_drop(self, _frame) -> None:
         if self.metrics is not None:
             self.metrics.frames_dropped.labels(self.name).inc()
+        now = time.monotonic()
+        self._window_drop.tick(now)
+        ratio = self.drop_ratio()
+        if ratio > DROP_WARN_RATIO and now - self._drops_warned_at > DROP_WARN_EVERY_S:
+            self._drops_warned_at = now
+            log.warning("%s: falling behind: %.0f %% of its frames dropped over the last %.0f s (inference cannot "
+                        "keep up: fewer cameras on this device, a smaller output size or a faster model)",
+                        self.name, 100 * ratio, DROP_WINDOW_S)
 
     # --- batcher client ---------------------------------------------------------
     def _fps(self) -> Fraction:
@@ -254,6 +285,7 @@ class Stream:
                 self.last_frame_at = time.monotonic()
                 self.input_size = (frame.width, frame.height)
                 self._rate_in.tick(self.last_frame_at)
+                self._window_in.tick(self.last_frame_at)
                 try:
                     while not self.queue.put(frame, timeout=0.5):
                         if self.source.stopped:

@@ -253,7 +253,8 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
             metrics.web_upscales.labels("413").inc()
 
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES, on_refused=count_refused)
-    _install_error_handlers(app)
+    app.add_middleware(NoSniff)
+    _install_error_handlers(app, on_invalid_upscale=lambda: metrics.web_upscales.labels("422").inc())
 
     def require_token(request: Request) -> None:
         if ctx.api_token is None:
@@ -269,7 +270,8 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     # -- page, probes, metrics (not part of the API schema)
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache",
+                                                                  "Content-Security-Policy": PAGE_CSP})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -397,7 +399,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, on_invalid_upscale: Callable[[], None] | None = None) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         if exc.status >= 500 or exc.status == 429:
@@ -413,6 +415,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         problems = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
                      "message": str(e.get("msg", ""))} for e in exc.errors()]
         text = "; ".join(f"{p['field'] or 'request'}: {p['message']}" for p in problems) or "invalid request"
+        if request.url.path == f"{API}/upscale" and on_invalid_upscale is not None:
+            on_invalid_upscale()  # a malformed upscale request is an upscale refused: counted
         return _error(422, text, problems=problems)
 
     @app.exception_handler(StarletteHTTPException)
@@ -432,6 +436,31 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
         return _error(500, f"internal error ({exc.__class__.__name__}); the server log has the details")
+
+
+#: the page loads only its own script, styles and the images it makes (blob:/data: URLs)
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every response: a browser must not run an upload's
+    bytes as something other than the media type they were sent with."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 class UploadLimit:
