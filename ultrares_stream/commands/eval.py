@@ -304,36 +304,46 @@ def _recording(methods: dict) -> dict:
 
 
 def _write_profile(frames: list, methods: dict, path: Path, scale: int) -> None:
-    """Bicubic, the first model without and with the stabiliser: a temporal profile of the row
-    through the stillest LR area, and a crop around where the input moves most."""
+    """Bicubic, the first model without and with the stabiliser, side by side: on top a temporal
+    profile (one row of a still, textured area, stacked over the frames: steady = vertical
+    stripes), below a crop of the frame in the middle of the clip where the input moves most."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
+    from scipy.ndimage import uniform_filter
 
     names = [n for n in methods if n == "bicubic"] + [n for n in methods if n != "bicubic"][:2]
     lr = np.stack([f.astype(np.int16) for f in frames])
-    motion = np.abs(np.diff(lr, axis=0)).max(axis=(0, 3))  # HxW: largest change anywhere in time
+    motion = np.abs(np.diff(lr, axis=0)).max(axis=(0, 3)).astype(float)  # HxW: largest change in time
     h, w = motion.shape
-    band = 64 // scale
-    stillest_row = int(np.argmin([motion[max(0, r - 1): r + 2].mean() for r in range(h)]))
-    busiest = np.unravel_index(np.argmax(motion), motion.shape)
-    cy = int(np.clip(busiest[0] - band // 2, 0, max(0, h - band))) * scale
-    cx = int(np.clip(busiest[1] - band, 0, max(0, w - 2 * band))) * scale
+    band = max(8, 96 // scale)
+    span = min(w, 2 * band)  # LR pixels of the profile row and of the crop's width
+    texture = np.abs(np.diff(lr[0].mean(axis=2), axis=1))  # horizontal detail of the first frame
+    still_detail = uniform_filter(texture / (1.0 + motion[:, 1:]), size=(1, span), mode="constant")
+    row, px = np.unravel_index(np.argmax(still_detail[int(h * 0.1): int(h * 0.9)]), still_detail[int(h * 0.1):].shape)
+    row += int(h * 0.1)
+    px = int(np.clip(px - span // 2, 0, w - span))
+    busy = uniform_filter(motion, size=(band, 2 * band), mode="constant")
+    cy, cx = np.unravel_index(np.argmax(busy), busy.shape)
+    y0 = int(np.clip(cy - band // 2, 0, max(0, h - band))) * scale
+    x0 = int(np.clip(cx - band, 0, max(0, w - 2 * band))) * scale
     mid = len(frames) // 2
     tiles = []
     for n in names:
         outs = methods[n].outputs
-        profile = np.stack([o[stillest_row * scale, : w * scale // 2] for o in outs])
-        profile = np.repeat(profile, 4, axis=0)  # 4 px per frame, to be seen
-        crop = outs[mid][cy: cy + band * scale, cx: cx + 2 * band * scale]
-        tile = np.zeros((profile.shape[0] + crop.shape[0] + 4, max(profile.shape[1], crop.shape[1]), 3), np.uint8)
-        tile[: profile.shape[0], : profile.shape[1]] = profile
-        tile[profile.shape[0] + 4:, : crop.shape[1]] = crop
-        tiles.append(tile)
+        profile = np.repeat(np.stack([o[row * scale, px * scale: (px + span) * scale] for o in outs]), 3, axis=0)
+        crop = outs[mid][y0: y0 + band * scale, x0: x0 + 2 * band * scale]
+        width = max(profile.shape[1], crop.shape[1])
+        tile = np.zeros((14 + profile.shape[0] + 4 + crop.shape[0], width, 3), np.uint8)
+        tile[14: 14 + profile.shape[0], : profile.shape[1]] = profile
+        tile[18 + profile.shape[0]:, : crop.shape[1]] = crop
+        img = Image.fromarray(tile)
+        ImageDraw.Draw(img).text((2, 1), n, fill=(255, 255, 255))
+        tiles.append(np.asarray(img))
     grid = np.concatenate([np.pad(t, ((0, 0), (0, 8), (0, 0))) for t in tiles], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     log.info("wrote %s (%s; row %d over %d frames, then frame %d around the largest motion)", path,
-             " | ".join(names), stillest_row * scale, len(frames), mid)
+             " | ".join(names), row * scale, len(frames), mid)
 
 
 def _write_per_image(records: list[dict], path: Path) -> None:
