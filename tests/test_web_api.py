@@ -266,6 +266,15 @@ def test_malformed_upscales_are_counted(pair_spec):
     assert metrics.registry.get_sample_value("ultrares_web_upscales_total", {"status": "422"}) == 2
 
 
+def test_api_docs_need_no_internet(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower() and "http://" not in page.text and "https://" not in page.text.replace(
+        "https://fastapi.tiangolo.com", "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
+
+
 def test_security_headers(client):
     page = client.get("/")
     csp = page.headers["content-security-policy"]

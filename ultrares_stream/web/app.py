@@ -243,11 +243,13 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
         ctx.jobs.shutdown()
 
     app = FastAPI(
-        title="UltraRes Stream", version=__version__, lifespan=lifespan,
+        title="UltraRes Stream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Super-resolution for traffic-camera video and images. Upscale an image, list models, "
                     "watch and steer the live cameras. Errors are JSON: `{\"error\": \"...\"}`.",
     )
     app.state.ultrares = ctx
+    _install_api_docs(app)
+
     def count_refused(path: str) -> None:
         if path == f"{API}/upscale":
             metrics.web_upscales.labels("413").inc()
@@ -392,6 +394,22 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
 
     log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
     return app
+
+
+def _install_api_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from the swagger-ui-bundle package, not a CDN, so the API docs
+    work on an air-gapped camera network."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 # ----------------------------------------------------------------------------- errors and limits
