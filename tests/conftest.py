@@ -22,6 +22,18 @@ def need_data(*parts: str) -> Path:
     return path
 
 
+def wait_for(cond, timeout, step=0.05):
+    """Poll ``cond()`` until it is true or ``timeout`` seconds passed; its last value."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
 @pytest.fixture
 def data():
     return need_data

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from ultrares_stream.batcher import Batcher
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.stream import Stream, UpscalerPool
@@ -38,15 +39,6 @@ class StallProbe:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join(2)
-
-
-def _wait(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model, tmp_path):
@@ -107,14 +99,14 @@ def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
 
         threading.Thread(target=read, daemon=True).start()
         try:
-            assert _wait(lambda: last[0] > 0, 30)
+            assert wait_for(lambda: last[0] > 0, 30)
             recoveries = []
             for _ in range(10):
                 camera.stop()
                 time.sleep(0.5)
                 camera.start(timeout=30)
                 back = time.monotonic()
-                assert _wait(lambda: last[0] > back, 15), f"no frame within 15 s of restart {len(recoveries) + 1}"
+                assert wait_for(lambda: last[0] > back, 15), f"no frame within 15 s of restart {len(recoveries) + 1}"
                 recoveries.append(last[0] - back)
         finally:
             src.stop()
@@ -153,7 +145,7 @@ def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model,
         return items[0]["frames_out"] if items else 0
 
     try:
-        assert _wait(lambda: published() >= 60, 90, step=0.2), "serve published no frames"
+        assert wait_for(lambda: published() >= 60, 90, step=0.2), "serve published no frames"
         done = published()
         proc.kill()
         proc.wait(10)

@@ -9,6 +9,7 @@ from fractions import Fraction
 import av
 import pytest
 
+from conftest import wait_for
 from ultrares_stream.batcher import Batcher
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.stream import Stream, UpscalerPool
@@ -35,15 +36,6 @@ def pipeline(tiny_model):
     for s, b in made:
         s.stop(5)
         b.stop(5)
-
-
-def wait_for(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def read_stream(url, n, timeout=30.0):

@@ -165,7 +165,8 @@ class CameraConfig(_Strict):
 
 
 class Defaults(_Strict):
-    model: str = "ultrares-compact-x4"
+    model: str | None = Field(None, description="default: the device's pair (ultrares-compact-x4 on the CPU, "
+                                                "ultrares-traffic-x4 on CUDA; docs/model_card.md)")
     alpha: float = Field(0.5, ge=0, le=1)
     output_size: str | None = None
     encoder: EncoderConfig = EncoderConfig()
@@ -188,7 +189,8 @@ class ServiceConfig(_Strict):
             seen.add(cam.name)
         return self
 
-    def camera_model(self, cam: CameraConfig) -> str:
+    def camera_model(self, cam: CameraConfig) -> str | None:
+        """The camera's model, or None: the inference device's default pair."""
         return cam.model or self.defaults.model
 
     def camera_alpha(self, cam: CameraConfig) -> float:

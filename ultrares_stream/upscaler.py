@@ -44,14 +44,14 @@ class Upscaler:
                  device: str | torch.device = "auto", precision: str = "auto",
                  tile: int | None = None, tile_pad: int | None = None, tile_batch: int = 4,
                  engine: str = "auto", shapes=None, max_batch: int = 8):
-        resolved = model if isinstance(model, ResolvedModel) else resolve(model)
+        self.device = pick_device(device)
+        resolved = model if isinstance(model, ResolvedModel) else resolve(model, device_type=self.device.type)
         self.model_name = resolved.name
         self._psnr, self._gan = resolved.psnr, resolved.gan
         if self._gan is not None:
             check_compatible(self._psnr, self._gan)
         self.arch = infer_arch(self._psnr, resolved.name)
         self.scale = self.arch.scale
-        self.device = pick_device(device)
         net = self.arch.build()
         self.multiple = net.size_multiple
         self.engine: Engine = make_engine(engine, net, self.device, pick_precision(precision, self.device),

@@ -19,7 +19,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..models.registry import DEFAULT_MODEL
+    from ..models.registry import DEFAULT_MODELS
     from ..upscaler import DEFAULT_ALPHA
 
     p = sub.add_parser(
@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="image or video files, or folders")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="output file (one input file) or folder (created if needed)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"registry name, checkpoint path, or PSNR.pth+GAN.pth pair (default {DEFAULT_MODEL}; "
-                        "see `ultrares models`)")
+    p.add_argument("--model", default=None,
+                   help="registry name, checkpoint path, or PSNR.pth+GAN.pth pair (default: the device's, "
+                        + ", ".join(f"{m} on {d}" for d, m in DEFAULT_MODELS.items()) + "; see `ultrares models`)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"for a pair: 0 = faithful (PSNR net) ... 1 = detailed (GAN net) (default {DEFAULT_ALPHA})")
     size = p.add_mutually_exclusive_group()

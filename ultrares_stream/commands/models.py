@@ -24,15 +24,31 @@ def run(args: argparse.Namespace) -> int:
     for name in args.fetch:
         for member in PAIRS.get(name, (name,)):
             print(f"{member}: {entry_path(member, download=True)}")
-    table = Table(title="UltraRes models")
-    for col in ("name", "kind", "architecture", "scale", "local", "notes"):
-        table.add_column(col)
+    rows = []
     for name, (a, b) in PAIRS.items():
         present = all(local_path(ENTRIES[m]) for m in (a, b))
-        table.add_row(name, "pair", ENTRIES[a].arch, f"x{ENTRIES[a].scale}", "yes" if present else "no",
-                      f"alpha 0 = {a}, alpha 1 = {b}")
+        rows.append((name, "pair", ENTRIES[a].arch, f"x{ENTRIES[a].scale}", _where(ENTRIES[a]) if present else "no",
+                     f"alpha 0 = {a}, alpha 1 = {b}"))
     for e in ENTRIES.values():
-        path = local_path(e)
-        table.add_row(e.name, "single", e.arch, f"x{e.scale}", str(path) if path else "no", e.note)
-    Console().print(table)
+        rows.append((e.name, "single", e.arch, f"x{e.scale}", _where(e) if local_path(e) else "no", e.note))
+    console = Console()
+    if not console.is_terminal:  # a pipe: one tab-separated line per model, whole names, for grep/cut
+        print("\t".join(COLUMNS))
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    table = Table(title="UltraRes models")
+    for col in COLUMNS:
+        table.add_column(col, no_wrap=col in ("name", "kind", "scale", "local"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
     return 0
+
+
+COLUMNS = ("name", "kind", "architecture", "scale", "local", "notes")
+
+
+def _where(entry) -> str:
+    """Where a present entry's file is: shipped in the package, or found on this machine."""
+    return "shipped" if entry.url is None else "yes"

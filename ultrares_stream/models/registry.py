@@ -27,7 +27,10 @@ from ..errors import ModelError
 from ..settings import SHIPPED_WEIGHTS_DIR, cache_dir, data_dir, weights_dir
 from .checkpoint import StateDict, read_checkpoint
 
-DEFAULT_MODEL = "ultrares-compact-x4"
+DEFAULT_MODEL = "ultrares-compact-x4"  # the CPU's default, and the default of `ultrares eval`
+#: the default pair per device type (docs/model_card.md, "Defaults"): in real time on a 2-core CPU,
+#: the compact pair; on a GPU, where speed is not the limit, the strong traffic pair
+DEFAULT_MODELS = {"cpu": DEFAULT_MODEL, "cuda": "ultrares-traffic-x4"}
 _RE = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _GDRIVE = "https://drive.google.com/uc?export=download&id="
 _RLFN = "https://github.com/bytedance/RLFN/raw/bccfde91bf8b2de80789ec033a029e6f2a932330/model_zoo"
@@ -182,9 +185,14 @@ def verify_download(entry: ModelEntry, path: Path, sha256: str) -> None:
         raise ModelError(f"{entry.filename}: holds {spec.describe()}, expected {entry.arch} x{entry.scale}")
 
 
-def resolve(spec: str | None = None, download: bool | None = None) -> ResolvedModel:
-    """Turn a model spec into state dicts (see the module docstring)."""
-    spec = spec or DEFAULT_MODEL
+def default_model(device_type: str = "cpu") -> str:
+    """The pair used when none is named, for a device type (``cpu``, ``cuda``)."""
+    return DEFAULT_MODELS.get(device_type, DEFAULT_MODEL)
+
+
+def resolve(spec: str | None = None, download: bool | None = None, device_type: str = "cpu") -> ResolvedModel:
+    """Turn a model spec into state dicts (see the module docstring); no spec: the device's default."""
+    spec = spec or default_model(device_type)
     if spec in PAIRS:
         a, b = PAIRS[spec]
         return ResolvedModel(spec, read_checkpoint(entry_path(a, download)), read_checkpoint(entry_path(b, download)))

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from ..engine import pick_device
 from ..errors import UserError
 from ..metrics import Metrics
 from ..models import registry
@@ -235,7 +236,8 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     if metrics is None:
         metrics = getattr(service, "metrics", None) or Metrics()
     ctx = _Context(service, metrics, api_token or None, max_upload_bytes, max_pixels, max_output_pixels,
-                   default_model or registry.DEFAULT_MODEL, device, workers, queue_size, request_timeout)
+                   default_model or registry.default_model(pick_device(device).type), device, workers, queue_size,
+                   request_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
