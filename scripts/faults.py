@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Faults against a real `ultrares serve`, for operators and benchmarks (issue 15).
+
+    .venv/bin/python scripts/faults.py hung-receiver [--seconds 12]
+        two cameras on one feed, one publishing over RTSP to a receiver frozen with SIGSTOP:
+        /healthz latency and the other camera's fps before and during the freeze.
+    .venv/bin/python scripts/faults.py soak [--minutes 60] [--cameras 4]
+        many cameras, random faults (camera server killed and restarted, receiver frozen and
+        thawed) until the time is up; a summary table per camera at the end.
+
+Both start GStreamer RTSP servers (the demo camera) and `ultrares serve` on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from ultrares_stream.demo.server import RtspServer, free_port
+
+
+class Service:
+    """`ultrares serve` in a child process on a free port, with probes of its HTTP API."""
+
+    def __init__(self, cameras: list[tuple[str, str, str]], model: str, folder: Path):
+        self.port = free_port()
+        cfg = folder / "cams.yaml"
+        lines = [f"server: {{port: {self.port}}}", "inference: {device: cpu}", "reconnect: {timeout_s: 3}",
+                 f"defaults: {{model: {model}}}", "cameras:"]
+        lines += [f"  - {{name: {n}, input: '{i}', output: '{o}'}}" for n, i, o in cameras]
+        cfg.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ultrares_stream.cli", "serve", "--config", str(cfg)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def healthz_s(self) -> float | None:
+        t = time.perf_counter()
+        try:
+            urllib.request.urlopen(f"{self.base}/healthz", timeout=10).read()
+        except OSError:
+            return None
+        return time.perf_counter() - t
+
+    def streams(self) -> dict[str, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.base}/api/v1/streams", timeout=10) as r:
+                data = json.load(r)
+        except OSError:
+            return {}
+        return {s["name"]: s for s in (data["streams"] if isinstance(data, dict) else data)}
+
+    def wait_running(self, frames: int = 25, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = self.streams()
+            if got and all(s["frames_out"] >= frames for s in got.values()):
+                return
+            time.sleep(0.5)
+        raise SystemExit("the service did not start publishing")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def percentiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return "n/a"
+    q = statistics.quantiles(values, n=100)
+    return f"p50 {1000 * q[49]:.1f} ms, p99 {1000 * q[98]:.1f} ms, max {1000 * max(values):.1f} ms"
+
+
+def hung_receiver(args) -> int:
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        camera = stack.enter_context(RtspServer(port=0).start(timeout=30))
+        receiver = stack.enter_context(RtspServer(port=0).start(timeout=30))
+        svc = Service([("hung", camera.camera_url, receiver.record_url("out")),
+                       ("local", camera.camera_url, str(Path(tmp) / "local.mp4"))], args.model, Path(tmp))
+        try:
+            svc.wait_running()
+            phases = {}
+            for phase in ("before", "frozen"):
+                if phase == "frozen":
+                    os.kill(receiver.pid, signal.SIGSTOP)
+                lat, f0, t0 = [], svc.streams()["local"]["frames_out"], time.monotonic()
+                while time.monotonic() - t0 < args.seconds:
+                    d = svc.healthz_s()
+                    if d is not None:
+                        lat.append(d)
+                    time.sleep(0.05)
+                phases[phase] = (lat, (svc.streams()["local"]["frames_out"] - f0) / (time.monotonic() - t0))
+            os.kill(receiver.pid, signal.SIGCONT)
+        finally:
+            svc.stop()
+    for phase, (lat, fps) in phases.items():
+        print(f"{phase:7s}: /healthz {percentiles(lat)} ({len(lat)} probes); local camera {fps:.1f} fps")
+    print(f"local camera kept {100 * phases['frozen'][1] / phases['before'][1]:.0f} % of its fps")
+    return 0
+
+
+def soak(args) -> int:
+    rng = random.Random(args.seed)
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        cameras = [stack.enter_context(RtspServer(port=0).start(timeout=30)) for _ in range(args.cameras)]
+        receiver = stack.enter_context(RtspServer(port=0).start(timeout=30))
+        svc = Service([(f"cam{i}", c.camera_url, receiver.record_url(f"cam{i}") if i == 0 else
+                        str(Path(tmp) / f"cam{i}.mkv")) for i, c in enumerate(cameras)], args.model, Path(tmp))
+        faults: list[str] = []
+        lat: list[float] = []
+        try:
+            svc.wait_running(frames=5)
+            end = time.monotonic() + 60 * args.minutes
+            next_fault = time.monotonic() + rng.uniform(5, 20)
+            while time.monotonic() < end:
+                d = svc.healthz_s()
+                if d is not None:
+                    lat.append(d)
+                if time.monotonic() >= next_fault:
+                    kind = rng.choice(["camera-restart", "receiver-freeze"])
+                    if kind == "camera-restart":
+                        cam = rng.randrange(len(cameras))
+                        cameras[cam].stop()
+                        time.sleep(rng.uniform(0.5, 5))
+                        cameras[cam].start(timeout=30)
+                        faults.append(f"cam{cam} restarted")
+                    else:
+                        os.kill(receiver.pid, signal.SIGSTOP)
+                        time.sleep(rng.uniform(2, 10))
+                        os.kill(receiver.pid, signal.SIGCONT)
+                        faults.append("receiver frozen")
+                    next_fault = time.monotonic() + rng.uniform(10, 40)
+                time.sleep(0.2)
+            final = svc.streams()
+        finally:
+            svc.stop()
+    print(f"soak: {args.minutes:g} min, {len(faults)} faults ({', '.join(sorted(set(faults)))})")
+    print(f"/healthz: {percentiles(lat)} ({len(lat)} probes)")
+    print(f"{'camera':8s} {'state':16s} {'in':>7s} {'out':>7s} {'drops':>6s} {'reconnects':>10s} {'pub. reconn.':>12s}")
+    for name, s in final.items():
+        print(f"{name:8s} {s['state']:16s} {s['frames_in']:7d} {s['frames_out']:7d} {s['drops']:6d} "
+              f"{s['reconnects']:10d} {s['publisher_reconnects']:12d}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ultrares-compact-x4")
+    sub = ap.add_subparsers(dest="what", required=True)
+    h = sub.add_parser("hung-receiver")
+    h.add_argument("--seconds", type=float, default=12.0)
+    h.set_defaults(func=hung_receiver)
+    s = sub.add_parser("soak")
+    s.add_argument("--minutes", type=float, default=60.0)
+    s.add_argument("--cameras", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=soak)
+    args = ap.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
