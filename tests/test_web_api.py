@@ -275,6 +275,14 @@ def test_api_docs_need_no_internet(client):
         assert client.get(f"/docs-assets/{asset}").status_code == 200
 
 
+def test_page_slider_starts_at_the_web_default_alpha(client):
+    from ultrares_stream.upscaler import WEB_ALPHA
+
+    page = client.get("/").text
+    assert f'id="alpha" type="range" min="0" max="1" step="0.05" value="{WEB_ALPHA:g}"' in page
+    assert f'<output id="alpha-value" for="alpha">{WEB_ALPHA:.2f}</output>' in page
+
+
 def test_security_headers(client):
     page = client.get("/")
     csp = page.headers["content-security-policy"]

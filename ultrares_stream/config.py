@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .sizes import parse_size, parse_size_range
+from .upscaler import DEFAULT_ALPHA
 
 #: URL schemes a camera's input or output may use (anything else with '://' is a typo, not a file)
 URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "file",
@@ -167,7 +168,7 @@ class CameraConfig(_Strict):
 class Defaults(_Strict):
     model: str | None = Field(None, description="default: the device's pair (ultrares-compact-x4 on the CPU, "
                                                 "ultrares-traffic-x4 on CUDA; docs/model_card.md)")
-    alpha: float = Field(0.5, ge=0, le=1)
+    alpha: float = Field(DEFAULT_ALPHA, ge=0, le=1, description="0 faithful ... 1 detailed (docs/model_card.md)")
     output_size: str | None = None
     encoder: EncoderConfig = EncoderConfig()
     stabilise: StabiliseConfig = StabiliseConfig()

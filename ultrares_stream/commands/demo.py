@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics and the page (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve RTSP and HTTP on (default 127.0.0.1)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default: ultrares-compact-x4)")
-    p.add_argument("--alpha", type=float, default=None, help="0 = faithful, 1 = detailed (default 0.5)")
+    p.add_argument("--alpha", type=float, default=None, help="0 = faithful, 1 = detailed (default 0: reads plates best, docs/model_card.md)")
     p.add_argument("--video", default=None, help="play this clip as the camera instead of the default scene")
     p.add_argument("--output-size", default=None, help="720p, 1080p, 4k or WxH (default: the model's scale)")
     add_device(p)

@@ -59,6 +59,11 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in [
                note="shipped; trained by this project (L1), 64 feat / 16 conv: for GPUs and recorded footage"),
     ModelEntry("ultrares-wide-x4-gan", "ultrares-wide-x4-gan.safetensors", "SRVGGNetCompact", 4, None,
                note="shipped; trained by this project (L1 + perceptual + RaGAN), 64 feat / 16 conv"),
+    ModelEntry("ultrares-traffic-x4-psnr", "ultrares-traffic-x4-psnr.safetensors", "RLFN", 4, None,
+               note="shipped; RLFN fine-tuned by this project on traffic degradations (L1) from bytedance/RLFN "
+                    "(Apache-2.0, ultrares-traffic-x4.NOTICE.md): for GPUs and recorded footage"),
+    ModelEntry("ultrares-traffic-x4-gan", "ultrares-traffic-x4-gan.safetensors", "RLFN", 4, None,
+               note="shipped; fine-tuned from ultrares-traffic-x4-psnr (L1 + perceptual + RaGAN)"),
     ModelEntry("RRDB_PSNR_x4", "RRDB_PSNR_x4.pth", "RRDBNet", 4, _GDRIVE + "1pJ_T-V1dpb1ewoEra1TGSWl5e6H7M4NN",
                size_bytes=66_900_000, note="ESRGAN paper, PSNR-oriented; no hash published upstream"),
     ModelEntry("RRDB_ESRGAN_x4", "RRDB_ESRGAN_x4.pth", "RRDBNet", 4, _GDRIVE + "1TPrz5QKd8DHHt1k8SRtm6tMiPjz_Qene",
@@ -92,6 +97,7 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in [
 PAIRS: dict[str, tuple[str, str]] = {
     "ultrares-compact-x4": ("ultrares-compact-x4-psnr", "ultrares-compact-x4-gan"),
     "ultrares-wide-x4": ("ultrares-wide-x4-psnr", "ultrares-wide-x4-gan"),
+    "ultrares-traffic-x4": ("ultrares-traffic-x4-psnr", "ultrares-traffic-x4-gan"),
     "esrgan-x4": ("RRDB_PSNR_x4", "RRDB_ESRGAN_x4"),
     "realesrgan-x4plus": ("RealESRNet_x4plus", "RealESRGAN_x4plus"),
     "realesr-general-x4v3": ("realesr-general-x4v3", "realesr-general-wdn-x4v3"),

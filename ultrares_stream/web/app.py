@@ -40,6 +40,7 @@ from ..sizes import PRESETS, is_decimal
 from . import uploads
 from .errors import ApiError
 from .jobs import JobQueue, JobTimeout, QueueFull
+from ..upscaler import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
         image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, TIFF or GIF (type judged from content)")],
         model: Annotated[ModelName | None, Form(description="model name (GET /api/v1/models); "
                                                             "default: the server's")] = None,
-        alpha: Annotated[float, Form(ge=0.0, le=1.0, description="0 = faithful, 1 = detailed (pairs only)")] = 0.5,
+        alpha: Annotated[float, Form(ge=0.0, le=1.0, description="0 = faithful, 1 = detailed (pairs only)")] = WEB_ALPHA,
         size: Annotated[str | None, Form(max_length=20, description="output box: 720p, 1080p, 1440p, 4k or "
                                                                     "WIDTHxHEIGHT (aspect ratio kept); empty = "
                                                                     "the network's scale")] = None,
