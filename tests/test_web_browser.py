@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ultrares_stream.upscaler import WEB_ALPHA
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -143,7 +145,7 @@ def test_upscale_compare_and_download_in_chromium(tmp_path):
         find("#upscale-btn").click()
         first = wait_for(lambda: _result_count(driver), 60, "the first result")
         assert driver.execute_script("return document.getElementById('after').naturalWidth") == 160
-        assert "160×120" in find("#result-info").text and "detail 0.50" in find("#result-info").text
+        assert "160×120" in find("#result-info").text and f"detail {WEB_ALPHA:.2f}" in find("#result-info").text
         canvas = find("#canvas")
         before, after = find("#before"), find("#after")
         assert before.size == after.size == canvas.size  # same on-screen scale
