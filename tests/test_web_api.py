@@ -276,7 +276,7 @@ def test_api_docs_need_no_internet(client):
 
 
 def test_page_slider_starts_at_the_web_default_alpha(client):
-    from ultrares_stream.upscaler import WEB_ALPHA
+    from ultrares_stream.config import WEB_ALPHA
 
     page = client.get("/").text
     assert f'id="alpha" type="range" min="0" max="1" step="0.05" value="{WEB_ALPHA:g}"' in page

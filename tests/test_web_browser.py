@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ultrares_stream.upscaler import WEB_ALPHA
+from ultrares_stream.config import WEB_ALPHA
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]

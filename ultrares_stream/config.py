@@ -13,7 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .sizes import parse_size, parse_size_range
-from .upscaler import DEFAULT_ALPHA
+
+#: default alpha, chosen from the plate score, PSNR and flicker (docs/model_card.md, "Defaults"):
+#: cameras, recorded footage and the CLI get the faithful end, which reads plates best and adds
+#: the most PSNR; the web page's slider starts a little towards detail, for people looking at a photo
+DEFAULT_ALPHA = 0.0
+WEB_ALPHA = 0.25
 
 #: URL schemes a camera's input or output may use (anything else with '://' is a typo, not a file)
 URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "file",

@@ -97,22 +97,23 @@ class _Rate:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._t.append(now)
-            while self._t and now - self._t[0] > self.window_s:
-                self._t.popleft()
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Drop events older than the window (hold the lock)."""
+        while self._t and now - self._t[0] > self.window_s:
+            self._t.popleft()
 
     def count(self) -> int:
         """Events in the window."""
-        now = time.monotonic()
         with self._lock:
-            while self._t and now - self._t[0] > self.window_s:
-                self._t.popleft()
+            self._prune(time.monotonic())
             return len(self._t)
 
     def rate(self) -> float:
         now = time.monotonic()
         with self._lock:
-            while self._t and now - self._t[0] > self.window_s:
-                self._t.popleft()
+            self._prune(now)
             if len(self._t) < 2:
                 return 0.0
             span = max(now - self._t[0], 1e-6)

@@ -12,6 +12,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_ALPHA
 from .engine import Engine, pick_device, pick_precision
 from .errors import UserError
 from .engine.select import make_engine
@@ -22,11 +23,6 @@ from .tiling import auto_tile_size, upscale_tiled
 
 log = logging.getLogger(__name__)
 
-#: default alpha, chosen from the plate score, PSNR and flicker (docs/model_card.md, "Defaults"):
-#: cameras, recorded footage and the CLI get the faithful end, which reads plates best and adds
-#: the most PSNR; the web page's slider starts a little towards detail, for people looking at a photo
-DEFAULT_ALPHA = 0.0
-WEB_ALPHA = 0.25
 TILE_PAD = 16
 # with a cancel event, frames larger than this (input pixels) run in tiles of this size, so that
 # the job can be stopped between tiles; a whole frame cannot be stopped mid-forward on a CPU

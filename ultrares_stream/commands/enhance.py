@@ -20,7 +20,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..models.registry import DEFAULT_MODELS
-    from ..upscaler import DEFAULT_ALPHA
+    from ..config import DEFAULT_ALPHA
 
     p = sub.add_parser(
         "enhance", help="upscale image files, folders of images, or recorded video",
@@ -173,7 +173,7 @@ def _kind(src: Path) -> str:
         if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
             raise
         return "video" if src.suffix.lower() in VIDEO_SUFFIXES else "image"
-    if recorded.is_video(src) or src.suffix.lower() in VIDEO_SUFFIXES:
+    if src.suffix.lower() in VIDEO_SUFFIXES or recorded.is_video(src):
         return "video"  # a damaged video is reported as a video that cannot be read, not as an image
     return "image"
 

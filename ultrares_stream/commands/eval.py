@@ -231,14 +231,14 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
 
     from ..config import StabiliseConfig
     from ..errors import UserError
-    from ..quality.datasets import _videos_in
+    from ..quality.datasets import videos_in
     from ..quality.evaluate import bicubic_upscale, model_label
     from ..quality.flicker import clip_frames, measure, upscaler_methods
     from ..upscaler import Upscaler
 
     if args.frames < 2:
         raise UserError(f"--frames must be at least 2, got {args.frames}")
-    clips = [c for d in args.dataset for c in (_videos_in(d) if d.is_dir() else [d])]
+    clips = [c for d in args.dataset for c in (videos_in(d) if d.is_dir() else [d])]
     if not clips:
         raise UserError("no clips found in " + ", ".join(str(d) for d in args.dataset))
     settings = StabiliseConfig().settings()
@@ -258,12 +258,12 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
         for label, up in ups:
             methods.update(upscaler_methods(up, label, settings))
         if args.profile:
-            methods = _recording(methods)
+            methods = _recording(methods, frames, args.scale)
         results[clip.stem] = measure(frames, methods, args.scale)
         log.info("%s: %d frames, flicker %s", clip.name, len(frames),
                  ", ".join(f"{k} {v:.3f}" for k, v in results[clip.stem].items()))
         if args.profile:
-            _write_profile(frames, methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png", args.scale)
+            _write_profile(methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png")
 
     names = list(next(iter(results.values())))
     table = Table(title=f"Flicker x{args.scale}: change on static pixels, relative to bicubic ({args.frames} frames)")
@@ -290,28 +290,31 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
     return 0
 
 
-def _recording(methods: dict) -> dict:
-    """Wrap methods so that each keeps its outputs (for the profile picture)."""
-    wrapped = {}
-    for name, fn in methods.items():
-        def rec(lr, _fn=fn, _store=[]):
-            out = _fn(lr)
-            _store.append(out)
-            return out
-        rec.outputs = rec.__defaults__[1]
-        wrapped[name] = rec
-    return wrapped
+class _Recorder:
+    """Wraps a method (LR -> SR) and keeps, of each output, only what the profile picture shows:
+    the profile row's segment, and the crop of the middle frame."""
+
+    def __init__(self, fn, layout: dict, mid: int):
+        self.fn, self.layout, self.mid = fn, layout, mid
+        self.rows, self.crop, self._n = [], None, 0
+
+    def __call__(self, lr):
+        out = self.fn(lr)
+        row, x0, x1 = self.layout["row"]
+        self.rows.append(out[row, x0:x1].copy())
+        if self._n == self.mid:
+            (y0, y1), (cx0, cx1) = self.layout["crop"]
+            self.crop = out[y0:y1, cx0:cx1].copy()
+        self._n += 1
+        return out
 
 
-def _write_profile(frames: list, methods: dict, path: Path, scale: int) -> None:
-    """Bicubic, the first model without and with the stabiliser, side by side: on top a temporal
-    profile (one row of a still, textured area, stacked over the frames: steady = vertical
-    stripes), below a crop of the frame in the middle of the clip where the input moves most."""
+def _profile_layout(frames: list, scale: int) -> dict:
+    """Where the picture looks, in HR pixels, decided from the LR frames alone: the row segment of a
+    still, textured area (``row``: (y, x0, x1)) and the box where the input moves most (``crop``)."""
     import numpy as np
-    from PIL import Image, ImageDraw
     from scipy.ndimage import uniform_filter
 
-    names = [n for n in methods if n == "bicubic"] + [n for n in methods if n != "bicubic"][:2]
     lr = np.stack([f.astype(np.int16) for f in frames])
     motion = np.abs(np.diff(lr, axis=0)).max(axis=(0, 3)).astype(float)  # HxW: largest change in time
     h, w = motion.shape
@@ -319,31 +322,47 @@ def _write_profile(frames: list, methods: dict, path: Path, scale: int) -> None:
     span = min(w, 2 * band)  # LR pixels of the profile row and of the crop's width
     texture = np.abs(np.diff(lr[0].mean(axis=2), axis=1))  # horizontal detail of the first frame
     still_detail = uniform_filter(texture / (1.0 + motion[:, 1:]), size=(1, span), mode="constant")
-    row, px = np.unravel_index(np.argmax(still_detail[int(h * 0.1): int(h * 0.9)]), still_detail[int(h * 0.1):].shape)
-    row += int(h * 0.1)
+    top = int(h * 0.1)
+    row, px = np.unravel_index(np.argmax(still_detail[top: int(h * 0.9)]), still_detail[top:].shape)
     px = int(np.clip(px - span // 2, 0, w - span))
     busy = uniform_filter(motion, size=(band, 2 * band), mode="constant")
     cy, cx = np.unravel_index(np.argmax(busy), busy.shape)
     y0 = int(np.clip(cy - band // 2, 0, max(0, h - band))) * scale
     x0 = int(np.clip(cx - band, 0, max(0, w - 2 * band))) * scale
-    mid = len(frames) // 2
+    return {"row": ((int(row) + top) * scale, px * scale, (px + span) * scale),
+            "crop": ((y0, y0 + band * scale), (x0, x0 + 2 * band * scale))}
+
+
+def _recording(methods: dict, frames: list, scale: int) -> dict:
+    """Bicubic and the first model without and with the stabiliser, wrapped in :class:`_Recorder`s."""
+    shown = [n for n in methods if n == "bicubic"] + [n for n in methods if n != "bicubic"][:2]
+    layout = _profile_layout(frames, scale)
+    return {n: _Recorder(fn, layout, len(frames) // 2) if n in shown else fn for n, fn in methods.items()}
+
+
+def _write_profile(methods: dict, path: Path) -> None:
+    """The recorded methods side by side: on top the temporal profile (the row stacked over the
+    frames, 3 px a frame: steady = vertical stripes), below the crop around the largest motion."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     tiles = []
-    for n in names:
-        outs = methods[n].outputs
-        profile = np.repeat(np.stack([o[row * scale, px * scale: (px + span) * scale] for o in outs]), 3, axis=0)
-        crop = outs[mid][y0: y0 + band * scale, x0: x0 + 2 * band * scale]
-        width = max(profile.shape[1], crop.shape[1])
-        tile = np.zeros((14 + profile.shape[0] + 4 + crop.shape[0], width, 3), np.uint8)
+    for name, rec in methods.items():
+        if not isinstance(rec, _Recorder):
+            continue
+        profile = np.repeat(np.stack(rec.rows), 3, axis=0)
+        crop = rec.crop
+        tile = np.zeros((14 + profile.shape[0] + 4 + crop.shape[0], max(profile.shape[1], crop.shape[1]), 3),
+                        np.uint8)
         tile[14: 14 + profile.shape[0], : profile.shape[1]] = profile
         tile[18 + profile.shape[0]:, : crop.shape[1]] = crop
         img = Image.fromarray(tile)
-        ImageDraw.Draw(img).text((2, 1), n, fill=(255, 255, 255))
+        ImageDraw.Draw(img).text((2, 1), name, fill=(255, 255, 255))
         tiles.append(np.asarray(img))
     grid = np.concatenate([np.pad(t, ((0, 0), (0, 8), (0, 0))) for t in tiles], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
-    log.info("wrote %s (%s; row %d over %d frames, then frame %d around the largest motion)", path,
-             " | ".join(names), row * scale, len(frames), mid)
+    log.info("wrote %s", path)
 
 
 def _write_per_image(records: list[dict], path: Path) -> None:

@@ -59,7 +59,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def _videos_in(folder: Path) -> list[Path]:
+def videos_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
 
 
@@ -68,7 +68,7 @@ def is_video_folder(path: Path) -> bool:
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() in VIDEO_EXTS
-    return path.is_dir() and bool(_videos_in(path)) and not _images_in(path) and not (path / "HR").is_dir()
+    return path.is_dir() and bool(videos_in(path)) and not _images_in(path) and not (path / "HR").is_dir()
 
 
 def modcrop(img: np.ndarray, multiple: int) -> np.ndarray:
@@ -240,7 +240,7 @@ def traffic_video_pairs(video_dir: Path, scale: int = 4, frames_per_clip: int = 
     if video_dir.is_file():
         clips = [video_dir]
     elif video_dir.is_dir():
-        clips = _videos_in(video_dir)
+        clips = videos_in(video_dir)
     else:
         raise UserError(f"video folder not found: {video_dir}")
     if not clips:

@@ -78,16 +78,29 @@ def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], upscale_fn: Up
     }
 
 
+def to_input(lr: np.ndarray, device):
+    """LR uint8 HWC -> 1CHW float [0, 1] tensor on ``device`` (what an upscaler takes)."""
+    import torch
+
+    from ..colour import uint8_to_float
+
+    return uint8_to_float(torch.from_numpy(np.ascontiguousarray(lr))).to(device)
+
+
+def to_image(out) -> np.ndarray:
+    """1CHW float [0, 1] output -> SR uint8 HWC on the host (rounded, as a file would hold it)."""
+    from ..colour import float_to_uint8
+
+    return float_to_uint8(out.float().cpu())[0].numpy()
+
+
 def upscaler_fn(upscaler) -> UpscaleFn:
     """Wrap an :class:`~ultrares_stream.upscaler.Upscaler` as ``lr uint8 HWC -> sr uint8 HWC``."""
     import torch
 
-    from ..colour import float_to_uint8, uint8_to_float
-
     def run(lr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = uint8_to_float(torch.from_numpy(np.ascontiguousarray(lr)))
-            return float_to_uint8(upscaler.upscale(x).float().cpu())[0].numpy()
+            return to_image(upscaler.upscale(to_input(lr, upscaler.device)))
 
     return run
 
@@ -111,16 +124,15 @@ def stabilised_fn(upscaler, settings) -> UpscaleFn:
     stabiliser (:mod:`ultrares_stream.temporal`) run over all of them, as a live camera would."""
     import torch
 
-    from ..colour import float_to_uint8, uint8_to_float
     from ..temporal import Stabiliser
 
     def run(frames: np.ndarray) -> np.ndarray:
         stab = Stabiliser(settings)
         with torch.inference_mode():
             for lr in frames:
-                x = uint8_to_float(torch.from_numpy(np.ascontiguousarray(lr))).to(upscaler.device)
+                x = to_input(lr, upscaler.device)
                 out = stab(x, upscaler.upscale(x).float())
-            return float_to_uint8(out.cpu())[0].numpy()
+            return to_image(out)
 
     return run
 

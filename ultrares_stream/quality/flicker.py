@@ -81,31 +81,25 @@ def measure(frames: Iterable[np.ndarray], methods: dict[str, Callable[[np.ndarra
     return {name: m.value for name, m in meters.items()}
 
 
-def temporal_profile(outputs: list[np.ndarray], row: int, x0: int, width: int) -> np.ndarray:
-    """One row of pixels (``x0``..``x0 + width``) of each output stacked over time (frames x width x 3):
-    a still scene gives vertical stripes, flicker gives speckle."""
-    return np.stack([o[row, x0: x0 + width] for o in outputs])
-
-
 def upscaler_methods(upscaler, label: str, settings) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """``{label: plain, label + " stabilised": stabilised}`` for one upscaler; the stabilised one
     reuses the network output the plain one just made (call them in that order on each frame)."""
     import torch
 
-    from ..colour import float_to_uint8, uint8_to_float
     from ..temporal import Stabiliser
+    from .evaluate import to_image, to_input
 
     last: dict[str, torch.Tensor] = {}
     stab = Stabiliser(settings)
 
     def plain(lr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = uint8_to_float(torch.from_numpy(np.ascontiguousarray(lr))).to(upscaler.device)
+            x = to_input(lr, upscaler.device)
             last["lr"], last["out"] = x, upscaler.upscale(x).float()
-            return float_to_uint8(last["out"].cpu())[0].numpy()
+            return to_image(last["out"])
 
     def stabilised(lr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return float_to_uint8(stab(last["lr"], last["out"]).cpu())[0].numpy()
+            return to_image(stab(last["lr"], last["out"]))
 
     return {label: plain, f"{label} stabilised": stabilised}

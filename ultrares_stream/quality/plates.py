@@ -26,7 +26,6 @@ Reader = Callable[[np.ndarray], str]
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
 CONTEXT = 48  # HR pixels of scene kept around the plate: the nets see real surroundings
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,10 @@ class PlateResult:
 
     accuracy: dict[str, float]
     reads: list[dict[str, str]]  # per plate: {"image", "truth", method: text ...}
-    count: int
+
+    @property
+    def count(self) -> int:
+        return len(self.reads)
 
     def gap(self, method: str) -> float:
         return gap_closed(self.accuracy[method], self.accuracy["bicubic"], self.accuracy["original"])
@@ -142,7 +144,7 @@ def score_plates(samples: Iterable[tuple[str, np.ndarray, tuple[int, int, int, i
         reads.append(row)
     if not reads:
         raise ValueError("no plates to score")
-    return PlateResult({k: v / len(reads) for k, v in totals.items()}, reads, len(reads))
+    return PlateResult({k: v / len(reads) for k, v in totals.items()}, reads)
 
 
 def photo_samples(plates: Iterable[Plate]):

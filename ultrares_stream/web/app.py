@@ -40,7 +40,7 @@ from ..sizes import PRESETS, is_decimal
 from . import uploads
 from .errors import ApiError
 from .jobs import JobQueue, JobTimeout, QueueFull
-from ..upscaler import WEB_ALPHA
+from ..config import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
 
 log = logging.getLogger(__name__)
