@@ -232,3 +232,44 @@ def test_training_from_a_shallower_init_deepens_it(tmp_path):
     for k in ("body.0.weight", "body.3.weight"):  # first conv, first body activation: carried over
         assert torch.equal(deeper.g.state_dict()[k], small[k])
     assert deeper.g.num_conv == 4 and torch.equal(deeper.g.state_dict()["body.10.bias"], small["body.6.bias"])
+
+
+def test_reparameterisable_compact_collapses_to_the_same_function():
+    from ultrares_stream.models.archs import SRVGGNetCompact
+    from ultrares_stream.train.reparam import RepCompact
+
+    torch.manual_seed(0)
+    plain = SRVGGNetCompact(num_feat=8, num_conv=3, upscale=4).eval()
+    rep = RepCompact.from_compact(plain.state_dict())
+    x = torch.rand(2, 3, 9, 13)
+    with torch.no_grad():
+        assert torch.equal(rep(x), plain(x))  # extra branches start at zero: same net
+        for p in rep.parameters():  # every branch now contributes
+            p.add_(0.05 * torch.randn_like(p))
+        trained = rep(x)
+        collapsed = rep.collapsed().eval()
+        assert not torch.allclose(trained, plain(x), atol=1e-3)
+        assert torch.allclose(collapsed(x), trained, atol=1e-5)
+    assert set(rep.compact_state_dict()) == set(plain.state_dict())
+
+
+def test_reparam_training_with_a_teacher_ships_plain_compact_weights(tmp_path):
+    from ultrares_stream.errors import UserError
+    from ultrares_stream.models.archs import RRDBNet
+    from ultrares_stream.models.checkpoint import build_model, save_checkpoint
+
+    folder = _scene(tmp_path)
+    init = Trainer(_cfg(tmp_path / "p", folder, steps=5)).fit(resume=False)
+    teacher = Trainer(_cfg(tmp_path / "t", folder, steps=5, num_feat=12)).fit(resume=False)
+    trainer = Trainer(_cfg(tmp_path / "r", folder, steps=8, init=init, reparam=True, teacher=teacher))
+    out = trainer.fit(resume=False)
+    assert trainer.history == [] and trainer.step == 8
+    shipped = build_model(read_checkpoint(out))  # loads strictly as a plain SRVGGNetCompact
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(shipped(x), trainer.ema(x), atol=1e-5)
+        assert not torch.allclose(shipped(x), build_model(read_checkpoint(init))(x), atol=1e-4)
+    rrdb = tmp_path / "rrdb.safetensors"
+    save_checkpoint(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).state_dict(), rrdb, {})
+    with pytest.raises(UserError, match="--reparam"):
+        Trainer(_cfg(tmp_path / "x", folder, init=rrdb, reparam=True))

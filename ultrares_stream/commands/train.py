@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "any known architecture (SRVGGNetCompact, RLFN, SPAN, RRDBNet): the net is built from them and "
                         "--num-feat/--num-conv are ignored, except that a compact net with fewer body convs than "
                         "--num-conv is deepened with identity layers")
+    p.add_argument("--reparam", action="store_true",
+                   help="train a compact net with re-parameterisable multi-branch convs; the weights ship collapsed "
+                        "into the plain net (same speed)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="weights of a stronger x4 net whose output is a second L1 target (distillation)")
+    p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the teacher's L1 term")
     p.add_argument("--perceptual", default=None,
                    help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
                         "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, stage=args.stage, images=images, videos=videos, plates=args.plates, steps=args.steps,
         budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
+        reparam=args.reparam, teacher=args.teacher, distill_weight=args.distill_weight,
         degradation=degradation_config(args.degradation, args.degrade),
         val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
         seed=args.seed, threads=args.threads, precision=args.precision,

@@ -22,12 +22,13 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from ..models.archs import SRVGGNetCompact
-from ..models.checkpoint import infer_arch, read_checkpoint, save_checkpoint
+from ..models.checkpoint import build_model, infer_arch, read_checkpoint, save_checkpoint
 from .data import CropSampler, PairSampler, build_pairs, build_pool
 from .degradations import DegradationConfig, degrade
 from .discriminator import VGGDiscriminator
 from .growth import deepen_compact
 from .losses import feature_network, perceptual_loss, ragan_d_loss, ragan_g_loss
+from .reparam import RepCompact
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class TrainConfig:
     budget_minutes: float | None = None
     ema_decay: float = 0.999
     init: Path | None = None  # generator weights to start from (the PSNR stage for "gan")
+    # train a compact net in its re-parameterisable form (train.reparam); it ships collapsed
+    reparam: bool = False
+    teacher: Path | None = None  # weights of a stronger net whose output is a second L1 target
+    distill_weight: float = 0.5
     perceptual: str | None = None  # vgg19:PATH | srnet:PATH | none
     pixel_weight: float = 1.0
     perceptual_weight: float = 1.0
@@ -84,6 +89,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.g = self._build_generator()
+        self.teacher = self._build_teacher()
         self.ema = copy.deepcopy(self.g).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -109,6 +115,8 @@ class Trainer:
         a shallower compact net is deepened with identity layers."""
         cfg = self.cfg
         if cfg.init is None:
+            if cfg.reparam:
+                return RepCompact(num_feat=cfg.num_feat, num_conv=cfg.num_conv, upscale=cfg.scale)
             return SRVGGNetCompact(num_feat=cfg.num_feat, num_conv=cfg.num_conv, upscale=cfg.scale)
         sd = read_checkpoint(cfg.init)
         spec = infer_arch(sd, str(cfg.init))
@@ -120,9 +128,26 @@ class Trainer:
                      cfg.init, have, cfg.num_conv)
             sd = deepen_compact(sd, cfg.num_conv, str(cfg.init))
             spec = infer_arch(sd, str(cfg.init))
+        if cfg.reparam:
+            if spec.arch != "SRVGGNetCompact" or dict(spec.kwargs)["act_type"] != "prelu":
+                raise UserError(f"--reparam trains SRVGGNetCompact (PReLU) nets; {cfg.init} is {spec.describe()}")
+            return RepCompact.from_compact(sd, str(cfg.init))
         net = spec.build()
         net.load_state_dict(sd, strict=True)
         return net
+
+    def _build_teacher(self) -> torch.nn.Module | None:
+        if self.cfg.teacher is None:
+            return None
+        net = build_model(read_checkpoint(self.cfg.teacher), str(self.cfg.teacher)).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    @staticmethod
+    def shipped_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The weights as they ship: a re-parameterisable net collapsed to its plain form."""
+        return net.compact_state_dict() if isinstance(net, RepCompact) else net.state_dict()
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -144,7 +169,7 @@ class Trainer:
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.ckpt_path)  # never leave a half-written checkpoint
-        save_checkpoint(self.ema.state_dict(), self.cfg.out_dir / "generator_ema.safetensors",
+        save_checkpoint(self.shipped_state_dict(self.ema), self.cfg.out_dir / "generator_ema.safetensors",
                         {"stage": self.cfg.stage, "step": str(self.step)})
 
     def resume(self) -> bool:
@@ -184,6 +209,12 @@ class Trainer:
         pixel = F.l1_loss(sr, hr)
         logs: dict[str, float] = {"l1": float(pixel.detach())}
         loss = cfg.pixel_weight * pixel if gan else pixel
+        if self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                target = self.teacher(lr_img).float().clamp(0, 1)
+            distill = F.l1_loss(sr, target)
+            loss = loss + cfg.distill_weight * distill
+            logs["distill"] = float(distill.detach())
         if gan:
             with self._autocast():
                 if self.feat is not None:
@@ -265,7 +296,8 @@ class Trainer:
                 self.pair_sampler.set_state(self._pair_sampler_state)
             log.info("%.0f %% of batches from %d H.264 frame pairs", 100 * cfg.pair_prob, len(self.pair_sampler))
         log.info("stage %s: %d training images/frames, %s, batch %d x %dpx, %s", cfg.stage, len(self.sampler),
-                 infer_arch(self.g.state_dict()).describe(), cfg.batch, cfg.crop,
+                 infer_arch(self.shipped_state_dict(self.g)).describe()
+                 + (" (re-parameterisable training form)" if cfg.reparam else ""), cfg.batch, cfg.crop,
                  "bf16 autocast" if self.bf16 else "fp32")
         deadline = time.monotonic() + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
         started = time.monotonic()
