@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import struct
 import subprocess
@@ -228,6 +229,10 @@ def test_info_metrics_and_probes(client):
     assert client.get("/static/app.js").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/api/v1/upscale", "/api/v1/models", "/api/v1/streams", "/api/v1/streams/{name}"} <= set(schema["paths"])
+    # multipart cannot send null, so no form field may claim it accepts one
+    form = schema["components"]["schemas"]["Body_upscale_api_v1_upscale_post"]["properties"]
+    assert "null" not in json.dumps(form), form
+    assert form["model"]["default"] == "default" and form["size"]["default"] == ""
 
 
 # ----------------------------------------------------------------------------- bad input -> 4xx JSON
@@ -538,6 +543,50 @@ def test_ultrares_web_command_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_slow_clients_are_dropped_and_others_still_served(pair_spec):
+    """Slowloris: connections trickling their headers or body a byte at a time are closed at
+    their deadline (the headers' here 1 s) while normal requests keep being answered."""
+    import httpx
+
+    from ultrares_stream.service import HttpServer
+    from ultrares_stream.web import slow_clients
+
+    server = HttpServer(create_app(default_model=pair_spec, device="cpu"), port=_free_port())
+    server.server.config.http = slow_clients.protocol(header_s=1.0, min_rate=100_000)
+    server.start()
+    slow = []
+    try:
+        for i in range(20):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" if i % 2 else
+                      b"POST /api/v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            slow.append(s)
+        started = time.monotonic()
+        closed = [False] * len(slow)
+        while not all(closed) and time.monotonic() - started < 8:
+            for i, s in enumerate(slow):
+                if closed[i]:
+                    continue
+                try:
+                    s.sendall(b"x")  # one byte every 0.2 s: far below any deadline's rate
+                    s.settimeout(0.01)
+                    closed[i] = s.recv(1024) == b""
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed[i] = True
+            assert httpx.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
+            time.sleep(0.2)
+        assert all(closed), f"{closed.count(False)} slow connections still open after 8 s"
+        # the GETs' headers had 1 s; the POSTs' 100,000-byte bodies 1 s + 100,000 / 100,000 B/s
+        assert slow_clients.body_deadline_s(100_000, 1.0, 100_000, 600) == pytest.approx(2.0)
+        assert slow_clients.body_deadline_s(None, 1.0, 100_000, 600) == 600
+    finally:
+        for s in slow:
+            s.close()
+        server.stop()
 
 
 def test_ultrares_web_refuses_bad_options():

@@ -163,8 +163,10 @@ class HttpServer:
         import uvicorn
 
         self.host, self.port = host, port
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        from .web import slow_clients
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                                    lifespan="on", http=slow_clients.protocol()))
         self._thread: threading.Thread | None = None
 
     @property

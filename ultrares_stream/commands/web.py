@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                     "(set --token or ULTRARES_API_TOKEN)", args.host)
     import uvicorn
 
+    from ..web import slow_clients
     from ..web.app import create_app
 
     if args.model:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("web page on http://%s:%d/ (API docs at /docs, token %s)", args.host, args.port,
              "required for changes" if args.token else "off")
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
-                access_log=False)
+                access_log=False, http=slow_clients.protocol())
     return 0
 
 

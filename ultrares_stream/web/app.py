@@ -315,12 +315,12 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     )
     async def upscale(
         image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, TIFF or GIF (type judged from content)")],
-        model: Annotated[ModelName | None, Form(description="model name (GET /api/v1/models); "
-                                                            "default: the server's")] = None,
+        model: Annotated[ModelName, Form(description="model name (GET /api/v1/models); "
+                                                "default: the server's")] = "default",
         alpha: Annotated[float, Form(ge=0.0, le=1.0, description="0 = faithful, 1 = detailed (pairs only)")] = WEB_ALPHA,
-        size: Annotated[str | None, Form(max_length=20, description="output box: 720p, 1080p, 1440p, 4k or "
-                                                                    "WIDTHxHEIGHT (aspect ratio kept); empty = "
-                                                                    "the network's scale")] = None,
+        size: Annotated[str, Form(max_length=20, description="output box: 720p, 1080p, 1440p, 4k or "
+                                                             "WIDTHxHEIGHT (aspect ratio kept); empty = "
+                                                             "the network's scale")] = "",
         format: Annotated[Literal["png", "jpeg", "webp"], Form(description="output format")] = "png",
     ) -> Response:
         started = time.perf_counter()
@@ -329,13 +329,13 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
             if len(data) > max_upload_bytes:
                 raise ApiError(413, f"the upload is over {max_upload_bytes:,} bytes; send a smaller file")
             spec = ctx.check_model(model)
-            if size and size.strip():
+            if size.strip():
                 from ..sizes import parse_size
 
                 parse_size(size)  # a bad size is a 400 before any work is queued
             upload = uploads.identify(data, max_pixels)
             cancel = threading.Event()
-            job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, (size or "").strip() or None, format,
+            job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
                           max_output_pixels, cancel)
             try:
                 result = await ctx.jobs.run(job, timeout=ctx.request_timeout, cancel=cancel)
