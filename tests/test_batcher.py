@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ultrares_stream.batcher import Batcher, enhance_batch, pack_yuv420p, split_yuv420p
+from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.colour import pack_yuv420p, split_yuv420p
 from ultrares_stream.frame_queue import FrameQueue
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.models.archs import SRVGGNetCompact

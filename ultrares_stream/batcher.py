@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .colour import rgb_to_yuv420p, yuv420p_to_rgb
+from .colour import pack_yuv420p, rgb_to_yuv420p, split_yuv420p, yuv420p_to_rgb
 from .frame_queue import FrameQueue
 from .sources import Frame
 from .temporal import Stabiliser, stabilise_batch
@@ -71,23 +71,6 @@ class BatchClient(Protocol):
 
         A client may also have an integer ``failed`` attribute: frames lost to inference errors are counted there.
         """
-
-
-def split_yuv420p(packed: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, ...]:
-    """(N, H*3/2, W) packed uint8 -> Y (N,H,W), U (N,H/2,W/2), V (N,H/2,W/2) (views, no copy)."""
-    n = packed.shape[0]
-    flat = packed.reshape(n, -1)
-    ys, cs = width * height, (width // 2) * (height // 2)
-    y = flat[:, :ys].reshape(n, height, width)
-    u = flat[:, ys:ys + cs].reshape(n, height // 2, width // 2)
-    v = flat[:, ys + cs:ys + 2 * cs].reshape(n, height // 2, width // 2)
-    return y, u, v
-
-
-def pack_yuv420p(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`split_yuv420p`: planes -> (N, H*3/2, W) packed uint8."""
-    n, h, w = y.shape
-    return torch.cat((y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)), 1).reshape(n, h * 3 // 2, w)
 
 
 def output_size_for(upscaler, width: int, height: int, size: tuple[int, int] | None) -> tuple[int, int]:

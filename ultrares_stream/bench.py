@@ -17,8 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .colour import split_yuv420p, yuv420p_to_rgb
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,11 +87,6 @@ def model_alone(upscaler, frames: list, width: int, height: int, batch: int, war
 
 
 def _model_alone(upscaler, frames: list, width: int, height: int, batch: int, warmup: int) -> dict:
-    from .batcher import split_yuv420p
-    from .colour import yuv420p_to_rgb
-
-    import numpy as np
-
     with torch.inference_mode():
         packed = torch.from_numpy(np.stack(frames)).to(upscaler.device)
         rgb = yuv420p_to_rgb(*split_yuv420p(packed, width, height))

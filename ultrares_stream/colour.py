@@ -1,4 +1,9 @@
-"""Pixel formats and colour conversion as small pure tensor functions (run on the inference device)."""
+"""Pixel formats and colour conversion as small pure tensor functions (run on the inference device).
+
+Packed ``yuv420p`` is what decoders give and encoders take: ``(N, H*3/2, W)`` uint8, Y rows then
+U then V. :func:`split_yuv420p` / :func:`pack_yuv420p` view it as planes; :func:`yuv420p_to_rgb` /
+:func:`rgb_to_yuv420p` convert the planes.
+"""
 from __future__ import annotations
 
 import torch
@@ -23,6 +28,23 @@ def uint8_to_float(frames: torch.Tensor) -> torch.Tensor:
 def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """NCHW float in [0, 1] -> NHWC uint8, rounded and clamped."""
     return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def split_yuv420p(packed: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, ...]:
+    """(N, H*3/2, W) packed uint8 -> Y (N,H,W), U (N,H/2,W/2), V (N,H/2,W/2) (views, no copy)."""
+    n = packed.shape[0]
+    flat = packed.reshape(n, -1)
+    ys, cs = width * height, (width // 2) * (height // 2)
+    y = flat[:, :ys].reshape(n, height, width)
+    u = flat[:, ys:ys + cs].reshape(n, height // 2, width // 2)
+    v = flat[:, ys + cs:ys + 2 * cs].reshape(n, height // 2, width // 2)
+    return y, u, v
+
+
+def pack_yuv420p(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_yuv420p`: planes -> (N, H*3/2, W) packed uint8."""
+    n, h, w = y.shape
+    return torch.cat((y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)), 1).reshape(n, h * 3 // 2, w)
 
 
 def yuv420p_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
