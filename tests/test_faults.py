@@ -114,6 +114,41 @@ def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
     assert statistics.median(recoveries) < 2.0 and max(recoveries) < 5.0, recoveries
 
 
+def test_a_frozen_camera_is_marked_down_within_its_timeout(gst_rtsp):
+    """SIGSTOP of the camera (TCP open, no data): down within timeout_s + 1 s (issue 15's target),
+    counted from the last frame that arrived, and back up after SIGCONT."""
+    from ultrares_stream.demo.server import RtspServer
+    from ultrares_stream.metrics import Metrics
+    from ultrares_stream.sources import Source
+
+    m = Metrics()
+    timeout_s = 2.0
+    with RtspServer(port=0).start(timeout=30) as camera:
+        src = Source(camera.camera_url, "cam", live=True, timeout_s=timeout_s, backoff_initial_s=0.2, metrics=m)
+        last = [0.0]
+
+        def read():
+            for _ in src.frames():
+                last[0] = time.monotonic()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            downs = []
+            for _ in range(3):
+                assert wait_for(lambda: src.connected.is_set() and time.monotonic() - last[0] < 0.2, 30)
+                os.kill(camera.pid, signal.SIGSTOP)
+                frozen = time.monotonic()
+                try:
+                    assert wait_for(lambda: not src.connected.is_set(), timeout_s + 5)
+                    downs.append(time.monotonic() - frozen)
+                    assert m.up.labels("cam")._value.get() == 0
+                finally:
+                    os.kill(camera.pid, signal.SIGCONT)
+        finally:
+            src.stop()
+    assert max(downs) <= timeout_s + 1.0, downs
+
+
 def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model, tmp_path):
     """A real ``ultrares serve`` recording a camera to MP4, killed with SIGKILL: the file plays, with
     every frame published up to the last keyframe (GOP here: 10 frames)."""

@@ -92,11 +92,16 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
     us = str(int(timeout_s * 1_000_000))
     options: dict[str, str] = {}
     fmt = None
+    read_s = timeout_s
     scheme = urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in ("rtsp", "rtsps"):
         if transport not in ("tcp", "udp"):
             raise UserError(f"rtsp_transport must be tcp or udp, not {transport!r}")
-        options.update(rtsp_transport=transport, timeout=us)
+        # FFmpeg's RTSP demuxer answers the first failed read with the frame its RTP depacketiser
+        # still held, and fails only on the next: two read timeouts pass before a frozen camera
+        # is an error. Half of timeout_s each keeps that within timeout_s.
+        read_s = timeout_s / 2
+        options.update(rtsp_transport=transport, timeout=str(int(read_s * 1_000_000)))
         # the RTP jitter buffer adds latency; keep reordering short for live video
         options["max_delay"] = "500000"
         # stream parameters come in the SDP and the first keyframe: probing longer only delays (re)connects
@@ -110,7 +115,7 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
     elif text.startswith("/dev/video") or scheme == "v4l2":
         fmt = "v4l2"
         text = text.split("://", 1)[1] if scheme == "v4l2" else text
-    return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, timeout_s)}
+    return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, read_s)}
 
 
 def pick_hwaccel(device: str, mode: str = "auto", probe: Callable[[str], str | None] | None = None) -> str | None:
@@ -327,12 +332,13 @@ class Source:
                 if self._stop.is_set() or (self.max_frames is not None and self._index >= self.max_frames):
                     return
                 t0 = time.perf_counter()
-        except BaseException:
-            self._set_down()  # down now: closing a dead connection can take another timeout (RTSP TEARDOWN)
-            raise
         finally:
             self._container = None
-            if self.live and sys.exc_info()[0] is not None:
+            if self.live:
+                # Down now, and close in the background: a camera that froze ends the decode loop
+                # at FFmpeg's socket timeout (as an end of stream, not an error), and closing it
+                # sends an RTSP TEARDOWN that waits another timeout for an answer.
+                self._set_down()
                 threading.Thread(target=_close_quietly, args=(container,), daemon=True,
                                  name=f"close-{self.name}").start()
             else:
