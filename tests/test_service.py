@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ultrares_stream.demo.server import free_port
 from ultrares_stream.cli import main
 from ultrares_stream.config import parse_config
-from ultrares_stream.service import HttpServer, Service, fallback_app, make_app
+from ultrares_stream.service import HttpServer, Service, make_app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,15 +33,14 @@ def config(tmp_path, model, port, cams):
     })
 
 
-@pytest.mark.parametrize("web", ["app", "fallback"])
-def test_metrics_agree_with_frames_published(tmp_path, tiny_model, web, make_clip):
+def test_metrics_agree_with_frames_published(tmp_path, tiny_model, make_clip):
     clips = [make_clip(tmp_path / f"c{i}.mp4", frames=n, w=48, h=32) for i, n in enumerate((12, 7))]
     cams = [{"name": f"cam{i}", "input": str(c), "output": str(tmp_path / f"out{i}.mkv")}
             for i, c in enumerate(clips)]
     cams[1]["output_size"] = "64x44"
     port = free_port()
     svc = Service(config(tmp_path, tiny_model, port, cams))
-    app = make_app(svc) if web == "app" else fallback_app(svc)
+    app = make_app(svc)
     http = HttpServer(app, "127.0.0.1", port).start()
     try:
         assert httpx.get(http.url + "/readyz", timeout=5).status_code == 503  # nothing published yet

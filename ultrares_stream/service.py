@@ -14,10 +14,12 @@ import time
 
 from .batcher import Batcher
 from .config import ServiceConfig
+from .errors import UserError
 from .metrics import Metrics
 from .sinks import EncoderSettings
 from .sources import is_live, mask_url, pick_hwaccel
 from .stream import Stream, UpscalerPool
+from .web.app import create_app
 
 log = logging.getLogger(__name__)
 
@@ -105,53 +107,8 @@ class Service:
             stop_event.wait(0.2)
 
 
-def fallback_app(service: Service):
-    """A minimal app (``/metrics``, ``/healthz``, ``/readyz``, streams API) for when the web app is absent."""
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    app = FastAPI(title="UltraRes Stream")
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
-        ok = service.healthy()
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
-
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        ok = service.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    @app.get("/api/v1/streams")
-    def streams() -> dict:
-        return {"streams": [s.status() for s in service.cameras.values()]}
-
-    @app.patch("/api/v1/streams/{name}")
-    def patch(name: str, body: dict) -> dict:
-        cam = service.cameras.get(name)
-        if cam is None:
-            raise HTTPException(404, f"no camera named {name!r}")
-        if "alpha" in body:
-            cam.set_alpha(float(body["alpha"]))
-        if "model" in body:
-            cam.set_model(str(body["model"]))
-        return cam.status()
-
-    return app
-
-
 def make_app(service: Service, api_token: str | None = None):
-    """The web app for ``service`` (``ultrares_stream.web.app.create_app``), else :func:`fallback_app`."""
-    try:
-        from .web.app import create_app
-    except ImportError as exc:
-        log.warning("web app not available (%s); serving only /metrics, /healthz, /readyz and the streams API", exc)
-        return fallback_app(service)
+    """The web app for ``service`` (:func:`ultrares_stream.web.app.create_app`)."""
     return create_app(service=service, metrics=service.metrics, api_token=api_token,
                       default_model=service.config.defaults.model, device=str(service.device))
 
@@ -175,8 +132,6 @@ class HttpServer:
         return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> HttpServer:
-        from .errors import UserError
-
         self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self._thread.start()
         end = time.monotonic() + timeout

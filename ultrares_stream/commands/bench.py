@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UserError
 from .options import add_device, add_precision, add_threads
 
 
@@ -34,14 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..errors import UserError
-
     console = Console()
     if args.matrix:
-        try:
-            from ..engine.bench import run_matrix
-        except ImportError as exc:
-            raise UserError(f"--matrix needs ultrares_stream.engine.bench, which is not available here ({exc})") from None
+        from ..engine.bench import run_matrix  # torch: imported only when the command runs
+
         try:
             batches = tuple(int(b) for b in args.batches.split(","))
         except ValueError:

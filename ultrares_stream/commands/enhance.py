@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import DEFAULT_ALPHA, StabiliseConfig
 from ..errors import UserError
-from ..sizes import is_decimal
+from ..models.registry import DEFAULT_MODELS
+from ..sizes import is_decimal, parse_size
 from .options import add_device, add_precision, add_threads
 
 log = logging.getLogger("ultrares.enhance")
@@ -19,9 +21,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..models.registry import DEFAULT_MODELS
-    from ..config import DEFAULT_ALPHA
-
     p = sub.add_parser(
         "enhance", help="upscale image files, folders of images, or recorded video",
         description="Upscale PNG, JPEG, WebP, BMP and TIFF images (type detected from content), folders of "
@@ -110,8 +109,6 @@ def plan_jobs(inputs: list[Path], output: Path) -> list[Job]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sizes import parse_size
-
     size = parse_size(args.size) if args.size else None
     if args.scale is not None and not 0 < args.scale <= 16:
         raise UserError(f"--scale must be between 0 and 16, not {args.scale}")
@@ -167,12 +164,8 @@ def _kind(src: Path) -> str:
 
     if detect_format(src) is not None:
         return "image"
-    try:
-        from .. import recorded
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
-            raise
-        return "video" if src.suffix.lower() in VIDEO_SUFFIXES else "image"
+    from .. import recorded  # torch and PyAV: imported only when a file is enhanced
+
     if src.suffix.lower() in VIDEO_SUFFIXES or recorded.is_video(src):
         return "video"  # a damaged video is reported as a video that cannot be read, not as an image
     return "image"
@@ -239,18 +232,11 @@ def _crf(text: str) -> int:
 
 def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = "medium",
                    crf: int = 18, threads: int | None = None, stabilise: bool = True):
-    try:
-        from .. import recorded
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__.rsplit('.', 1)[0]}.recorded":
-            raise
-        raise UserError(f"{src}: video input is not available in this build "
-                        "(ultrares_stream.recorded is missing)") from None
+    from .. import recorded
+
     if scale is not None:
         size = _scaled_video_size(src, scale)
     from ..sinks import EncoderSettings
-
-    from ..config import StabiliseConfig
 
     encoder = EncoderSettings(preset=preset, crf=crf, tune=None)
     return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder,
