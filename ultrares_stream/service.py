@@ -2,7 +2,7 @@
 
 ``Service(config)`` builds a :class:`stream.Stream` per enabled camera of a
 :class:`config.ServiceConfig`, sharing one :class:`batcher.Batcher` and one
-:class:`stream.UpscalerPool`. :class:`HttpServer` serves the web app
+:class:`upscaler.UpscalerPool` (the web page uses it too). :class:`HttpServer` serves the web app
 (``ultrares_stream.web.app.create_app``: ``/metrics``, ``/healthz``,
 ``/readyz``, ``/api/v1/streams`` ...) with uvicorn in a background thread.
 """

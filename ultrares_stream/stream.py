@@ -22,60 +22,9 @@ from .sinks import EncoderSettings, SinkWorker
 from .sizes import fit_inside, parse_size
 from .sources import DEFAULT_FPS, Source, mask_url
 from .temporal import Stabiliser, StabiliserSettings
+from .upscaler import UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class UpscalerPool:
-    """Upscalers shared by cameras with the same model and alpha (one copy of the weights each).
-
-    ``get`` returns an upscaler for (model, alpha), creating it on first use;
-    ``release`` forgets one nobody uses any more.
-    """
-
-    def __init__(self, device: str = "auto", precision: str = "auto", engine: str = "auto",
-                 tile: int | None = None, factory=None, shapes=None, max_batch: int = 8):
-        self.device, self.precision, self.engine, self.tile = device, precision, engine, tile
-        self.shapes, self.max_batch = shapes, max_batch
-        self._factory = factory
-        self._items: dict[tuple[str | None, float], object] = {}
-        self._users: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def _make(self, model: str | None, alpha: float):
-        if self._factory is not None:
-            return self._factory(model, alpha)
-        from .upscaler import Upscaler
-
-        return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
-                        engine=self.engine, shapes=self.shapes, max_batch=self.max_batch)
-
-    @classmethod
-    def from_config(cls, inference, device) -> UpscalerPool:
-        """The pool a service with this ``inference`` config uses on ``device`` (a torch.device)."""
-        return cls(device=str(device), precision=inference.precision, engine=inference.engine,
-                   tile=inference.tile, shapes=inference.engine_shapes(device.type),
-                   max_batch=inference.batch_for(device.type))
-
-    def get(self, model: str | None, alpha: float):
-        key = (model, round(float(alpha), 4))
-        with self._lock:
-            up = self._items.get(key)
-            if up is None:
-                up = self._items[key] = self._make(model, key[1])
-            self._users[id(up)] = self._users.get(id(up), 0) + 1
-            return up
-
-    def release(self, upscaler) -> None:
-        with self._lock:
-            n = self._users.get(id(upscaler), 0) - 1
-            if n > 0:
-                self._users[id(upscaler)] = n
-                return
-            self._users.pop(id(upscaler), None)
-            for k, v in list(self._items.items()):
-                if v is upscaler:
-                    del self._items[k]
 
 
 #: a camera "falls behind" when more than DROP_WARN_RATIO of its frames are dropped over DROP_WINDOW_S;

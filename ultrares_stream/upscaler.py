@@ -6,8 +6,11 @@ optionally resizes to a requested output size (on the tensor, once).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+import time
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +30,30 @@ TILE_PAD = 16
 # with a cancel event, frames larger than this (input pixels) run in tiles of this size, so that
 # the job can be stopped between tiles; a whole frame cannot be stopped mid-forward on a CPU
 CANCEL_TILE = 256
+#: interpolated weight sets an upscaler keeps ready (host memory), most recently used first
+WEIGHT_SETS = 4
+
+
+class _EngineSlot:
+    """The engine of one model and which alpha's weights are in it, shared by every alpha view
+    (:meth:`Upscaler.at`) of that model. ``lock`` is held for one forward pass at a time, and for
+    the in-place weight swap before it when the caller's alpha differs from the engine's."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.alpha: float | None = None  # None: no weights loaded yet
+        self.sets: OrderedDict[float, dict[str, torch.Tensor]] = OrderedDict()
+        self.swaps = 0
+        self.last_swap_s = 0.0
 
 
 class Upscaler:
     """Upscale frames with one model at one alpha; alpha can change while frames flow.
+
+    :meth:`at` gives another view of the same model at another alpha: the same engine and
+    checkpoints (nothing is built or read again); before a forward pass at a view's alpha the
+    engine's weights are swapped in place (``copy_`` into the live parameters, between two
+    passes). See :class:`UpscalerPool` and docs/architecture.md ("One pool, one engine per model").
 
     ``tile``: None = automatic (whole frame when it fits in memory), 0 = never tile,
     N = tiles of N x N input pixels. ``tile_pad``: context pixels around each tile;
@@ -60,9 +83,9 @@ class Upscaler:
             raise UserError(f"tile size must be 0 (never tile) or a positive number of pixels, not {tile}")
         self.tile, self.tile_batch = tile, max(1, tile_batch)
         self.tile_pad = default_tile_pad(self.arch) if tile_pad is None else tile_pad
-        self._alpha_lock = threading.Lock()
-        self.alpha = -1.0
-        self.set_alpha(alpha)
+        self._slot = _EngineSlot()
+        self.alpha = check_alpha(alpha)
+        self.set_alpha(self.alpha)
         self._bytes_per_pixel = _estimate_bytes_per_pixel(self.arch, self.engine.precision)
         log.info("model %s (%s) on %s, %s, engine %s", self.model_name, self.arch.describe(),
                  self.device, self.engine.precision, self.engine.name)
@@ -76,25 +99,66 @@ class Upscaler:
         return self.engine.precision
 
     def set_alpha(self, alpha: float) -> None:
-        """Interpolate ``(1 - alpha) * PSNR + alpha * GAN`` and swap it into the engine."""
-        alpha = check_alpha(alpha)
-        with self._alpha_lock:
-            if alpha == self.alpha:
-                return
-            weights = interpolate(self._psnr, self._gan, alpha) if self._gan is not None else self._psnr
-            self.engine.load_weights(weights)
-            self.alpha = alpha
+        """Use ``alpha`` from now on: ``(1 - alpha) * PSNR + alpha * GAN`` swapped into the engine."""
+        self.alpha = check_alpha(alpha)
+        with self._slot.lock:
+            self._apply(self.alpha)
+
+    def at(self, alpha: float) -> Upscaler:
+        """This model at ``alpha``: a view sharing the engine, the checkpoints and the weight sets
+        (no engine built, no checkpoint read); its weights are swapped in at its next forward pass."""
+        view = copy.copy(self)
+        view.alpha = check_alpha(alpha)
+        return view
+
+    def shares_engine_with(self, other) -> bool:
+        return getattr(other, "_slot", None) is self._slot
+
+    @property
+    def weight_swaps(self) -> int:
+        """In-place weight swaps the shared engine made (alpha changes between passes)."""
+        return self._slot.swaps
+
+    @property
+    def last_swap_s(self) -> float:
+        """Seconds the last weight swap took (interpolation when not ready + copy into the engine)."""
+        return self._slot.last_swap_s
 
     def weights_at(self, alpha: float) -> dict[str, torch.Tensor]:
-        return interpolate(self._psnr, self._gan, alpha) if self._gan is not None else self._psnr
+        """The interpolated state dict for ``alpha`` (kept for the :data:`WEIGHT_SETS` last alphas)."""
+        if self._gan is None:
+            return self._psnr
+        sets = self._slot.sets
+        weights = sets.get(alpha)
+        if weights is None:
+            weights = sets[alpha] = interpolate(self._psnr, self._gan, alpha)
+            while len(sets) > WEIGHT_SETS:
+                sets.popitem(last=False)
+        sets.move_to_end(alpha)
+        return weights
+
+    def _apply(self, alpha: float) -> None:
+        """Swap ``alpha``'s weights into the engine in place (hold ``self._slot.lock``)."""
+        slot = self._slot
+        if slot.alpha == alpha or (slot.alpha is not None and self._gan is None):
+            return
+        t0 = time.perf_counter()
+        self.engine.load_weights(self.weights_at(alpha))
+        if slot.alpha is not None:
+            slot.swaps += 1
+            slot.last_swap_s = time.perf_counter() - t0
+        slot.alpha = alpha
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward pass on the engine's device, no tiling: pad, run, crop."""
+        """One forward pass on the engine's device at this view's alpha, no tiling: pad, run, crop."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-        out = self.engine(x.to(self.device, non_blocking=True))
+        x = x.to(self.device, non_blocking=True)
+        with self._slot.lock:
+            self._apply(self.alpha)
+            out = self.engine(x)
         return out[..., : h * self.scale, : w * self.scale]
 
     def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:
@@ -178,3 +242,104 @@ def _free_memory(device: torch.device) -> int:
     except OSError:
         pass
     return 4 << 30
+
+
+class UpscalerPool:
+    """The process's upscalers: one per model (one engine, one copy of the checkpoints), shared
+    by the cameras, the web page and the API.
+
+    ``get(model, alpha)`` returns that model's view at ``alpha`` (:meth:`Upscaler.at`), the same
+    object for every user of that (model, alpha), so cameras at one alpha batch together; a new
+    alpha is a new view of the same engine, never a new engine. ``release`` gives a view back;
+    a model nobody uses stays loaded while it is among the ``keep_idle`` most recently used idle
+    ones (the web page's next request finds it). ``factory(model, alpha)`` builds a model's
+    upscaler (default: :class:`Upscaler` with the pool's settings); ``built`` counts its calls.
+    """
+
+    def __init__(self, device: str = "auto", precision: str = "auto", engine: str = "auto",
+                 tile: int | None = None, factory=None, shapes=None, max_batch: int = 8, keep_idle: int = 2):
+        self.device, self.precision, self.engine, self.tile = device, precision, engine, tile
+        self.shapes, self.max_batch, self.keep_idle = shapes, max_batch, keep_idle
+        self._factory = factory
+        self._models: OrderedDict[str | None, object] = OrderedDict()  # model -> its upscaler (LRU order)
+        self._views: dict[tuple[str | None, float], object] = {}
+        self._users: dict[tuple[str | None, float], int] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[str | None, threading.Lock] = {}
+        self.built = 0
+
+    @classmethod
+    def from_config(cls, inference, device) -> UpscalerPool:
+        """The pool a service with this ``inference`` config uses on ``device`` (a torch.device)."""
+        return cls(device=str(device), precision=inference.precision, engine=inference.engine,
+                   tile=inference.tile, shapes=inference.engine_shapes(device.type),
+                   max_batch=inference.batch_for(device.type))
+
+    def _make(self, model: str | None, alpha: float):
+        if self._factory is not None:
+            return self._factory(model, alpha)
+        return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
+                        engine=self.engine, shapes=self.shapes, max_batch=self.max_batch)
+
+    def upscaler(self, model: str | None, alpha: float = DEFAULT_ALPHA):
+        """``model``'s upscaler, loaded on first use (one load at a time per model; others wait)."""
+        with self._lock:
+            up = self._models.get(model)
+            if up is not None:
+                self._models.move_to_end(model)
+                return up
+            loading = self._loading.setdefault(model, threading.Lock())
+        with loading:
+            with self._lock:
+                up = self._models.get(model)
+            if up is None:
+                up = self._make(model, alpha)  # may raise ModelError (a UserError)
+                with self._lock:
+                    self.built += 1
+                    self._models[model] = up  # pruned only by release(), never before its first user
+            return up
+
+    def get(self, model: str | None, alpha: float):
+        """The view of ``model`` at ``alpha`` (counted as one more user until :meth:`release`)."""
+        key = (model, round(check_alpha(alpha), 4))
+        with self._lock:
+            view = self._views.get(key)
+            if view is not None:
+                self._users[key] += 1
+                self._models.move_to_end(model)
+                return view
+        base = self.upscaler(model, key[1])
+        with self._lock:
+            self._models.setdefault(model, base)  # (a release in between may have unloaded it)
+            view = self._views.get(key)
+            if view is None:
+                at = getattr(base, "at", None)
+                view = self._views[key] = at(key[1]) if at is not None and base.alpha != key[1] else base
+                self._users[key] = 0
+            self._users[key] += 1
+            return view
+
+    def release(self, view) -> None:
+        with self._lock:
+            for key, v in list(self._views.items()):
+                if v is view:
+                    self._users[key] -= 1
+                    if self._users[key] <= 0:
+                        del self._views[key], self._users[key]
+                    break
+            self._prune()
+
+    def _in_use(self, model: str | None) -> bool:
+        return any(m == model for m, _ in self._views)
+
+    def models(self) -> list[str | None]:
+        """The models loaded now (least recently used first)."""
+        with self._lock:
+            return list(self._models)
+
+    def _prune(self) -> None:
+        """Unload idle models beyond ``keep_idle`` (hold the lock)."""
+        idle = [m for m in self._models if not self._in_use(m)]
+        for model in idle[: max(0, len(idle) - self.keep_idle)]:
+            del self._models[model]
+            log.info("unloaded model %s", model)

@@ -70,6 +70,12 @@ class Probes:
 
 
 DEFAULT_PROBES = Probes()
+_made = {"engines": 0}
+
+
+def engines_made() -> int:
+    """Engines :func:`make_engine` constructed in this process (an alpha change must add none)."""
+    return _made["engines"]
 
 
 def choose_backend(requested: str, device: torch.device, probes: Probes | None = None) -> tuple[str, str]:
@@ -108,6 +114,7 @@ def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision
     """
     backend, why = choose_backend(name, torch.device(device), probes)
     log.info("engine %s on %s, %s: %s", backend, device, precision, why)
+    _made["engines"] += 1
     if backend == "eager":
         return EagerEngine(net, device, precision)  # type: ignore[arg-type]
     if backend == "compile":

@@ -129,7 +129,7 @@ class _Context:
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
         self.max_output_pixels, self.default_model = max_output_pixels, default_model
         self.request_timeout = request_timeout
-        self.upscalers = UpscalerCache(device)
+        self.upscalers = UpscalerCache(device, pool=getattr(service, "pool", None))  # one pool per process
         self.jobs = JobQueue(workers, queue_size)
         self._custom_info: ModelInfo | None = None
 

@@ -1,4 +1,5 @@
-"""Upscaling one uploaded image: output size, a small cache of loaded models, and the
+"""Upscaling one uploaded image: output size, the models (the process's
+:class:`~ultrares_stream.upscaler.UpscalerPool`, shared with the cameras under ``serve``), and the
 decode -> network -> resize -> encode job (run on a worker thread, never the event loop),
 the same steps as ``ultrares enhance`` takes for an image file (:mod:`ultrares_stream.images`)."""
 from __future__ import annotations
@@ -6,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,7 @@ import torch
 from .. import images, provenance
 from ..images import upscale_picture
 from ..sizes import parse_size
-from ..upscaler import Upscaler
+from ..upscaler import Upscaler, UpscalerPool
 from . import uploads
 from .errors import ApiError
 
@@ -28,30 +28,30 @@ def output_size(width: int, height: int, scale: int, size: str | None) -> tuple[
 
 
 class UpscalerCache:
-    """One :class:`Upscaler` per model spec (the most recently used ``capacity`` kept), each
-    with a lock so that ``set_alpha`` and the forward pass of one job happen together."""
+    """The web page's models: views of the process's :class:`UpscalerPool` (``pool``; under
+    ``serve`` the service's, so the page and the cameras share one engine and one copy of the
+    weights per model; alone, a pool of its own keeping the ``capacity`` last models loaded).
 
-    def __init__(self, device: str = "auto", capacity: int = 2):
-        self.device, self.capacity = device, capacity
-        self._items: OrderedDict[str, tuple[Upscaler, threading.Lock]] = OrderedDict()
-        self._lock = threading.Lock()
+    A request at some alpha gets that model's view at it: the forward passes swap the weights
+    in place between passes, so a web request never changes a camera's alpha, and no model is
+    loaded twice."""
 
-    def get(self, spec: str) -> tuple[Upscaler, threading.Lock]:
-        with self._lock:
-            if spec in self._items:
-                self._items.move_to_end(spec)
-                return self._items[spec]
-        upscaler = Upscaler(spec, device=self.device)  # may raise ModelError (a UserError)
-        with self._lock:
-            item = self._items.setdefault(spec, (upscaler, threading.Lock()))
-            self._items.move_to_end(spec)
-            while len(self._items) > self.capacity:
-                old, _ = self._items.popitem(last=False)
-                log.info("unloaded model %s", old)
-            return item
+    def __init__(self, device: str = "auto", capacity: int = 2, pool: UpscalerPool | None = None):
+        self.pool = pool if pool is not None else UpscalerPool(device=device, keep_idle=capacity)
+
+    def get(self, spec: str) -> Upscaler:
+        """``spec``'s upscaler (loaded on first use; may raise ModelError, a UserError)."""
+        return self.pool.upscaler(spec)
+
+    def view(self, spec: str, alpha: float) -> Upscaler:
+        """``spec`` at ``alpha``, until :meth:`release`."""
+        return self.pool.get(spec, alpha)
+
+    def release(self, view: Upscaler) -> None:
+        self.pool.release(view)
 
     def scale_of(self, spec: str) -> int:
-        return self.get(spec)[0].scale
+        return self.get(spec).scale
 
 
 @dataclass
@@ -74,15 +74,17 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     start = time.perf_counter()
     picture = uploads.decode(upload)
     w, h = picture.width, picture.height
-    upscaler, lock = cache.get(spec)
-    out_w, out_h = output_size(w, h, upscaler.scale, size)
+    out_w, out_h = output_size(w, h, cache.scale_of(spec), size)
     if out_w * out_h > max_output_pixels:
         raise ApiError(413, f"the result would be {out_w}x{out_h} = {out_w * out_h:,} pixels; the limit is "
                             f"{max_output_pixels:,} (choose a smaller output size)")
-    with lock, torch.inference_mode():
-        upscaler.set_alpha(alpha)
-        result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
+    upscaler = cache.view(spec, alpha)
+    try:
+        with torch.inference_mode():
+            result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
         prov = provenance.for_upscaler(upscaler)
+    finally:
+        cache.release(upscaler)
     data, media_type, ext = uploads.encode(result, fmt, prov)
     seconds = time.perf_counter() - start
     log.info("upscaled %s %s -> %dx%d %s with %s at alpha %.2f in %.2f s", picture.describe(), upload.format,

@@ -1,0 +1,143 @@
+"""One upscaler pool per process (issue 16, item 3): cameras, the web page and the API share one
+engine per model; an alpha change is a view of the same engine whose weights are swapped in place
+between two forward passes: no engine built, no checkpoint read, no frame dropped."""
+from __future__ import annotations
+
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import wait_for
+from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.engine import select
+from ultrares_stream.metrics import Metrics
+from ultrares_stream.models.archs import SRVGGNetCompact
+from ultrares_stream.models.checkpoint import save_checkpoint
+from ultrares_stream.stream import Stream
+from ultrares_stream.upscaler import Upscaler, UpscalerPool
+from ultrares_stream.web.upscaling import UpscalerCache
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> str:
+    """A PSNR+GAN pair of two different tiny compact x2 nets."""
+    folder = tmp_path_factory.mktemp("pair")
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        paths.append(folder / f"net{seed}.safetensors")
+        save_checkpoint(net.state_dict(), paths[-1])
+    return "+".join(str(p) for p in paths)
+
+
+def still_clip(path, frames: int, w: int = 64, h: int = 48):
+    """A lossless H.264 clip of one still noise picture (every decoded frame is the same)."""
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25, options={"qp": "0", "preset": "ultrafast"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv444p"
+        for _ in range(frames):
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return path
+
+
+def cpu_pool(**kw) -> UpscalerPool:
+    return UpscalerPool(device="cpu", precision="fp32", engine="eager", tile=0, **kw)
+
+
+def params(up: Upscaler) -> list[torch.Tensor]:
+    return list(up.engine.net.parameters())
+
+
+def test_cameras_on_one_model_share_one_engine_and_alphas_are_views_of_it(pair):
+    pool = cpu_pool()
+    made = select.engines_made()
+    a, b = pool.get(pair, 0.3), pool.get(pair, 0.3)
+    c = pool.get(pair, 0.8)
+    assert a is b, "cameras on the same model and alpha get one upscaler (they batch together)"
+    assert c is not a and c.shares_engine_with(a) and c.engine is a.engine
+    assert pool.built == 1 and select.engines_made() == made + 1
+    assert (a.alpha, c.alpha) == (0.3, 0.8)
+    for v in (a, b, c):
+        pool.release(v)
+    assert pool.models() == [pair], "an idle model stays loaded for the next user (keep_idle)"
+
+
+def test_an_alpha_swap_copies_into_the_same_parameter_storage_and_matches_a_fresh_upscaler(pair):
+    pool = cpu_pool()
+    low, high = pool.get(pair, 0.0), pool.get(pair, 1.0)
+    storage = [p.data_ptr() for p in params(low)]
+    x = torch.rand(1, 3, 24, 32)
+    with torch.inference_mode():
+        out_low, out_high, again = low.upscale(x), high.upscale(x), low.upscale(x)
+        fresh = Upscaler(pair, alpha=1.0, device="cpu", precision="fp32", engine="eager", tile=0).upscale(x)
+    assert [p.data_ptr() for p in params(low)] == storage, "weights copied in place (compiled graphs stay valid)"
+    assert low.weight_swaps == 2
+    assert not torch.allclose(out_low, out_high, atol=1e-3)
+    torch.testing.assert_close(out_high, fresh)
+    torch.testing.assert_close(again, out_low)
+
+
+def test_the_web_page_uses_the_service_pool(pair):
+    pool = cpu_pool()
+    camera = pool.get(pair, 0.0)
+    web = UpscalerCache(device="cpu", pool=pool)
+    made = select.engines_made()
+    view = web.view(pair, 0.6)
+    assert view.shares_engine_with(camera) and select.engines_made() == made and pool.built == 1
+    with torch.inference_mode():
+        view.upscale(torch.rand(1, 3, 16, 16))
+    web.release(view)
+    assert camera.alpha == 0.0, "a web request never changes a camera's alpha"
+
+
+def test_idle_models_beyond_keep_idle_are_unloaded(pair, tiny_model):
+    pool = cpu_pool(keep_idle=0)
+    v = pool.get(pair, 0.5)
+    pool.release(pool.get(tiny_model, 0.5))
+    assert pool.models() == [pair]
+    pool.release(v)
+    assert pool.models() == []
+
+
+def test_alpha_change_on_a_running_camera_builds_nothing_drops_nothing_and_changes_the_output(pair, tmp_path):
+    src = still_clip(tmp_path / "still.mkv", frames=400)
+    pool, metrics = cpu_pool(), Metrics()
+    batcher = Batcher("cpu", max_batch=1, max_wait_ms=5, metrics=metrics).start()
+    stream = Stream("cam", str(src), str(tmp_path / "out.mkv"), batcher=batcher, pool=pool, model=pair,
+                    alpha=0.0, metrics=metrics, live=False).start()
+    try:
+        assert stream.first_output.wait(30)
+        before = stream._latest.data.copy()
+        made, built, swaps = select.engines_made(), pool.built, stream.upscaler.weight_swaps
+        t0 = time.perf_counter()
+        stream.set_alpha(1.0)
+        call_s = time.perf_counter() - t0
+        assert wait_for(lambda: not np.array_equal(stream._latest.data, before), 20), "the output never changed"
+        changed_s = time.perf_counter() - t0
+        assert select.engines_made() == made and pool.built == built, "an alpha change built an engine"
+        assert stream.upscaler.weight_swaps == swaps + 1 and stream.upscaler.alpha == 1.0
+        assert stream.wait_finished(60)
+    finally:
+        stream.stop(10)
+        batcher.stop(5)
+    assert stream.frames_out == stream.frames_in == 400 and stream.source_drops() == 0 and stream.failed == 0
+    # the new frames are what the model gives at alpha 1
+    with av.open(str(src)) as c:
+        frame = next(c.decode(video=0)).reformat(format="yuv420p").to_ndarray()
+    fresh = Upscaler(pair, alpha=1.0, device="cpu", precision="fp32", engine="eager", tile=0)
+    expect = enhance_batch(fresh, [frame], 64, 48)[0]
+    assert np.array_equal(stream._latest.data, expect)
+    print(f"\nalpha change: set_alpha {call_s * 1e3:.2f} ms in the caller's thread, weight swap "
+          f"{stream.upscaler.last_swap_s * 1e3:.2f} ms in the batcher, first new frame published "
+          f"{changed_s * 1e3:.1f} ms after the call")
