@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("ULTRARES_OFFLINE", "1")  # never download weights in tests
 
+from ultrares_stream.demo.server import free_port  # noqa: E402,F401 - for the tests
 from ultrares_stream.settings import data_dir  # noqa: E402
 
 DATA = data_dir()

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from ultrares_stream.config import load_config, parse_config
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.shard import assign
 
-from conftest import need_data
+from conftest import free_port, need_data
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -219,7 +218,7 @@ def test_real_service_exports_what_the_dashboard_needs(tmp_path, exported_names)
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1", "port": port},
@@ -307,12 +306,6 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
         proc.kill()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus server not installed (Debian package prometheus)")
 def test_every_dashboard_query_returns_data_on_a_real_prometheus(tmp_path):
     """A live exporter (the service's Metrics, two cameras) scraped by a real Prometheus; every
@@ -325,7 +318,7 @@ def test_every_dashboard_query_returns_data_on_a_real_prometheus(tmp_path):
     _touch_all(metrics, cams)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
     exporter_port = server.server_port
-    prom_port = _free_port()
+    prom_port = free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "ultrares", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))

@@ -9,12 +9,47 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from ultrares_stream.batcher import Batcher
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.stream import Stream, UpscalerPool
 
 pytestmark = [pytest.mark.faults, pytest.mark.rtsp, pytest.mark.timeout(180)]
+
+
+class HttpProbe:
+    """A thread that GETs /healthz and /metrics in turn and records each answer's latency."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=10)
+        self.latencies: list[float] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        paths = ("/healthz", "/metrics")
+        while not self._stop.is_set():
+            t = time.monotonic()
+            resp = self.client.get(paths[len(self.latencies) % 2])
+            self.latencies.append(time.monotonic() - t)
+            self.failures += resp.status_code != 200
+            time.sleep(0.02)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(12)
+        self.client.close()
 
 
 class StallProbe:
@@ -43,8 +78,11 @@ class StallProbe:
 
 def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model, tmp_path):
     from ultrares_stream.demo.server import RtspServer
+    from ultrares_stream.service import HttpServer
+    from ultrares_stream.web.app import create_app
 
     m = Metrics()
+    http = HttpServer(create_app(metrics=m, default_model=tiny_model, device="cpu"), port=free_port()).start()
     batcher = Batcher("cpu", max_batch=2, max_wait_ms=5, metrics=m).start()
     pool = UpscalerPool(device="cpu", precision="fp32", engine="eager", tile=0)
     streams = []
@@ -60,7 +98,7 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
             os.kill(receiver.pid, signal.SIGSTOP)
             gaps, last = [], (local.frames_out, time.monotonic())
             try:
-                with StallProbe() as probe:
+                with StallProbe() as probe, HttpProbe(http.url) as web:
                     end = time.monotonic() + 12  # several open/handshake timeouts of the hung output
                     while time.monotonic() < end:
                         time.sleep(0.02)
@@ -72,12 +110,16 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
                 os.kill(receiver.pid, signal.SIGCONT)
         assert reconnects >= 1, "the frozen receiver was not noticed"
         assert probe.worst < 0.5, f"a thread was stalled {probe.worst:.2f} s (the interpreter lock was held)"
+        # the bound catches a stall (5 s per publisher retry before the fix); the 100 ms target is
+        # measured by scripts/faults.py hung-receiver, not asserted on a shared machine
+        assert web.failures == 0 and len(web.latencies) > 100 and web.p99() < 1.0, (web.failures, web.p99())
         assert gaps and max(gaps) < 1.0, f"the local camera stopped for {max(gaps):.2f} s"
         assert len(gaps) > 12 * 25 * 0.5  # it kept most of its 25 fps
     finally:
         for s in streams:
             s.stop(5)
         batcher.stop(5)
+        http.stop()
 
 
 def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
@@ -158,8 +200,6 @@ def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model,
     import urllib.request
 
     import av
-
-    from ultrares_stream.demo.server import free_port
 
     port = free_port()
     out = tmp_path / "rec.mp4"

@@ -20,7 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import need_data
+from tests.conftest import free_port, need_data
 from ultrares_stream.colour import float_to_uint8, uint8_to_float
 from ultrares_stream.images import Picture, encode_image, read_image
 from ultrares_stream.metrics import Metrics
@@ -516,16 +516,10 @@ def test_streams_api_against_the_real_service(pair_spec, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the command
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ultrares_web_command_serves(tmp_path):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ultrares_stream", "web", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -553,7 +547,7 @@ def test_slow_clients_are_dropped_and_others_still_served(pair_spec):
     from ultrares_stream.service import HttpServer
     from ultrares_stream.web import slow_clients
 
-    server = HttpServer(create_app(default_model=pair_spec, device="cpu"), port=_free_port())
+    server = HttpServer(create_app(default_model=pair_spec, device="cpu"), port=free_port())
     server.server.config.http = slow_clients.protocol(header_s=1.0, min_rate=100_000)
     server.start()
     slow = []
