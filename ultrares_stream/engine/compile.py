@@ -6,6 +6,14 @@ a handful of times rather than once per size. Alpha changes copy the new weights
 the live parameters in place: compiled kernels and CUDA graphs read them from the same
 memory, so nothing recompiles. fp16 output with NaN/Inf falls back to bf16 (or fp32
 where bf16 is unsupported) for that model, logged once.
+
+Shapes are static (the fastest kernels, one CUDA graph each), so every new (batch bucket,
+height, width) compiles again and records another graph. An engine compiles at most
+``max_shapes`` of them (:data:`MAX_SHAPES`); further shapes run eagerly on the same module and
+weights, with one line in the log each (:func:`plan_shape`). Torch's recompile limit (8 per
+code object, shared by every engine of one architecture, and ``fullgraph=True`` makes hitting it
+an error) is raised to what the engines reserved (:func:`reserve_recompiles`); a shape that still
+hits it runs eagerly too, never raises.
 """
 from __future__ import annotations
 
@@ -13,12 +21,39 @@ import logging
 import threading
 
 import torch
+import torch._dynamo
 from torch import nn
 
 from .base import Precision
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+#: compiled shapes per engine (batch buckets x frame sizes: 1/2/4 x 2 camera sizes + slack)
+MAX_SHAPES = 8
+_reserved = {"recompiles": 0}
+
+
+def plan_shape(shape: tuple[int, int, int], compiled: set, eager: set, max_shapes: int) -> str:
+    """``"compiled"`` (seen, or room for one more) or ``"eager"`` for one (batch, height, width)."""
+    if shape in eager:
+        return "eager"
+    if shape in compiled or len(compiled) < max_shapes:
+        return "compiled"
+    return "eager"
+
+
+def reserve_recompiles(shapes: int) -> int:
+    """Reserve ``shapes`` more compiled graphs in this process; raises torch's per-code-object
+    recompile limit to cover every engine's reservation (engines of one architecture share the
+    limit: it counts per ``forward``). Returns the limit now in force."""
+    import torch._dynamo
+
+    _reserved["recompiles"] += shapes
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, _reserved["recompiles"] + 1)
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * cfg.recompile_limit)
+    return cfg.recompile_limit
 
 
 def batch_bucket(n: int, max_batch: int) -> int:
@@ -37,8 +72,12 @@ class CompiledEngine:
     name = "compile"
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
-                 max_batch: int = 8, mode: str | None = None):
+                 max_batch: int = 8, mode: str | None = None, max_shapes: int = MAX_SHAPES):
         self.device = torch.device(device)
+        self.max_shapes = max(0, int(max_shapes))
+        self.compiled_shapes: set[tuple[int, int, int]] = set()
+        self.eager_shapes: set[tuple[int, int, int]] = set()
+        reserve_recompiles(self.max_shapes)
         self.precision: Precision = precision
         self.max_batch = max(1, int(max_batch))
         self.mode = mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else None)
@@ -59,6 +98,8 @@ class CompiledEngine:
         if self._channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._compiled = torch.compile(self.net, mode=self.mode, dynamic=False, fullgraph=True)
+        self.compiled_shapes.clear()
+        self.eager_shapes.clear()
         log.info("torch.compile engine: mode %s, %s on %s, batch buckets up to %d",
                  self.mode or "default", precision, self.device, self.max_batch)
 
@@ -88,17 +129,38 @@ class CompiledEngine:
                 chunk = torch.cat([chunk, chunk[-1:].expand(size - n, *chunk.shape[1:])])
             if self.device.type == "cuda":
                 chunk = chunk.to(_DTYPES[self.precision])
-                torch.compiler.cudagraph_mark_step_begin()
             elif self._channels_last:
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
-            if self._autocast:
-                with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-                    out = self._compiled(chunk)
-            else:
-                out = self._compiled(chunk)
+            out = self._forward(chunk)
             # CUDA graph outputs are overwritten by the next replay: always take a copy.
             outs.append(out[:n].to(torch.float32, copy=True))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
+        """The compiled module for this shape, or the same module eagerly (see :func:`plan_shape`)."""
+        shape = (chunk.shape[0], chunk.shape[2], chunk.shape[3])
+        if plan_shape(shape, self.compiled_shapes, self.eager_shapes, self.max_shapes) == "compiled":
+            try:
+                out = self._call(self._compiled, chunk)
+                self.compiled_shapes.add(shape)
+                return out
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                why = "torch's recompile limit is reached"
+        else:
+            why = f"this engine has compiled its {self.max_shapes} shapes"
+        if shape not in self.eager_shapes:
+            self.eager_shapes.add(shape)
+            log.warning("torch.compile: batch %d of %dx%d runs eagerly (%s; compiled: %s)", shape[0], shape[2],
+                        shape[1], why, ", ".join(f"{b}x{w}x{h}" for b, h, w in sorted(self.compiled_shapes)) or "none")
+        return self._call(self.net, chunk)
+
+    def _call(self, fn, chunk: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and fn is self._compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        if self._autocast:
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                return fn(chunk)
+        return fn(chunk)
 
     def _fall_back(self) -> None:
         target: Precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"

@@ -1,0 +1,76 @@
+"""engine/compile.py across many frame sizes on the CPU with inductor (issue 16, item 2): past the
+engine's compiled-shape budget and past torch's recompile limit it runs eagerly, never raises."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from ultrares_stream.engine.compile import CompiledEngine, plan_shape, reserve_recompiles
+from ultrares_stream.models.archs import SRVGGNetCompact
+
+CPU = torch.device("cpu")
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on the CPU needs g++")
+
+
+def test_plan_shape_compiles_up_to_the_budget_then_runs_eagerly():
+    compiled, eager = {(1, 8, 8), (1, 8, 16)}, {(1, 32, 32)}
+    assert plan_shape((1, 8, 8), compiled, eager, 2) == "compiled"  # seen
+    assert plan_shape((1, 16, 16), compiled, eager, 2) == "eager"  # budget spent
+    assert plan_shape((1, 16, 16), compiled, eager, 3) == "compiled"
+    assert plan_shape((1, 32, 32), compiled, eager, 8) == "eager"  # once eager, stays eager
+
+
+def test_reserving_shapes_raises_torchs_recompile_limit():
+    before = torch._dynamo.config.recompile_limit
+    try:
+        limit = reserve_recompiles(40)
+        assert limit > 40 and torch._dynamo.config.recompile_limit == limit
+    finally:
+        torch._dynamo.config.recompile_limit = before
+
+
+@needs_compiler
+def test_compile_runs_twelve_frame_sizes_with_a_budget_of_three(caplog):
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2)
+    ref = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2)
+    ref.load_state_dict(net.state_dict())
+    engine = CompiledEngine(net, CPU, "fp32", max_batch=1, max_shapes=3)
+    caplog.set_level(logging.WARNING, "ultrares_stream.engine.compile")
+    with torch.no_grad():
+        for i in range(12):
+            x = torch.rand(1, 3, 8 + 2 * i, 10)
+            torch.testing.assert_close(engine(x), ref(x), rtol=1e-4, atol=1e-4)
+        engine(torch.rand(1, 3, 30, 10))  # seen: no second warning
+    assert len(engine.compiled_shapes) == 3 and len(engine.eager_shapes) == 9
+    assert len([r for r in caplog.records if "runs eagerly" in r.getMessage()]) == 9
+
+
+class _Doubler(nn.Module):
+    """A net of its own class, so its ``forward`` has its own recompile count."""
+
+    size_multiple = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) * 2
+
+
+@needs_compiler
+def test_hitting_torchs_recompile_limit_runs_eagerly_instead_of_raising(monkeypatch):
+    torch.manual_seed(0)
+    net = _Doubler()
+    engine = CompiledEngine(net, CPU, "fp32", max_batch=1, max_shapes=12)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # fullgraph=True raises past it
+    with torch.no_grad():
+        for h in (6, 7, 9):
+            x = torch.rand(1, 3, h, 5)
+            torch.testing.assert_close(engine(x), net(x), rtol=1e-4, atol=1e-4)
+    assert len(engine.compiled_shapes) == 1 and len(engine.eager_shapes) == 2
