@@ -13,6 +13,7 @@ eager fp32 at 257 ms and compiled fp32 at 106 ms after 17 s; see docs/gpu.md.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -103,6 +104,98 @@ def choose_backend(requested: str, device: torch.device, probes: Probes | None =
     return "eager", "no faster backend available (" + "; ".join(skipped) + ")"
 
 
+#: where an engine goes when its probe check fails or its fp16 output has NaN/Inf: the next
+#: backend, in a precision with fp32's range (bf16 where the device has it, else fp32)
+FALLBACK = {"tensorrt": "compile", "compile": "eager", "eager": None}
+
+
+def fallback_for(backend: str, precision: str, bf16: bool) -> tuple[str, str] | None:
+    """The (backend, precision) to try after ``backend`` in ``precision`` failed; None: nothing left."""
+    wide = precision if precision != "fp16" else ("bf16" if bf16 else "fp32")
+    nxt = FALLBACK[backend]
+    if nxt is None:
+        return None if precision == "fp32" else ("eager", "fp32")
+    return nxt, wide
+
+
+class NonFiniteOutput(RuntimeError):
+    """An engine's fp16 output has NaN/Inf (fp16 overflow in some layer)."""
+
+
+def check_finite(out: torch.Tensor, precision: str) -> torch.Tensor:
+    """``out``, or :class:`NonFiniteOutput` when an fp16 engine produced NaN/Inf (``clamp`` keeps
+    NaN, and its uint8 cast is undefined). Wider precisions are not checked (no sync)."""
+    if precision == "fp16" and not bool(torch.isfinite(out).all()):
+        raise NonFiniteOutput("fp16 output has NaN/Inf")
+    return out
+
+
+class FallbackEngine:
+    """An engine that moves to :func:`fallback_for` when its probe check fails (``load_weights``
+    raises) or its fp16 output has NaN/Inf, instead of raising; logged once per move. The last
+    weights given are loaded into the new engine and the batch runs again there.
+
+    ``build(backend, precision)`` constructs an engine; it may raise :class:`UserError`
+    (backend unavailable), which moves on down the chain."""
+
+    def __init__(self, engine: Engine, build: Callable[[str, str], Engine], bf16: bool = False):
+        self.engine, self._build, self._bf16 = engine, build, bf16
+        self._weights: dict[str, torch.Tensor] | None = None
+        self.moves: list[str] = []
+
+    def __getattr__(self, attr: str):  # the backend's own attributes (shapes, last_weights_update ...)
+        if attr == "engine":
+            raise AttributeError(attr)
+        return getattr(self.engine, attr)
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._weights = state_dict
+        while True:
+            try:
+                self.engine.load_weights(state_dict)
+                return
+            except (UserError, RuntimeError) as exc:  # EngineCheckError, a failed build or refit
+                self._move(f"{type(exc).__name__}: {exc}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                return check_finite(self.engine(x), self.engine.precision)
+            except NonFiniteOutput as exc:
+                self._move(str(exc))
+
+    def _move(self, why: str) -> None:
+        old = (self.engine.name, self.engine.precision)
+        step = old
+        while True:
+            step = fallback_for(*step, self._bf16)
+            if step is None:
+                raise UserError(f"engine {old[0]} {old[1]} failed ({why}) and no fallback is left")
+            try:
+                engine = self._build(*step)
+                if self._weights is not None:
+                    engine.load_weights(self._weights)
+            except (UserError, RuntimeError) as exc:
+                log.warning("fallback engine %s %s unusable (%s); trying the next", *step, exc)
+                continue
+            break
+        log.warning("engine %s %s failed (%s); running %s %s from now on", *old, why, *step)
+        self.moves.append(f"{old[0]}/{old[1]} -> {step[0]}/{step[1]}")
+        self.engine = engine
+
+
 def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision: str, *,
                 shapes: ShapeRange | None = None, cache: EngineCache | None = None,
                 max_batch: int = 8, probes: Probes | None = None) -> Engine:
@@ -125,4 +218,17 @@ def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision
 
     if shapes is None:
         shapes = ShapeRange(batch=(1, min(4, max_batch), max_batch))
-    return TensorRTEngine(net, device, precision, shapes=shapes, cache=cache)  # type: ignore[arg-type]
+    template = copy.deepcopy(net)
+
+    def build(backend: str, prec: str) -> Engine:
+        from .compile import CompiledEngine
+
+        choose_backend(backend, torch.device(device), probes)  # UserError when unavailable
+        fresh = copy.deepcopy(template)
+        if backend == "compile":
+            return CompiledEngine(fresh, device, prec, max_batch=max_batch)  # type: ignore[arg-type]
+        return EagerEngine(fresh, device, prec)  # type: ignore[arg-type]
+
+    bf16 = torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+    return FallbackEngine(TensorRTEngine(net, device, precision, shapes=shapes, cache=cache),  # type: ignore[arg-type]
+                          build, bf16)
