@@ -48,7 +48,7 @@ def test_keeps_frame_count_and_audio(tmp_path, upscaler, make_clip):
     assert [p.name for p in dst.parent.iterdir()] == ["enhanced.mp4"]  # the temporary name is gone
 
 
-@pytest.mark.parametrize("suffix", [".mkv", ".avi"])
+@pytest.mark.parametrize("suffix", [".mkv", ".avi", ".mov"])
 def test_output_size_and_containers(tmp_path, upscaler, suffix, make_clip):
     src = make_clip(tmp_path / "in.mp4", frames=6, audio=False)
     dst = tmp_path / f"out{suffix}"

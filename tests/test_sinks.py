@@ -1,5 +1,6 @@
 """Encoders and publishers: settings, timestamps, files and HLS written with PyAV and read back."""
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -113,3 +114,23 @@ def test_watchdog_probe_sees_a_silent_server():
         s.bind(("127.0.0.1", 0))
         s.listen(1)  # accepts (kernel backlog) but never answers, like a SIGSTOPped server
         assert rtsp_server_answers(f"rtsp://127.0.0.1:{s.getsockname()[1]}/x", timeout_s=0.5) is False
+
+
+def test_files_can_keep_the_source_timestamps():
+    """Recorded jobs keep the input's times (their copied audio keeps its own); reconnects still continue."""
+    m = TimestampMapper(Fraction(25), rebase=False)
+    assert [m.map(2.0 + i / 25) for i in range(3)] == [50, 51, 52]
+    assert m.map(0.0, epoch=1) == 53
+
+
+def test_one_suffix_table_for_every_file_output():
+    from ultrares_stream.recorded import output_container
+    from ultrares_stream.sinks import OUTPUT_CONTAINERS, container_for
+
+    for suffix, fmt in OUTPUT_CONTAINERS.items():
+        assert output_args(f"/tmp/a{suffix}")[1] == fmt == container_for(f"/tmp/A{suffix.upper()}")
+    assert container_for("/tmp/a.mov") == "mov" == output_container(Path("/tmp/a.mov"))
+    with pytest.raises(UserError, match=".mkv"):
+        output_container(Path("/tmp/a.webm"))  # the sink writes WebM; recorded jobs cannot copy audio into it
+    # recorded jobs: MP4 written whole (edit lists keep encoder delay and copied audio in sync)
+    assert output_args("/tmp/a.mp4", live=False, keep_times=True)[2]["movflags"] == "+faststart+use_metadata_tags"

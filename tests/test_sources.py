@@ -185,3 +185,24 @@ def test_nvdec_decodes_the_same_frames_as_software(tmp_path, make_clip):
     for a, b in zip(soft, hard):
         assert b.data.shape == a.data.shape and (b.width, b.height) == (a.width, a.height)
         assert np.abs(a.data.astype(int) - b.data.astype(int)).max() <= 2  # NV12 -> yuv420p rounding
+
+
+def test_file_frames_carry_the_copied_streams_packets(tmp_path, make_clip):
+    import av
+
+    from ultrares_stream.sources import stream_fps
+
+    clip = make_clip(tmp_path / "a.mp4", frames=12, fps=10, audio=True)
+    with av.open(str(clip)) as c:
+        audio = sum(1 for p in c.demux(audio=0) if p.dts is not None)
+        assert stream_fps(c.streams.video[0]) == 10
+    src = Source(str(clip), "f", copy=[1])
+    frames = list(src.frames())
+    try:
+        assert len(frames) == 12 and src.fps == 10
+        assert [s.type for s in src.copied_streams] == ["audio"]
+        assert sum(len(f.packets) for f in frames) == audio > 0  # every audio packet, each once
+        assert all(p.stream.index == 1 for f in frames for p in f.packets)
+    finally:
+        src.close()
+    assert all(not f.packets for f in Source(str(clip), "g").frames())  # nothing copied unless asked

@@ -147,6 +147,26 @@ def cpu_inference_threads(requested: int | None = None) -> int:
     return max(1, cores - 1)
 
 
+def cpu_thread_split(cores: int, net_s: float, io_s: float, stall: float = 2.0) -> int:
+    """torch threads for the network of a recorded job on ``cores`` CPU cores, from the measured
+    costs of a frame: ``net_s`` seconds of the network on every core, ``io_s`` CPU seconds of its
+    decode and encode.
+
+    On every core, decode and encode take cores away from the network's OpenMP team, and each
+    parallel region waits for the thread that lost its core: about ``net_s + stall * io_s`` a frame
+    (``stall`` > 1: a preempted thread also loses its time slice, and spinning threads compete).
+    With one core kept for them, the network runs ``cores / (cores - 1)`` times slower but beside
+    the I/O: ``max(net_s * cores / (cores - 1), io_s)``. The faster split wins: every core when the
+    network dominates (a 64-feature/16-conv net), one fewer when the I/O is comparable (the
+    compact net, whose frame costs about as much as its decode and encode).
+    """
+    if cores <= 1:
+        return 1
+    together = net_s + stall * io_s
+    apart = max(net_s * cores / (cores - 1), io_s)
+    return cores if together < apart else cores - 1
+
+
 @contextmanager
 def _light_ops(device: torch.device):
     """On the CPU, run cheap element-wise work on one thread (this thread only).

@@ -1,43 +1,48 @@
-"""Recorded footage: enhance a video file, keeping its audio and subtitles in sync.
+"""Recorded footage: enhance a video file through the camera pipeline's own stages.
 
-Three threads overlap the work, in the file's own packet order:
+    Source (file: demux + decode; audio/subtitle packets ride along with their frames)
+      -> FrameQueue (block: nothing is dropped)
+      -> Batcher (this job's worker: batcher.upscale_yuv, the stabiliser, yuv420p back)
+      -> FrameQueue (block)
+      -> SinkWorker (encode + mux; copies the audio/subtitle packets; source timestamps)
 
-    demux + decode  ->  [bounded, blocking queue]  ->  inference (batches of up to
-    ``max_batch`` consecutive frames, :func:`batcher.enhance_batch`)  ->  [queue]  ->
-    encode + mux (video re-encoded, audio/subtitle packets copied as they are)
-
-Nothing is dropped (the queues block). Output timestamps are the input's, so the
-copied audio stays in sync. The result is written to a hidden temporary name
-beside ``dst`` and renamed on success. On Ctrl-C or SIGTERM the frames done so
-far are flushed into a playable file at ``dst`` and :class:`EnhanceInterrupted`
-(a ``KeyboardInterrupt``) is raised with the stats.
+These are the classes a camera runs through (:mod:`.stream`), so a fix to a stage fixes both
+paths. Video keeps the input's timestamps (``sinks.TimestampMapper`` without rebasing) and
+the copied packets keep theirs, so audio stays in sync. The result is written to a hidden
+temporary name beside ``dst`` and renamed on success. On Ctrl-C or SIGTERM the frames read so far are finished
+into a playable file at ``dst`` and :class:`EnhanceInterrupted` (a ``KeyboardInterrupt``)
+is raised with the stats.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
-import queue
 import signal
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import provenance
-from .batcher import cpu_inference_threads, default_max_batch, enhance_batch
+from .batcher import Batcher, Enhanced, cpu_thread_split, default_max_batch, enhance_batch
 from .errors import UserError
-from .sinks import EncoderSettings, Publisher
+from .frame_queue import FrameQueue, QueueClosed
+from .sinks import EncoderSettings, SinkWorker, codec_options, container_for, pick_codec
+from .sources import VIDEO_SUFFIXES, Source, describe_error, frame_to_yuv420p, pick_hwaccel, stream_fps
 from .temporal import Stabiliser, StabiliserSettings
-from .sources import DEFAULT_FPS, FrameClock, _describe, frame_to_yuv420p, hwaccel_args, pick_hwaccel
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
-                  ".mpg", ".mpeg", ".3gp", ".ogv"}
-OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi",
-                  ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts"}
+__all__ = ["VIDEO_SUFFIXES", "EnhanceInterrupted", "enhance_video", "is_video", "video_size_problem"]
+
 #: codecs each output container takes as a stream copy (others are skipped with a warning)
 COPYABLE = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac", "mov_text"},
@@ -47,7 +52,12 @@ COPYABLE = {
     "mpegts": {"aac", "mp3", "ac3", "eac3", "opus", "mp2", "dvb_subtitle", "dvd_subtitle"},
 }
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
-_END = object()
+#: smallest input side a video may have (a 1x1 stream rounds down to 0x0 for yuv420p)
+MIN_VIDEO_SIDE = 8
+#: largest output side H.264 (libx264 and the decoders that play it) handles
+MAX_VIDEO_SIDE = 8192
+#: frames decoded (and encoded) to measure the I/O cost of a frame for the CPU thread split
+CALIBRATION_FRAMES = 4
 
 
 class EnhanceInterrupted(KeyboardInterrupt):
@@ -68,8 +78,6 @@ def is_video(path: str | Path) -> bool:
         return False
     if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return False
-    import av
-
     try:
         with av.open(str(path), timeout=10) as c:
             name = c.format.name
@@ -78,12 +86,6 @@ def is_video(path: str | Path) -> bool:
             return bool(c.streams.video)
     except Exception:  # noqa: BLE001 - unreadable: not a video
         return False
-
-
-#: smallest input side a video may have (a 1x1 stream rounds down to 0x0 for yuv420p)
-MIN_VIDEO_SIDE = 8
-#: largest output side H.264 (libx264 and the decoders that play it) handles
-MAX_VIDEO_SIDE = 8192
 
 
 def video_size_problem(width: int, height: int, size: tuple[int, int] | None, scale: int) -> str | None:
@@ -99,250 +101,82 @@ def video_size_problem(width: int, height: int, size: tuple[int, int] | None, sc
     return None
 
 
-def _check_output(dst: Path) -> str:
-    fmt = OUTPUT_FORMATS.get(dst.suffix.lower())
-    if fmt is None:
+def output_container(dst: Path) -> str:
+    """The muxer for a recorded job's output ``dst`` (the sinks' table), or UserError."""
+    fmt = container_for(dst)
+    if fmt not in COPYABLE:
         raise UserError(f"{dst}: output must be .mp4, .mov, .mkv, .avi or .ts (.mkv keeps every audio and "
                         "subtitle stream)")
     return fmt
 
 
-def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None = None, progress: bool = True,
-                  max_batch: int | None = None, encoder: EncoderSettings | None = None,
-                  threads: int | None = None, stabilise: StabiliserSettings | None = None) -> dict:
-    """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
+def even_size(width: int, height: int) -> tuple[int, int]:
+    return width - width % 2, height - height % 2
 
-    ``size`` = (width, height) of the output (default: the model's scale). ``threads``: torch
-    threads of the network on the CPU (default :func:`~ultrares_stream.batcher.cpu_inference_threads`).
-    ``stabilise``: temporal stabiliser settings (:mod:`.temporal`), None for none.
-    Raises :class:`UserError` for unreadable input, :class:`EnhanceInterrupted` on Ctrl-C/SIGTERM.
-    """
-    import av
 
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise UserError(f"{src}: no such file")
-    if src.resolve() == dst.resolve():
-        raise UserError(f"{dst}: output would overwrite the input; choose another name")
-    fmt = _check_output(dst)
+@dataclass
+class Plan:
+    """What a recorded job knows before it starts, read from the input."""
+
+    fps: Fraction
+    out_size: tuple[int, int]  # even
+    copy: list[int]  # audio/subtitle stream indices copied into the output
+    total: int | None  # frames expected (from the duration), for the progress bar
+    sample: list[np.ndarray]  # the first frames, packed yuv420p (even size): the thread split's measurement
+    decode_s: float  # CPU seconds a frame took to decode and convert
+
+
+def read_plan(src: Path, dst: Path, fmt: str, scale: int, size: tuple[int, int] | None) -> Plan:
+    """Open ``src`` once: check it can be enhanced to ``size`` (or x``scale``), pick the streams
+    to copy into ``fmt``, and decode the first frames. UserError for anything unreadable."""
     try:
-        inp = av.open(str(src), timeout=30, **hwaccel_args(pick_hwaccel(str(upscaler.device))))
+        inp = av.open(str(src), timeout=30)
     except av.error.FFmpegError as exc:
-        raise UserError(f"{src}: not a readable video ({_describe(exc)})") from None
-    if not inp.streams.video:
-        inp.close()
-        raise UserError(f"{src}: has no video stream")
-    vin = inp.streams.video[0]
-    if vin.codec_context is None:
-        inp.close()
-        raise UserError(f"{src}: the video stream cannot be decoded (damaged header or unknown codec)")
-    vin.thread_type = "AUTO"
-    vin.codec_context.thread_count = 1
-    rate = vin.average_rate or vin.guessed_rate or DEFAULT_FPS
-    fps = Fraction(rate).limit_denominator(1001)
-    copies = []
+        raise UserError(f"{src}: not a readable video ({describe_error(exc)})") from None
+    with inp:
+        if not inp.streams.video:
+            raise UserError(f"{src}: has no video stream")
+        vin = inp.streams.video[0]
+        if vin.codec_context is None:
+            raise UserError(f"{src}: the video stream cannot be decoded (damaged header or unknown codec)")
+        problem = video_size_problem(vin.codec_context.width, vin.codec_context.height, size, scale)
+        if problem:
+            raise UserError(f"{src}: {problem}")
+        w, h = even_size(vin.codec_context.width, vin.codec_context.height)
+        fps = stream_fps(vin)
+        duration = _duration_s(inp, vin)
+        copy = _copyable(inp, fmt, src.name, dst.suffix)
+        sample, decode_s = _first_frames(inp, vin, CALIBRATION_FRAMES)
+    out = even_size(*(size if size is not None else (w * scale, h * scale)))
+    return Plan(fps, out, copy, int(duration * float(fps)) if duration else None, sample, decode_s)
+
+
+def _copyable(inp, fmt: str, label: str, suffix: str) -> list[int]:
+    allowed = COPYABLE[fmt]
+    copy = []
     for s in inp.streams:
         if s.type not in ("audio", "subtitle"):
             continue
-        allowed = COPYABLE[fmt]
         if allowed is not None and s.codec_context.name not in allowed:
             log.warning("%s: %s stream #%d (%s) cannot be copied into %s; skipped (use .mkv to keep it)",
-                        src.name, s.type, s.index, s.codec_context.name, dst.suffix)
+                        label, s.type, s.index, s.codec_context.name, suffix)
             continue
-        copies.append(s)
-    duration = _duration_s(inp, vin)
-    total = int(duration * float(fps)) if duration else None
+        copy.append(s.index)
+    return copy
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
-    out = av.open(str(tmp), "w", format=fmt, options={"movflags": "+faststart+use_metadata_tags"} if fmt in ("mp4", "mov") else {})
-    out.metadata.update(provenance.video_metadata(provenance.for_upscaler(upscaler)))
-    settings = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
-    pub = Publisher(str(tmp), settings, live=False, name=src.name)
-    in_w, in_h = vin.codec_context.width, vin.codec_context.height
-    problem = video_size_problem(in_w, in_h, size, upscaler.scale)
-    if problem:
-        out.close()
-        inp.close()
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{src}: {problem}")
-    in_w, in_h = in_w - in_w % 2, in_h - in_h % 2
-    out_w, out_h = size if size is not None else (in_w * upscaler.scale, in_h * upscaler.scale)
-    out_w, out_h = out_w - out_w % 2, out_h - out_h % 2
-    size = (out_w, out_h)
-    pub.open(out_w, out_h, fps, container=out)  # video first, and every stream before the first packet
-    out_map = {}
-    for s in copies:
-        out_map[s.index] = out.add_stream_from_template(s)
 
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    max_batch = max_batch or default_max_batch(upscaler.device.type)
-    net_threads = cpu_inference_threads(threads)
-    decoded_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
-    enhanced_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch))
-    counters = {"frames": 0, "decoded": 0, "bad_packets": 0, "copied": 0}
-    stabiliser = Stabiliser(stabilise) if stabilise is not None else None
-
-    def put(q: queue.Queue, item) -> bool:
-        while True:
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                if errors:
-                    return False
-
-    def demux() -> None:
-        clock = FrameClock(fps, synthetic=inp.format.name == "avi")
-        try:
-            for packet in inp.demux([vin, *copies]):
-                if stop.is_set():
-                    break
-                if packet.stream.index != vin.index:
-                    if packet.dts is not None and not put(decoded_q, ("packet", packet)):
-                        return
-                    continue
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError as exc:
-                    counters["bad_packets"] += 1
-                    log.warning("%s: skipping an undecodable packet: %s", src.name, _describe(exc))
-                    continue
-                for f in frames:
-                    t = clock.time(f.time)
-                    data, w, h = frame_to_yuv420p(f)
-                    counters["decoded"] += 1
-                    if not put(decoded_q, ("frame", (data, w, h, t))):
-                        return
-        except Exception as exc:  # noqa: BLE001
-            errors.append(UserError(f"{src}: cannot decode: {_describe(exc)}"))
-        finally:
-            put(decoded_q, _END)
-
-    def infer() -> None:
-        try:
-            if upscaler.device.type == "cpu":
-                torch.set_num_threads(net_threads)
-            pending: list = []  # consecutive frames of one size, with packets queued behind them
-
-            def flush() -> bool:
-                frames = [p for p in pending if p[0] == "frame"]
-                if frames:
-                    w, h = frames[0][1][1], frames[0][1][2]
-                    outs = enhance_batch(upscaler, [f[1][0] for f in frames], w, h, size, stabiliser)
-                    it = iter(outs)
-                    for kind, item in pending:
-                        if kind == "frame":
-                            if not put(enhanced_q, ("frame", (next(it), item[3]))):
-                                return False
-                        elif not put(enhanced_q, (kind, item)):
-                            return False
-                else:
-                    for p in pending:
-                        if not put(enhanced_q, p):
-                            return False
-                pending.clear()
-                return True
-
-            while True:
-                item = decoded_q.get()
-                if item is _END:
-                    break
-                kind, payload = item
-                if kind == "frame":
-                    first = next((p for p in pending if p[0] == "frame"), None)
-                    if first is not None and (first[1][1], first[1][2]) != (payload[1], payload[2]):
-                        if not flush():
-                            return
-                    pending.append(item)
-                    if sum(1 for p in pending if p[0] == "frame") >= max_batch and not flush():
-                        return
-                else:
-                    pending.append(item)
-            flush()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            put(enhanced_q, _END)
-
-    def write() -> None:
-        last_pts: int | None = None
-        try:
-            while True:
-                item = enhanced_q.get()
-                if item is _END:
-                    break
-                kind, payload = item
-                if kind == "packet":
-                    payload.stream = out_map[payload.stream.index]
-                    out.mux(payload)
-                    counters["copied"] += 1
-                    continue
-                data, t = payload
-                pts = round(t * fps)
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1
-                last_pts = pts
-                pub.write(data, pts)
-                counters["frames"] += 1
-            if pub.stream is not None:
-                out.mux(pub.stream.encode(None))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-            while enhanced_q.get() is not _END:  # unblock the producers
-                pass
-
-    interrupted = []
-
-    def on_sigterm(signum, _frame):
-        interrupted.append(signum)
-        stop.set()
-
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    threads = [threading.Thread(target=f, name=f"enhance-{f.__name__}", daemon=True) for f in (demux, infer, write)]
-    t0 = time.perf_counter()
-    log.info("enhancing %s -> %s (%s%s)", src, dst, f"about {total} frames at {float(fps):.3g} fps" if total
-             else f"{float(fps):.3g} fps", f", copying {len(copies)} audio/subtitle stream(s)" if copies else "")
-    for t in threads:
-        t.start()
+def _first_frames(inp, vin, n: int) -> tuple[list[np.ndarray], float]:
+    """Up to ``n`` decoded frames (packed yuv420p) and the CPU seconds each took; none if undecodable."""
+    frames: list[np.ndarray] = []
+    t0 = time.process_time()
     try:
-        _wait(threads, counters, total, src.name, progress, stop, interrupted)
-    except KeyboardInterrupt:
-        interrupted.append(signal.SIGINT)
-        stop.set()
-        _wait(threads, counters, None, src.name, False, stop, interrupted)
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        try:
-            out.close()
-        finally:
-            inp.close()
-    seconds = time.perf_counter() - t0
-    stats = {"frames": counters["frames"], "seconds": seconds,
-             "fps": counters["frames"] / seconds if seconds > 0 else 0.0, "output": str(dst),
-             "copied_packets": counters["copied"], "bad_packets": counters["bad_packets"],
-             "interrupted": bool(interrupted)}
-    if errors:
-        tmp.unlink(missing_ok=True)
-        err = errors[0]
-        if isinstance(err, UserError):
-            raise err
-        raise UserError(f"{src}: enhancing failed: {_describe(err)}") from err
-    if counters["frames"] == 0:
-        tmp.unlink(missing_ok=True)
-        if interrupted:
-            raise EnhanceInterrupted(stats)
-        raise UserError(f"{src}: no video frames could be decoded")
-    os.replace(tmp, dst)
-    if interrupted:
-        log.warning("interrupted: wrote the %d frames done so far to %s", counters["frames"], dst)
-        raise EnhanceInterrupted(stats)
-    log.info("wrote %s: %d frames in %.1f s (%.2f fps)", dst, stats["frames"], seconds, stats["fps"])
-    return stats
+        for frame in inp.decode(vin):
+            frames.append(frame_to_yuv420p(frame)[0])
+            if len(frames) >= n:
+                break
+    except av.error.FFmpegError:
+        pass  # the job itself skips undecodable packets and reports what it cannot read
+    return frames, (time.process_time() - t0) / max(1, len(frames))
 
 
 def _duration_s(inp, vin) -> float | None:
@@ -353,24 +187,264 @@ def _duration_s(inp, vin) -> float | None:
     return None
 
 
-def _wait(threads, counters, total, label, progress, stop, interrupted) -> None:
-    if not progress:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.2)
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+def measure_costs(upscaler, plan: Plan, encoder: EncoderSettings, cores: int) -> tuple[float, float]:
+    """(network seconds a frame on ``cores`` threads, CPU seconds of a frame's decode and encode),
+    timed on the plan's first frames: the inputs of :func:`batcher.cpu_thread_split`."""
+    first = plan.sample[0]
+    w, h = first.shape[1], first.shape[0] * 2 // 3
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    try:
+        enhance_batch(upscaler, [first], w, h, plan.out_size)  # warm-up (allocations, first-call work)
+        t0 = time.perf_counter()
+        enhance_batch(upscaler, [first], w, h, plan.out_size)
+        net_s = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    return net_s, plan.decode_s + _encode_s(plan, encoder)
 
+
+def _encode_s(plan: Plan, encoder: EncoderSettings) -> float:
+    """CPU seconds (every thread of the encoder) to encode one output-size frame with ``encoder``,
+    on the plan's first frames scaled up bicubically (real content and motion, no network)."""
+    codec = pick_codec(encoder.codec)
+    opts, bit_rate, gop = codec_options(EncoderSettings(**{**encoder.__dict__, "codec": codec}), plan.fps)
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height = plan.out_size
+    ctx.pix_fmt, ctx.time_base, ctx.gop_size, ctx.options = "yuv420p", 1 / plan.fps, gop, opts
+    if bit_rate:
+        ctx.bit_rate = bit_rate
+    frames = []
+    for data in plan.sample:
+        small = av.VideoFrame.from_ndarray(data, format="yuv420p")
+        frames.append(small.reformat(width=plan.out_size[0], height=plan.out_size[1], interpolation="BICUBIC"))
+    t0 = time.process_time()
+    for i, frame in enumerate(frames):
+        frame.pts = i
+        ctx.encode(frame)
+    ctx.encode(None)
+    return (time.process_time() - t0) / len(frames)
+
+
+def cpu_threads(upscaler, plan: Plan, encoder: EncoderSettings, requested: int | None) -> int:
+    """torch threads of the network for this job: ``requested``, else the split the measured costs
+    favour (:func:`batcher.cpu_thread_split`); 0 when the network is not on the CPU."""
+    if upscaler.device.type != "cpu":
+        return 0
+    if requested:
+        return requested
+    cores = _cores()
+    if cores < 2 or not plan.sample:
+        return 1
+    net_s, io_s = measure_costs(upscaler, plan, encoder, cores)
+    threads = cpu_thread_split(cores, net_s, io_s)
+    log.info("CPU split: the network takes %.0f ms a frame on %d threads, decode + encode %.0f ms of CPU: "
+             "%d torch thread(s)%s", net_s * 1000, cores, io_s * 1000, threads,
+             "" if threads == cores else ", one core kept for decode and encode")
+    return threads
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class RecordedJob:
+    """One file through Source -> FrameQueue -> Batcher -> FrameQueue -> SinkWorker, losslessly.
+
+    A :class:`batcher.BatchClient` of its own Batcher. :meth:`start`, then :meth:`poll` until it
+    returns False; :meth:`stop_reading` (Ctrl-C, SIGTERM) lets the frames read so far finish.
+    """
+
+    def __init__(self, src: Path, tmp: Path, upscaler, plan: Plan, encoder: EncoderSettings, max_batch: int,
+                 threads: int, stabiliser: Stabiliser | None):
+        self.name, self.upscaler, self.plan, self.stabiliser = src.name, upscaler, plan, stabiliser
+        depth = max(8, 2 * max_batch)
+        self.queue: FrameQueue = FrameQueue(depth, "block")
+        self.out_queue: FrameQueue = FrameQueue(depth, "block")
+        self.source = Source(str(src), src.name, live=False, hwaccel=pick_hwaccel(str(upscaler.device)),
+                             copy=plan.copy)
+        # a slow frame is no hung server: a file output never reconnects (watchdog off)
+        self.sink = SinkWorker(str(tmp), encoder, lambda: self.source.fps or plan.fps, self.out_queue,
+                               name=src.name, live=False, watchdog_s=math.inf,
+                               metadata=lambda: provenance.video_metadata(provenance.for_upscaler(upscaler)),
+                               copy_from=lambda: self.source.copied_streams)
+        self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads or None)
+        self.batcher.on_error = lambda _name, exc: self._fail(exc)
+        self.enqueued = self.delivered = self.failed = 0
+        self.errors: list[BaseException] = []
+        self._reader = threading.Thread(target=self._read, name=f"source-{self.name}", daemon=True)
+
+    # --- batch client ---------------------------------------------------------
+    def route(self):
+        return self.upscaler, self.plan.out_size
+
+    def deliver(self, out: Enhanced) -> None:
+        self.delivered += 1
+        try:
+            while not self.out_queue.put(out, timeout=0.2):
+                if self.errors:
+                    return  # the sink failed: nothing takes frames any more
+        except QueueClosed:
+            pass
+
+    # --- life cycle -----------------------------------------------------------
+    def start(self) -> RecordedJob:
+        self.batcher.attach(self)
+        self.batcher.start()
+        self.sink.start()
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            for frame in self.source.frames():
+                while not self.queue.put(frame, timeout=0.2):
+                    if self.errors:
+                        return
+                self.enqueued += 1
+        except Exception as exc:  # noqa: BLE001 - an unreadable file
+            self._fail(exc)
+        finally:
+            self.queue.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.stop_reading()
+
+    def stop_reading(self) -> None:
+        self.source.stop()
+
+    @property
+    def frames(self) -> int:
+        return self.sink.published
+
+    def poll(self) -> bool:
+        """Close the output once every frame read is back from the batcher; False once it is closed."""
+        if self.sink.error is not None and not self.errors:
+            self._fail(self.sink.error)
+        if not self._reader.is_alive() and (self.errors or self.delivered + self.failed >= self.enqueued
+                                            or not self.batcher.alive):
+            self.out_queue.close()
+        return self.sink.alive
+
+    def close(self) -> None:
+        self.stop_reading()
+        self.queue.close()
+        self.out_queue.close()
+        self.sink.stop(timeout=60.0)
+        self.batcher.stop()
+        self._reader.join(10.0)
+
+    def stats(self, seconds: float, interrupted: bool, dst: Path) -> dict:
+        return {"frames": self.frames, "seconds": seconds, "fps": self.frames / seconds if seconds > 0 else 0.0,
+                "output": str(dst), "copied_packets": self.sink.copied, "bad_packets": self.source.bad_packets,
+                "interrupted": interrupted}
+
+
+def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None = None, progress: bool = True,
+                  max_batch: int | None = None, encoder: EncoderSettings | None = None,
+                  threads: int | None = None, stabilise: StabiliserSettings | None = None) -> dict:
+    """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
+
+    ``size`` = (width, height) of the output (default: the model's scale). ``threads``: torch
+    threads of the network on the CPU (default: chosen from measured costs, :func:`cpu_threads`).
+    ``stabilise``: temporal stabiliser settings (:mod:`.temporal`), None for none.
+    Raises :class:`UserError` for unreadable input, :class:`EnhanceInterrupted` on Ctrl-C/SIGTERM.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise UserError(f"{src}: no such file")
+    if src.resolve() == dst.resolve():
+        raise UserError(f"{dst}: output would overwrite the input; choose another name")
+    plan = read_plan(src, dst, output_container(dst), upscaler.scale, size)
+    encoder = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
+    max_batch = max_batch or default_max_batch(upscaler.device.type)
+    net_threads = cpu_threads(upscaler, plan, encoder, threads)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, net_threads,
+                      Stabiliser(stabilise) if stabilise is not None else None)
+    log.info("enhancing %s -> %s (%s%s)", src, dst, f"about {plan.total} frames at {float(plan.fps):.3g} fps"
+             if plan.total else f"{float(plan.fps):.3g} fps",
+             f", copying {len(plan.copy)} audio/subtitle stream(s)" if plan.copy else "")
+    t0 = time.perf_counter()
+    interrupted = _run(job, plan.total, src.name, progress)
+    stats = job.stats(time.perf_counter() - t0, interrupted, dst)
+    return _finish(job, stats, src, tmp, dst)
+
+
+def _run(job: RecordedJob, total: int | None, label: str, progress: bool) -> bool:
+    """Run ``job`` to the end with a progress bar; True when Ctrl-C or SIGTERM cut it short."""
+    interrupted = threading.Event()
+
+    def interrupt() -> None:
+        interrupted.set()
+        job.stop_reading()
+
+    with _on_sigterm(interrupt):
+        job.start()
+        try:
+            try:
+                _wait(job, total, label, progress)
+            except KeyboardInterrupt:
+                interrupt()
+                _wait(job, None, label, False)
+        finally:
+            job.close()
+    return interrupted.is_set()
+
+
+def _finish(job: RecordedJob, stats: dict, src: Path, tmp: Path, dst: Path) -> dict:
+    """Rename the finished output into place, or remove it and raise what went wrong."""
+    if job.errors:
+        tmp.unlink(missing_ok=True)
+        err = job.errors[0]
+        if isinstance(err, UserError):
+            raise err
+        raise UserError(f"{src}: enhancing failed: {describe_error(err)}") from err
+    if stats["frames"] == 0:
+        tmp.unlink(missing_ok=True)
+        if stats["interrupted"]:
+            raise EnhanceInterrupted(stats)
+        raise UserError(f"{src}: no video frames could be decoded")
+    os.replace(tmp, dst)
+    if stats["interrupted"]:
+        log.warning("interrupted: wrote the %d frames done so far to %s", stats["frames"], dst)
+        raise EnhanceInterrupted(stats)
+    log.info("wrote %s: %d frames in %.1f s (%.2f fps)", dst, stats["frames"], stats["seconds"], stats["fps"])
+    return stats
+
+
+@contextmanager
+def _on_sigterm(callback):
+    """SIGTERM calls ``callback`` (in the main thread only; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, lambda _signum, _frame: callback())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _wait(job: RecordedJob, total: int | None, label: str, progress: bool) -> None:
+    """Poll ``job`` until its output is closed, showing a progress bar when ``progress``."""
+    if not progress:
+        while job.poll():
+            time.sleep(0.05)
+        return
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), transient=False) as bar:
         task = bar.add_task(label, total=total, fps=0.0)
-        while any(t.is_alive() for t in threads):
-            threads[-1].join(0.25)
-            done = counters["frames"]
-            dt = time.perf_counter() - t0
+        while job.poll():
+            time.sleep(0.25)
+            done, dt = job.frames, time.perf_counter() - t0
             bar.update(task, completed=done, fps=done / dt if dt > 0 else 0.0,
                        total=max(total, done) if total else None)
-        bar.update(task, completed=counters["frames"], total=counters["frames"])
+        bar.update(task, completed=job.frames, total=job.frames)

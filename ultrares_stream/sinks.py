@@ -142,8 +142,22 @@ def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], in
     return opts, bit_rate, gop
 
 
-def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[str, str | None, dict[str, str]]:
-    """(target, container format, muxer options) for an output URL or path."""
+#: file suffix -> FFmpeg muxer: the one table for camera outputs and recorded jobs (``.m3u8`` is HLS)
+OUTPUT_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+                     ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts", ".flv": "flv", ".avi": "avi"}
+
+
+def container_for(path: str | Path) -> str | None:
+    """The muxer :func:`output_args` uses for a file named ``path`` (None: not a known video suffix)."""
+    return OUTPUT_CONTAINERS.get(Path(str(path)).suffix.lower())
+
+
+def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
+                keep_times: bool = False) -> tuple[str, str | None, dict[str, str]]:
+    """(target, container format, muxer options) for an output URL or path. ``keep_times``: the
+    file keeps the source's timestamps and copied audio (recorded jobs): MP4/MOV are then written
+    whole at the close, as fragments cannot carry the edit lists (encoder delay, AAC priming)
+    that keep them in sync."""
     text = str(url)
     scheme = urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in ("rtsp", "rtsps"):
@@ -159,19 +173,16 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0) -> tuple[st
     if suffix == ".m3u8":
         return text, "hls", {"hls_time": "2", "hls_list_size": "6" if live else "0",
                              "hls_flags": "delete_segments+independent_segments" if live else "independent_segments"}
-    if suffix in (".mp4", ".mov", ".m4v"):
+    fmt = OUTPUT_CONTAINERS.get(suffix)
+    if fmt in ("mp4", "mov") and keep_times:
+        return text, fmt, {"movflags": "+faststart+use_metadata_tags"}
+    if fmt in ("mp4", "mov"):
         # fragmented at every keyframe and flushed with each packet, live or not: a killed service
         # leaves a file that plays up to the last GOP. use_metadata_tags keeps the provenance tags.
-        return text, "mp4", {"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags",
-                             "flush_packets": "1"}
-    if suffix in (".mkv", ".webm"):
-        return text, "matroska" if suffix == ".mkv" else "webm", {}
-    if suffix in (".ts", ".m2ts"):
-        return text, "mpegts", {}
-    if suffix in (".flv",):
-        return text, "flv", {}
-    if suffix == ".avi":
-        return text, "avi", {}
+        return text, fmt, {"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags",
+                           "flush_packets": "1"}
+    if fmt is not None:
+        return text, fmt, {}
     raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .avi, .ts or .m3u8 path")
 
 
@@ -196,11 +207,14 @@ class TimestampMapper:
 
     Within one connection (``epoch``) the source's spacing is kept (a dropped frame
     leaves a gap, so playback speed stays real time); a new epoch (reconnect)
-    continues one frame after the last output timestamp.
+    continues one frame after the last output timestamp. ``rebase``: the first frame
+    is pts 0 (cameras, whose clocks start anywhere); False keeps the source's own
+    times from the start (recorded files, whose copied audio keeps its times too).
     """
 
-    def __init__(self, fps: Fraction):
+    def __init__(self, fps: Fraction, rebase: bool = True):
         self.fps = Fraction(fps)
+        self.rebase = rebase
         self.last: int | None = None
         self._epoch: int | None = None
         self._offset = 0
@@ -210,9 +224,12 @@ class TimestampMapper:
             pts = 0 if self.last is None else self.last + 1
         else:
             ticks = round(time_s * self.fps)
-            if epoch != self._epoch or self.last is None:
+            if self.last is None:
                 self._epoch = epoch
-                self._offset = (0 if self.last is None else self.last + 1) - ticks
+                self._offset = -ticks if self.rebase else 0
+            elif epoch != self._epoch:
+                self._epoch = epoch
+                self._offset = self.last + 1 - ticks
             pts = ticks + self._offset
             if self.last is not None and pts <= self.last:
                 pts = self.last + 1
@@ -225,7 +242,8 @@ class Publisher:
     """One open output: encoder + container. ``write`` takes packed yuv420p frames."""
 
     def __init__(self, url: str, settings: EncoderSettings | None = None, *, live: bool = True,
-                 timeout_s: float = 5.0, name: str = "camera", metadata: dict[str, str] | None = None):
+                 timeout_s: float = 5.0, name: str = "camera", metadata: dict[str, str] | None = None,
+                 keep_times: bool = False):
         self.url = str(url)
         self.metadata = metadata or {}  # container tags of a file output (provenance)
         self.settings = settings or EncoderSettings()
@@ -235,22 +253,25 @@ class Publisher:
         self.container = None
         self.stream = None
         self.frames = 0
+        self.copied = 0  # packets of copied (audio/subtitle) streams muxed
+        self._copies: dict[int, object] = {}  # input stream index -> output stream
         self.width = self.height = 0
-        self.target, self.format, self.options = output_args(self.url, live, timeout_s)
+        self.target, self.format, self.options = output_args(self.url, live, timeout_s, keep_times)
 
     @property
     def masked_url(self) -> str:
         return mask_url(self.url)
 
-    def open(self, width: int, height: int, fps: Fraction, container=None):
-        """Open the output (or add the video stream to an already open ``container``)."""
+    def open(self, width: int, height: int, fps: Fraction, container=None, copy_from=()):
+        """Open the output (or add the video stream to an already open ``container``). ``copy_from``:
+        input streams (audio, subtitles) added after the video, for :meth:`copy`."""
         import av
 
         codec = pick_codec(self.settings.codec)
         fps = Fraction(fps).limit_denominator(1001)
         opts, bit_rate, gop = codec_options(EncoderSettings(**{**self.settings.__dict__, "codec": codec}), fps)
         if container is None:
-            if self.format in ("mp4", "matroska", "webm", "mpegts", "hls") and "://" not in self.target:
+            if "://" not in self.target:
                 Path(self.target).parent.mkdir(parents=True, exist_ok=True)
             try:
                 container = av.open(self.target, "w", format=self.format, options=self.options,
@@ -272,6 +293,7 @@ class Publisher:
             stream.codec_context.thread_count = self.settings.threads
         stream.options = opts
         self.stream = stream
+        self._copies = {s.index: container.add_stream_from_template(s) for s in copy_from}
         self.width, self.height = width, height
         self.fps = fps
         log.info("%s: publishing %dx%d at %.3g fps with %s to %s", self.name, width, height, float(fps),
@@ -290,6 +312,13 @@ class Publisher:
     def mux(self, packets) -> None:
         if packets:
             self.container.mux(packets)
+
+    def copy(self, packets) -> None:
+        """Mux demuxed packets of the ``copy_from`` streams as they are (their own timestamps)."""
+        for packet in packets:
+            packet.stream = self._copies[packet.stream.index]
+            self.container.mux(packet)
+            self.copied += 1
 
     def send(self, data: np.ndarray, pts: int) -> tuple[float, float]:
         """Encode and mux one packed yuv420p frame; returns (encode_s, mux_s)."""
@@ -324,21 +353,26 @@ class SinkWorker:
 
     ``fps``: a callable returning the output frame rate (the input's), read when
     the output is (re)opened. ``on_published(enhanced, seconds)`` is called after
-    each frame is written.
+    each frame is written. ``copy_from`` (file outputs): a callable returning the input
+    streams whose packets ride along with the frames (``Frame.packets``); they are copied
+    into the output after their frame, and video keeps the source's timestamps.
     """
 
     def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
                  name: str = "camera", live: bool = True, timeout_s: float = 5.0, watchdog_s: float = 5.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, metrics=None,
-                 on_published: Callable | None = None, metadata: Callable[[], dict[str, str]] | None = None):
+                 on_published: Callable | None = None, metadata: Callable[[], dict[str, str]] | None = None,
+                 copy_from: Callable[[], list] | None = None):
         self.url, self.settings, self.fps_fn, self.queue = url, settings, fps, queue
         self.name, self.live, self.timeout_s, self.watchdog_s = name, live, timeout_s, watchdog_s
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.metrics = metrics
         self.on_published = on_published
         self.metadata_fn = metadata  # file outputs' container tags, read when the output is opened
+        self.copy_from = copy_from
         output_args(url, live, timeout_s)  # validate the URL early (UserError)
         self.published = 0
+        self.copied = 0  # packets of copy_from streams muxed
         self.reconnects = 0
         self._failures = 0  # consecutive dropped connections: the reconnect backoff grows with them
         self.state = "idle"
@@ -402,14 +436,20 @@ class SinkWorker:
     def _open(self, width: int, height: int) -> Publisher:
         from .sink_process import NETWORK_SCHEMES, RemotePublisher
 
-        kind = RemotePublisher if urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES else Publisher
         attempt = 0
         while True:
-            pub = kind(self.url, self.settings, live=self.live, timeout_s=self.timeout_s, name=self.name,
-                       metadata=self.metadata_fn() if self.metadata_fn else None)
+            args = dict(live=self.live, timeout_s=self.timeout_s, name=self.name,
+                        metadata=self.metadata_fn() if self.metadata_fn else None)
+            if urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES:
+                pub = RemotePublisher(self.url, self.settings, **args)
+            else:
+                pub = Publisher(self.url, self.settings, keep_times=self.copy_from is not None, **args)
             try:
                 self._write_started = time.monotonic()
-                pub.open(width, height, self.fps_fn())
+                if self.copy_from is not None:
+                    pub.open(width, height, self.fps_fn(), copy_from=self.copy_from())
+                else:
+                    pub.open(width, height, self.fps_fn())
                 return pub
             except ConnectionError as exc:
                 if not self.live:
@@ -457,7 +497,7 @@ class SinkWorker:
 
     def _publish(self, enhanced) -> None:
         if self.mapper is None:
-            self.mapper = TimestampMapper(self.fps_fn())
+            self.mapper = TimestampMapper(self.fps_fn(), rebase=self.copy_from is None)
         pts = self.mapper.map(enhanced.source.time_s, enhanced.source.epoch)
         for attempt in range(2):
             pub = self._pub
@@ -478,6 +518,9 @@ class SinkWorker:
             try:
                 encode_s, mux_s = pub.send(enhanced.data, pts)
                 pub.frames += 1
+                if self.copy_from is not None:
+                    pub.copy(enhanced.source.packets)
+                    self.copied += len(enhanced.source.packets)
             except Exception as exc:  # noqa: BLE001 - server gone or hung (socket timeout)
                 self._write_started = None
                 if not self.live:

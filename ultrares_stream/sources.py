@@ -20,7 +20,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 QUICK_RETRY_S = 10.0
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 DEFAULT_FPS = Fraction(25)
+#: file suffixes taken for video without sniffing the content (``enhance`` folders, recorded jobs)
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".flv",
+                            ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv", ".264", ".h264"})
 
 
 #: query-string keys whose values are secrets (``?user=admin&password=...``, ``?token=...``)
@@ -157,7 +160,7 @@ def hwaccel_problem(kind: str) -> str | None:
     try:
         HWAccel(device_type=kind).create(Codec("h264", "r"))
     except Exception as exc:  # noqa: BLE001 - any failure means: decode in software
-        return _describe(exc)
+        return describe_error(exc)
     return None
 
 
@@ -173,6 +176,16 @@ class Frame:
     received: float = field(default_factory=time.monotonic)  # monotonic clock at decode
     decode_s: float = 0.0
     epoch: int = 0  # connection number: changes after every reconnect
+    packets: list = field(default_factory=list)  # demuxed packets of the copied streams (Source ``copy``)
+
+
+def stream_fps(stream, default: Fraction = DEFAULT_FPS) -> Fraction:
+    """A PyAV video stream's frame rate (average, else guessed, else base), or ``default`` when
+    it has none or an implausible one (outside 1-240 fps)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate and 1 <= float(rate) <= 240:
+        return Fraction(rate).limit_denominator(1001)
+    return default
 
 
 def frame_to_yuv420p(frame) -> tuple[np.ndarray, int, int]:
@@ -188,13 +201,15 @@ class Source:
     """A reader of one input. Iterate :meth:`frames`; call :meth:`stop` from another thread.
 
     ``live``: None = decide from the URL (:func:`is_live`). Live sources reconnect
-    forever; files are read once and end.
+    forever; files are read once and end, skipping undecodable packets (``bad_packets``).
+    ``copy``: indices of audio/subtitle streams whose packets ride along with the frames
+    (``Frame.packets``: those demuxed before the next frame) for a sink that copies them.
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
                  timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
                  metrics=None, decode_threads: int = 1, max_frames: int | None = None,
-                 hwaccel: str | None = None):
+                 hwaccel: str | None = None, copy: Collection[int] = ()):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -208,6 +223,9 @@ class Source:
         self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
         self.hwaccel = hwaccel  # FFmpeg hardware decoder ("cuda" = NVDEC), software fallback (pick_hwaccel)
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
+        self.copy = frozenset(copy)
+        self.copied_streams: list = []  # the input streams of ``copy``, known once connected
+        self.bad_packets = 0  # undecodable packets a file skipped
         self.state = "starting"
         self.reconnects = 0
         self.connected = threading.Event()
@@ -215,6 +233,7 @@ class Source:
         self._index = 0
         self._epoch = 0
         self._container = None
+        self._kept = None  # a finished file's container, open while its copied packets are in flight
 
     @property
     def masked_url(self) -> str:
@@ -254,8 +273,8 @@ class Source:
                 log.warning("%s: %s", self.name, exc)
             except Exception as exc:  # av.error.* and OSError: the camera is gone or hung
                 if not self.live:
-                    raise UserError(f"{self.masked_url}: cannot decode: {_describe(exc)}") from None
-                log.warning("%s: source %s: %s", self.name, self.masked_url, _describe(exc))
+                    raise UserError(f"{self.masked_url}: cannot decode: {describe_error(exc)}") from None
+                log.warning("%s: source %s: %s", self.name, self.masked_url, describe_error(exc))
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "decode").inc()
             finally:
@@ -296,7 +315,7 @@ class Source:
             container = self._open(args)
         except (av.error.FileNotFoundError, av.error.InvalidDataError) as exc:
             if not self.live:
-                raise UserError(f"{self.masked_url}: not a readable video ({_describe(exc)})") from None
+                raise UserError(f"{self.masked_url}: not a readable video ({describe_error(exc)})") from None
             raise
         self._container = container
         try:
@@ -305,11 +324,7 @@ class Source:
             stream = container.streams.video[0]
             stream.thread_type = "SLICE" if self.live else "AUTO"
             stream.codec_context.thread_count = self.decode_threads
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            if rate and 1 <= float(rate) <= 240:
-                self.fps = Fraction(rate).limit_denominator(1001)
-            elif self.fps is None:
-                self.fps = DEFAULT_FPS
+            self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
             self._epoch += 1
             self.state = "running"
             self.connected.set()
@@ -320,10 +335,11 @@ class Source:
                      float(self.fps))
             clock = FrameClock(self.fps, synthetic=container.format.name == "avi")
             t0 = time.perf_counter()
-            for frame in container.decode(stream):
+            for frame, packets in self._decoded(container, stream):
                 data, w, h = frame_to_yuv420p(frame)
                 t1 = time.perf_counter()
-                out = Frame(data, w, h, self._index, clock.time(frame.time), decode_s=t1 - t0, epoch=self._epoch)
+                out = Frame(data, w, h, self._index, clock.time(frame.time), decode_s=t1 - t0, epoch=self._epoch,
+                            packets=packets)
                 self._index += 1
                 if self.metrics is not None:
                     self.metrics.frames_in.labels(self.name).inc()
@@ -341,8 +357,49 @@ class Source:
                 self._set_down()
                 threading.Thread(target=_close_quietly, args=(container,), daemon=True,
                                  name=f"close-{self.name}").start()
+            elif self.copied_streams:
+                self._kept = container  # Frame.packets and the sink's output streams refer to its streams
             else:
                 container.close()
+
+    def close(self) -> None:
+        """Close a file kept open for its copied streams (``copy``), once their packets are muxed."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
+
+    def _decoded(self, container, stream) -> Iterator[tuple[object, list]]:
+        """(frame, packets of the copied streams demuxed before the next frame; the last frame takes
+        the rest). A live source without copies decodes as it comes; an undecodable packet ends a
+        live connection, and is skipped (and counted) in a file."""
+        import av
+
+        copied = [s for s in container.streams if s.index in self.copy and s.type in ("audio", "subtitle")]
+        self.copied_streams = copied
+        if self.live and not copied:
+            yield from ((frame, []) for frame in container.decode(stream))
+            return
+        held, packets = None, []
+        for packet in container.demux([stream, *copied]):
+            if packet.stream.index != stream.index:
+                if packet.dts is not None:
+                    packets.append(packet)
+                continue
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                if self.live:
+                    raise
+                self.bad_packets += 1
+                log.warning("%s: skipping an undecodable packet: %s", self.name, describe_error(exc))
+                continue
+            for frame in frames:
+                if held is not None:
+                    yield held, packets
+                    packets = []
+                held = frame
+        if held is not None:
+            yield held, packets
 
 
 def _close_quietly(container) -> None:
@@ -374,8 +431,8 @@ class FrameClock:
         return self.last
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line, URL-masked description of an error."""
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of an error (``Type: message``) with any URL's secrets masked."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: mask_url(m.group(0)), text, flags=re.I)
 
@@ -389,8 +446,7 @@ def probe(path: str | Path, timeout_s: float = 10.0) -> dict:
             if not c.streams.video:
                 raise UserError(f"{mask_url(str(path))}: has no video stream")
             s = c.streams.video[0]
-            rate = s.average_rate or s.guessed_rate or DEFAULT_FPS
-            return {"width": s.codec_context.width, "height": s.codec_context.height,
-                    "fps": Fraction(rate).limit_denominator(1001), "codec": s.codec_context.name}
+            return {"width": s.codec_context.width, "height": s.codec_context.height, "fps": stream_fps(s),
+                    "codec": s.codec_context.name}
     except av.error.FFmpegError as exc:
-        raise UserError(f"{mask_url(str(path))}: not a readable video ({_describe(exc)})") from None
+        raise UserError(f"{mask_url(str(path))}: not a readable video ({describe_error(exc)})") from None

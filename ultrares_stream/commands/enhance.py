@@ -12,12 +12,11 @@ from ..config import DEFAULT_ALPHA, StabiliseConfig
 from ..errors import UserError
 from ..models.registry import DEFAULT_MODELS
 from ..sizes import is_decimal, parse_size
+from ..sources import VIDEO_SUFFIXES
 from .options import add_device, add_precision, add_threads
 
 log = logging.getLogger("ultrares.enhance")
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".flv", ".mpg", ".mpeg",
-                            ".wmv", ".264", ".h264"})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
