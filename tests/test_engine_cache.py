@@ -36,6 +36,7 @@ CHANGES = {
     "model_hash": "0123456789abcdef", "arch": "RRDBNet-x", "backend": "compile", "precision": "fp32",
     "shapes": dataclasses.replace(SHAPES, batch=(1, 2, 4)), "gpu": "NVIDIA A100-SXM4-80GB",
     "compute_capability": "8.0", "torch": "2.14.0", "torch_tensorrt": "2.14.0", "tensorrt": "10.15.0",
+    "settings": "immutable_weights=True;min_block_size=1",
 }
 
 
@@ -50,6 +51,35 @@ def test_key_digest_changes_with_every_component(field):
     assert changed.digest() != base.digest()
     # only the weights are outside the structure digest: those engines can be refitted into each other
     assert (changed.structure_digest() == base.structure_digest()) == (field == "model_hash")
+
+
+def test_two_build_settings_make_two_keys():
+    from ultrares_stream.engine.cache import settings_string
+    from ultrares_stream.engine.tensorrt import build_options
+
+    explicit = settings_string(build_options({"use_explicit_typing", "enabled_precisions"}, torch.float16))
+    legacy = settings_string(build_options({"enabled_precisions"}, torch.float16))
+    assert explicit != legacy and "use_explicit_typing=True" in explicit and "float16" in legacy
+    assert make_key(settings=explicit).digest() != make_key(settings=legacy).digest()
+
+
+def test_activation_variants_with_equal_shapes_have_different_arch_strings():
+    from ultrares_stream.engine.tensorrt import _describe
+
+    relu = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2, act_type="relu")
+    leaky = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2, act_type="lrelu")
+    assert [v.shape for v in relu.state_dict().values()] == [v.shape for v in leaky.state_dict().values()]
+    assert _describe(relu) != _describe(leaky) and _describe(relu) == _describe(SRVGGNetCompact(
+        num_feat=8, num_conv=2, upscale=2, act_type="relu"))
+
+
+def test_default_engine_range_covers_720p_and_pal_cameras():
+    from ultrares_stream.config import DEFAULT_ENGINE_SHAPE
+
+    default = ShapeRange.parse(DEFAULT_ENGINE_SHAPE)
+    assert default == ShapeRange()  # one default, in the config and for make_engine
+    for w, h in ((1280, 720), (704, 576), (960, 540), (480, 270)):
+        assert default.accepts((1, 3, h, w)), f"{w}x{h} would run on eager"
 
 
 def test_key_round_trips_through_json_and_is_stable():

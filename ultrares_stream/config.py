@@ -25,7 +25,7 @@ URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp
                          "v4l2"})
 
 #: input frame sizes (MIN:OPT:MAX) a TensorRT engine is built for unless configured
-DEFAULT_ENGINE_SHAPE = "480x270:960x540:960x540"
+DEFAULT_ENGINE_SHAPE = "480x270:960x540:1280x720"  # covers 704x576 (PAL/D1) and 1280x720 cameras
 
 
 class _Strict(BaseModel):

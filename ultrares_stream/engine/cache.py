@@ -2,8 +2,9 @@
 
 An entry is a folder ``<root>/<digest>/`` holding the artefact (``engine.pt2``) and
 ``meta.json`` (the full key, the artefact's SHA-256 and size, when it was built).
-The digest covers the model weights hash, architecture, backend, precision, shape
-ranges, GPU name and compute capability, and the torch / torch-tensorrt / TensorRT
+The digest covers the model weights hash, architecture (layers and activations, not only
+parameter shapes), backend, precision, shape ranges, the build settings (:func:`settings_string`
+of the backend's build options), GPU name and compute capability, and the torch / torch-tensorrt / TensorRT
 versions, so an engine is only ever reused where it was built for.
 
 Nothing here crashes the service: an entry whose artefact is missing, truncated,
@@ -31,7 +32,7 @@ from ..settings import engine_cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the on-disk layout changes; older entries become stale
+FORMAT = 2  # bump when the on-disk layout changes; older entries become stale
 ARTEFACT = "engine.pt2"  # torch.export / torch_tensorrt.save archives
 META = "meta.json"
 
@@ -41,8 +42,8 @@ class ShapeRange:
     """Input shapes an engine accepts: batch and spatial (input pixels) min / opt / max."""
 
     batch: tuple[int, int, int] = (1, 4, 8)
-    height: tuple[int, int, int] = (270, 540, 540)
-    width: tuple[int, int, int] = (480, 960, 960)
+    height: tuple[int, int, int] = (270, 540, 720)  # as config.DEFAULT_ENGINE_SHAPE: 704x576 and 1280x720 fit
+    width: tuple[int, int, int] = (480, 960, 1280)
     channels: int = 3
 
     def __post_init__(self) -> None:
@@ -100,6 +101,16 @@ class ShapeRange:
         return cls(batch=(1, opt, max_batch), height=(height, height, height), width=(width, width, width))
 
 
+def settings_string(options: dict[str, Any]) -> str:
+    """Build options as one stable string for :class:`EngineKey` (sorted ``key=value``; sets sorted)."""
+    def text(v: Any) -> str:
+        if isinstance(v, (set, frozenset, list, tuple)):
+            return "[" + ",".join(sorted(text(x) for x in v)) + "]"
+        return str(v)
+
+    return ";".join(f"{k}={text(v)}" for k, v in sorted(options.items()))
+
+
 def device_fingerprint(device: torch.device | str = "cuda") -> dict[str, str]:
     """GPU name and compute capability (``cpu`` on the CPU), and the library versions."""
     device = torch.device(device)
@@ -140,12 +151,15 @@ class EngineKey:
     torch: str
     torch_tensorrt: str
     tensorrt: str
+    settings: str = ""  # the backend's build options (settings_string); "" in FORMAT 1 entries
 
     @classmethod
     def for_device(cls, *, model_hash: str, arch: str, backend: str, precision: str, shapes: ShapeRange,
-                   device: torch.device | str = "cuda", fingerprint: dict[str, str] | None = None) -> EngineKey:
+                   device: torch.device | str = "cuda", fingerprint: dict[str, str] | None = None,
+                   settings: str = "") -> EngineKey:
         env = fingerprint if fingerprint is not None else device_fingerprint(device)
-        return cls(model_hash=model_hash, arch=arch, backend=backend, precision=precision, shapes=shapes, **env)
+        return cls(model_hash=model_hash, arch=arch, backend=backend, precision=precision, shapes=shapes,
+                   settings=settings, **env)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

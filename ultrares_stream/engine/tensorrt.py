@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import Precision
-from .cache import ARTEFACT, EngineCache, EngineKey, ShapeRange
+from .cache import ARTEFACT, EngineCache, EngineKey, ShapeRange, settings_string
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -98,6 +98,17 @@ def export_program(net: nn.Module, shapes: ShapeRange, dtype: torch.dtype = torc
     example = torch.rand(example_shape, dtype=dtype, device=device)
     with torch.no_grad():
         return torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes_for(shapes, multiple))
+
+
+def build_options(compile_params: set[str] | frozenset[str], dtype: torch.dtype) -> dict[str, Any]:
+    """The ``torch_tensorrt.dynamo.compile`` options that shape the engine (besides inputs and device),
+    for the parameters this torch-tensorrt has; they are part of the engine cache key."""
+    opts: dict[str, Any] = {"immutable_weights": False, "min_block_size": 1}
+    if "use_explicit_typing" in compile_params:  # the network and inputs carry the dtype
+        opts["use_explicit_typing"] = True
+    elif "enabled_precisions" in compile_params:
+        opts["enabled_precisions"] = {dtype}
+    return opts
 
 
 def refit_or_rebuild(refit: Callable[[], M] | None, rebuild: Callable[[], M], check: Callable[[M], float],
@@ -230,7 +241,8 @@ class TensorRTEngine:
         from ..models.checkpoint import state_dict_hash
 
         key = EngineKey.for_device(model_hash=state_dict_hash(state_dict), arch=self.arch, backend=self.name,
-                                   precision=self.precision, shapes=self.shapes, device=self.device)
+                                   precision=self.precision, shapes=self.shapes, device=self.device,
+                                   settings=settings_string(self._options()))
         cached = self.cache.load(key, self._load)
         if cached is not None and self._check(cached) < self.tolerance:
             return cached, "hit"
@@ -265,14 +277,11 @@ class TensorRTEngine:
         log.info("building TensorRT %s engine for %s, %s (takes a while; cached afterwards)",
                  self.precision, self.arch, self.shapes.describe())
         program = export_program(weights_net, self.shapes, dtype, self.device)
-        kwargs: dict[str, Any] = {"arg_inputs": self._inputs(), "immutable_weights": False,
-                                  "min_block_size": 1, "device": self.device}
-        params = inspect.signature(self._trt.dynamo.compile).parameters
-        if "use_explicit_typing" in params:  # the network and inputs carry the dtype
-            kwargs["use_explicit_typing"] = True
-        elif "enabled_precisions" in params:
-            kwargs["enabled_precisions"] = {dtype}
-        return self._trt.dynamo.compile(program, **kwargs)
+        return self._trt.dynamo.compile(program, arg_inputs=self._inputs(), device=self.device, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return build_options(frozenset(inspect.signature(self._trt.dynamo.compile).parameters),
+                             _DTYPES[self.precision])
 
     def _refit(self, live: Any, weights_net: nn.Module) -> Any:
         program = export_program(weights_net, self.shapes, _DTYPES[self.precision], self.device)
@@ -289,8 +298,10 @@ class TensorRTEngine:
 
 
 def _describe(net: nn.Module) -> str:
-    """Architecture string for cache keys: class and parameter shapes (not values)."""
+    """Architecture string for cache keys: class, layers with their settings (activations
+    included: ReLU and LeakyReLU variants have equal parameter shapes) and parameter shapes (not values)."""
     import hashlib
 
     shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
-    return f"{type(net).__name__}-{hashlib.sha256(shapes.encode()).hexdigest()[:12]}"
+    layers = ";".join(f"{name}:{m!r}" for name, m in net.named_modules() if not list(m.children()))
+    return f"{type(net).__name__}-{hashlib.sha256((shapes + '|' + layers).encode()).hexdigest()[:12]}"
