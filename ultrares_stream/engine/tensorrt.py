@@ -172,6 +172,7 @@ class TensorRTEngine:
         self._module: Any = None
         self._swap_lock = threading.Lock()  # held only to swap / read the live module
         self._build_lock = threading.Lock()  # one build or refit at a time
+        self._fallback_lock = threading.Lock()  # creating the eager engine for out-of-range frames
         self.last_weights_update: str | None = None  # "built", "hit", "refit" or "rebuild"
         self._fallback: Any = None  # eager engine for frame sizes outside the shape range
         self._warned_sizes: set[tuple[int, int]] = set()
@@ -209,12 +210,14 @@ class TensorRTEngine:
             log.warning("frame %dx%d is outside the TensorRT engine's range (%s); running it on eager %s. "
                         "Widen inference.engine_shape in the config to cover %dx%d",
                         *size, self.shapes.describe(), self.precision, *size)
-        with self._build_lock:
-            if self._fallback is None:
-                net = copy.deepcopy(self._template)
-                net.load_state_dict(self._reference.state_dict())
-                self._fallback = EagerEngine(net, self.device, self.precision)
-            fallback = self._fallback
+        fallback = self._fallback  # no lock once it exists: a refit holds the build lock for minutes
+        if fallback is None:
+            with self._fallback_lock:
+                if self._fallback is None:
+                    net = copy.deepcopy(self._template)
+                    net.load_state_dict(self._reference.state_dict())
+                    self._fallback = EagerEngine(net, self.device, self.precision)
+                fallback = self._fallback
         return fallback(x)
 
     # -- weights -------------------------------------------------------------------------
@@ -222,9 +225,10 @@ class TensorRTEngine:
         """New weights (alpha change): refit a copy of the live engine, check it, swap it in.
         Frames keep running on the previous engine until the swap."""
         with self._build_lock:
-            self._reference.load_state_dict(state_dict)
-            if self._fallback is not None:
-                self._fallback.load_weights(state_dict)
+            with self._fallback_lock:  # an eager engine made meanwhile must not keep the old weights
+                self._reference.load_state_dict(state_dict)
+                if self._fallback is not None:
+                    self._fallback.load_weights(state_dict)
             weights_net = self._weights_net(state_dict)
             if self._module is None:
                 module, how = self._initial(weights_net, state_dict)
