@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models.archs import SRVGGNetCompact, shuffle_add_nearest
+from ..models.archs import SRVGGNetCompact
 from ..models.checkpoint import StateDict, infer_arch
 
 
@@ -67,30 +67,16 @@ def collapse(w3: torch.Tensor, b3: torch.Tensor, w1: torch.Tensor, b1: torch.Ten
     return weight, b3 + b1 + bs
 
 
-class RepCompact(nn.Module):
-    """SRVGGNetCompact with :class:`RepConv3x3` convs; :meth:`compact_state_dict` is the shipped net."""
+class RepCompact(SRVGGNetCompact):
+    """SRVGGNetCompact (PReLU) whose convs are :class:`RepConv3x3`; :meth:`compact_state_dict` is
+    the shipped net."""
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 32, num_conv: int = 6,
                  upscale: int = 4):
-        super().__init__()
-        self.scale = upscale
-        self.spec = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_conv=num_conv,
-                         upscale=upscale)
-        widths = [num_in_ch] + [num_feat] * (num_conv + 1) + [num_out_ch * upscale * upscale]
-        layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
-            layers.append(RepConv3x3(cin, cout))
-            if i < num_conv + 1:
-                layers.append(nn.PReLU(num_parameters=cout))
-        self.body = nn.ModuleList(layers)
-
-    size_multiple = 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for layer in self.body:
-            out = layer(out)
-        return shuffle_add_nearest(out, x, self.scale)
+        super().__init__(num_in_ch, num_out_ch, num_feat, num_conv, upscale, act_type="prelu")
+        for i, layer in enumerate(self.body):
+            if isinstance(layer, nn.Conv2d):
+                self.body[i] = RepConv3x3(layer.in_channels, layer.out_channels)
 
     @classmethod
     def from_compact(cls, sd: StateDict, source: str = "init weights") -> "RepCompact":
@@ -120,6 +106,6 @@ class RepCompact(nn.Module):
         return out
 
     def collapsed(self) -> SRVGGNetCompact:
-        net = SRVGGNetCompact(**self.spec)
+        net = SRVGGNetCompact(self.num_in_ch, self.num_out_ch, self.num_feat, self.num_conv, self.scale)
         net.load_state_dict(self.compact_state_dict(), strict=True)
         return net
