@@ -1,9 +1,11 @@
 """Engine benchmark matrix: fps and latency per backend, model and batch size, in one run.
 
-The two production cases (random-initialised weights: speed does not depend on them):
+The cases (random-initialised weights: speed does not depend on them) are every model of
+:data:`MODELS` at every size of :data:`SIZES` (:func:`cases`):
 
-* RRDBNet x4 (ESRGAN, 23 blocks): 480x270 -> 1920x1080
-* SRVGGNetCompact x4 (64 feat, 16 conv): 960x540 -> 3840x2160
+* ``ultrares-compact-x4`` (SRVGGNetCompact 32 feat / 6 conv), ``ultrares-wide-x4`` (64 / 16),
+  ``RRDB`` (ESRGAN x4, 23 blocks)
+* 480x270 -> 1920x1080 and 960x540 -> 3840x2160
 
 Each backend is built once per case (for the largest batch), warmed up, then every
 batch size is timed; a backend that is not available here gets a row with ``error``.
@@ -44,13 +46,27 @@ def _rrdb() -> nn.Module:
 def _compact() -> nn.Module:
     from ..models.archs import SRVGGNetCompact
 
+    return SRVGGNetCompact(num_feat=32, num_conv=6, upscale=4, act_type="prelu")
+
+
+def _wide() -> nn.Module:
+    from ..models.archs import SRVGGNetCompact
+
     return SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
 
 
-CASES = (
-    BenchCase("RRDBNet x4", _rrdb, 480, 270),
-    BenchCase("SRVGGNetCompact x4 (64/16)", _compact, 960, 540),
-)
+#: model name -> its network (the shipped pairs' architectures; ``RRDB`` is ESRGAN's)
+MODELS: dict[str, Callable[[], nn.Module]] = {"ultrares-compact-x4": _compact, "ultrares-wide-x4": _wide,
+                                              "RRDB": _rrdb}
+SIZES = ((480, 270), (960, 540))
+
+
+def cases(models=tuple(MODELS), sizes=SIZES) -> tuple[BenchCase, ...]:
+    """One :class:`BenchCase` per model and input size (``KeyError`` names an unknown model)."""
+    return tuple(BenchCase(m, MODELS[m], w, h) for m in models for w, h in sizes)
+
+
+CASES = cases()
 
 
 def run_matrix(engines: list[str], batches=(1, 4, 8), device: str = "cuda", *, precision: str = "auto",
