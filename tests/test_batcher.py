@@ -164,11 +164,13 @@ def test_the_worker_runs_the_network_with_the_configured_threads(upscaler, threa
 def test_cpu_thread_split_gives_a_dominant_network_every_core():
     from ultrares_stream.batcher import cpu_thread_split
 
-    # a 64-feature/16-conv net: 250 ms a frame against 40 ms of decode + encode -> both cores
-    assert cpu_thread_split(2, net_s=0.25, io_s=0.04) == 2
+    # a 64-feature/16-conv net: 250 ms a frame on 2 cores, 480 on 1, 40 ms of decode + encode -> both
+    assert cpu_thread_split(2, net_all_s=0.25, net_spare_s=0.48, io_s=0.04) == 2
     # the compact net: its frame costs about as much as the I/O -> one core kept for decode/encode
-    assert cpu_thread_split(2, net_s=0.02, io_s=0.03) == 1
+    assert cpu_thread_split(2, net_all_s=0.02, net_spare_s=0.038, io_s=0.03) == 1
+    # a core busy with other work: every-core regions wait for it, one fewer runs faster
+    assert cpu_thread_split(2, net_all_s=0.22, net_spare_s=0.11, io_s=0.04) == 1
     # many cores: a spare core costs the network little, so it pays off sooner
-    assert cpu_thread_split(16, net_s=0.25, io_s=0.04) == 15
-    assert cpu_thread_split(16, net_s=2.0, io_s=0.04) == 16
-    assert cpu_thread_split(1, net_s=1.0, io_s=0.0) == 1
+    assert cpu_thread_split(16, net_all_s=0.25, net_spare_s=0.266, io_s=0.04) == 15
+    assert cpu_thread_split(16, net_all_s=2.0, net_spare_s=2.13, io_s=0.04) == 16
+    assert cpu_thread_split(1, net_all_s=1.0, net_spare_s=1.0, io_s=0.0) == 1

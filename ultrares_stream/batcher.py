@@ -147,23 +147,23 @@ def cpu_inference_threads(requested: int | None = None) -> int:
     return max(1, cores - 1)
 
 
-def cpu_thread_split(cores: int, net_s: float, io_s: float, stall: float = 2.0) -> int:
+def cpu_thread_split(cores: int, net_all_s: float, net_spare_s: float, io_s: float, stall: float = 2.0) -> int:
     """torch threads for the network of a recorded job on ``cores`` CPU cores, from the measured
-    costs of a frame: ``net_s`` seconds of the network on every core, ``io_s`` CPU seconds of its
-    decode and encode.
+    costs of a frame: the network's seconds on every core (``net_all_s``) and on one fewer
+    (``net_spare_s``), and the CPU seconds of its decode and encode (``io_s``).
 
     On every core, decode and encode take cores away from the network's OpenMP team, and each
-    parallel region waits for the thread that lost its core: about ``net_s + stall * io_s`` a frame
-    (``stall`` > 1: a preempted thread also loses its time slice, and spinning threads compete).
-    With one core kept for them, the network runs ``cores / (cores - 1)`` times slower but beside
-    the I/O: ``max(net_s * cores / (cores - 1), io_s)``. The faster split wins: every core when the
-    network dominates (a 64-feature/16-conv net), one fewer when the I/O is comparable (the
-    compact net, whose frame costs about as much as its decode and encode).
+    parallel region waits for the thread that lost its core: about ``net_all_s + stall * io_s``
+    a frame (``stall`` > 1: a preempted thread also loses its time slice, and spinning threads
+    compete). With one core kept for them, the network runs beside the I/O:
+    ``max(net_spare_s, io_s)``. The faster split wins: every core when the network dominates (a
+    64-feature/16-conv net), one fewer when the I/O is comparable (the compact net, whose frame
+    costs about as much as its decode and encode) or when the cores are busy with other work.
     """
     if cores <= 1:
         return 1
-    together = net_s + stall * io_s
-    apart = max(net_s * cores / (cores - 1), io_s)
+    together = net_all_s + stall * io_s
+    apart = max(net_spare_s, io_s)
     return cores if together < apart else cores - 1
 
 

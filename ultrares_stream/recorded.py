@@ -187,21 +187,25 @@ def _duration_s(inp, vin) -> float | None:
     return None
 
 
-def measure_costs(upscaler, plan: Plan, encoder: EncoderSettings, cores: int) -> tuple[float, float]:
-    """(network seconds a frame on ``cores`` threads, CPU seconds of a frame's decode and encode),
-    timed on the plan's first frames: the inputs of :func:`batcher.cpu_thread_split`."""
+def measure_costs(upscaler, plan: Plan, encoder: EncoderSettings, cores: int) -> tuple[float, float, float]:
+    """(network seconds a frame on ``cores`` threads, on ``cores - 1``, CPU seconds of a frame's
+    decode and encode), timed on the plan's first frames: the inputs of :func:`batcher.cpu_thread_split`."""
+    return _net_s(upscaler, plan, cores), _net_s(upscaler, plan, cores - 1), plan.decode_s + _encode_s(plan, encoder)
+
+
+def _net_s(upscaler, plan: Plan, threads: int) -> float:
+    """Seconds of :func:`batcher.enhance_batch` on the first frame with ``threads`` torch threads."""
     first = plan.sample[0]
     w, h = first.shape[1], first.shape[0] * 2 // 3
     before = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    torch.set_num_threads(threads)
     try:
         enhance_batch(upscaler, [first], w, h, plan.out_size)  # warm-up (allocations, first-call work)
         t0 = time.perf_counter()
         enhance_batch(upscaler, [first], w, h, plan.out_size)
-        net_s = time.perf_counter() - t0
+        return time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
-    return net_s, plan.decode_s + _encode_s(plan, encoder)
 
 
 def _encode_s(plan: Plan, encoder: EncoderSettings) -> float:
@@ -236,11 +240,11 @@ def cpu_threads(upscaler, plan: Plan, encoder: EncoderSettings, requested: int |
     cores = _cores()
     if cores < 2 or not plan.sample:
         return 1
-    net_s, io_s = measure_costs(upscaler, plan, encoder, cores)
-    threads = cpu_thread_split(cores, net_s, io_s)
-    log.info("CPU split: the network takes %.0f ms a frame on %d threads, decode + encode %.0f ms of CPU: "
-             "%d torch thread(s)%s", net_s * 1000, cores, io_s * 1000, threads,
-             "" if threads == cores else ", one core kept for decode and encode")
+    net_all, net_spare, io_s = measure_costs(upscaler, plan, encoder, cores)
+    threads = cpu_thread_split(cores, net_all, net_spare, io_s)
+    log.info("CPU split: the network takes %.0f ms a frame on %d threads, %.0f ms on %d, decode + encode "
+             "%.0f ms of CPU: %d torch thread(s)%s", net_all * 1000, cores, net_spare * 1000, cores - 1,
+             io_s * 1000, threads, "" if threads == cores else ", one core kept for decode and encode")
     return threads
 
 
