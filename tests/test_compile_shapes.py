@@ -64,13 +64,17 @@ class _Doubler(nn.Module):
 
 
 @needs_compiler
-def test_hitting_torchs_recompile_limit_runs_eagerly_instead_of_raising(monkeypatch):
+def test_hitting_torchs_recompile_limit_runs_eagerly_instead_of_raising():
     torch.manual_seed(0)
     net = _Doubler()
     engine = CompiledEngine(net, CPU, "fp32", max_batch=1, max_shapes=12)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # fullgraph=True raises past it
-    with torch.no_grad():
-        for h in (6, 7, 9):
-            x = torch.rand(1, 3, h, 5)
-            torch.testing.assert_close(engine(x), net(x), rtol=1e-4, atol=1e-4)
+    before = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 1  # fullgraph=True raises past it
+    try:
+        with torch.no_grad():
+            for h in (6, 7, 9):
+                x = torch.rand(1, 3, h, 5)
+                torch.testing.assert_close(engine(x), net(x), rtol=1e-4, atol=1e-4)
+    finally:
+        torch._dynamo.config.recompile_limit = before
     assert len(engine.compiled_shapes) == 1 and len(engine.eager_shapes) == 2
