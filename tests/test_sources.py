@@ -60,7 +60,7 @@ def test_file_source_decodes_every_frame_with_increasing_times(tmp_path, make_cl
     m = Metrics()
     src = Source(str(clip), "f", metrics=m)
     frames = list(src.frames())
-    assert len(frames) == 12 and src.state == "finished"
+    assert len(frames) == 12 and src.state == "finished" and src.hardware_decoding is False
     assert [f.index for f in frames] == list(range(12))
     times = [f.time_s for f in frames]
     assert all(b > a for a, b in zip(times, times[1:]))
@@ -180,7 +180,9 @@ def test_nvdec_decodes_the_same_frames_as_software(tmp_path, make_clip):
         pytest.skip(f"NVDEC not usable here: {problem}")
     clip = make_clip(tmp_path / "c.mp4", frames=30, w=320, h=240)
     soft = list(Source(str(clip), "soft").frames())
-    hard = list(Source(str(clip), "nvdec", hwaccel="cuda").frames())
+    nvdec = Source(str(clip), "nvdec", hwaccel="cuda")
+    hard = list(nvdec.frames())
+    assert nvdec.hardware_decoding is True, "FFmpeg fell back to software decoding"
     assert len(hard) == len(soft) == 30
     for a, b in zip(soft, hard):
         assert b.data.shape == a.data.shape and (b.width, b.height) == (a.width, a.height)

@@ -222,6 +222,9 @@ class Source:
         self.decode_threads = decode_threads
         self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
         self.hwaccel = hwaccel  # FFmpeg hardware decoder ("cuda" = NVDEC), software fallback (pick_hwaccel)
+        # whether the decoder really runs on that hardware (FFmpeg falls back to software
+        # quietly for codecs or sizes it lacks); known after the first frame of a connection
+        self.hardware_decoding: bool | None = None
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
         self.copy = frozenset(copy)
         self.copied_streams: list = []  # the input streams of ``copy``, known once connected
@@ -336,6 +339,11 @@ class Source:
             clock = FrameClock(self.fps, synthetic=container.format.name == "avi")
             t0 = time.perf_counter()
             for frame, packets in self._decoded(container, stream):
+                if self.hardware_decoding is None:
+                    self.hardware_decoding = bool(stream.codec_context.is_hwaccel)
+                    if self.hwaccel and not self.hardware_decoding:
+                        log.warning("%s: %s decoding unavailable for this stream; decoding in software",
+                                    self.name, self.hwaccel)
                 data, w, h = frame_to_yuv420p(frame)
                 t1 = time.perf_counter()
                 out = Frame(data, w, h, self._index, clock.time(frame.time), decode_s=t1 - t0, epoch=self._epoch,
