@@ -174,3 +174,43 @@ def test_cpu_thread_split_gives_a_dominant_network_every_core():
     assert cpu_thread_split(16, net_all_s=0.25, net_spare_s=0.266, io_s=0.04) == 15
     assert cpu_thread_split(16, net_all_s=2.0, net_spare_s=2.13, io_s=0.04) == 16
     assert cpu_thread_split(1, net_all_s=1.0, net_spare_s=1.0, io_s=0.0) == 1
+
+
+def test_inference_time_is_counted_once_per_batch_after_it_finished(upscaler):
+    """busy_s and the inference histogram come from the batch's own clock (CUDA events on a GPU),
+    read by the finisher; on the CPU their sum is the batches' wall time."""
+    from ultrares_stream.batcher import DeviceClock
+
+    clock = DeviceClock(torch.device("cpu"))
+    start = clock.mark()
+    time.sleep(0.05)
+    assert 0.04 < clock.elapsed_s(start, clock.mark()) < 1.0
+    metrics = Metrics()
+    b = Batcher("cpu", max_batch=2, max_wait_ms=20, metrics=metrics)
+    cam = Client("a", (32, 24), upscaler)
+    b.attach(cam)
+    for i in range(6):
+        cam.queue.put(Frame(yuv_frame(32, 24, i), 32, 24, i, i / 25))
+    b.start()
+    deadline = time.monotonic() + 60
+    while len(cam.got) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    b.stop()
+    count = metrics.registry.get_sample_value("ultrares_batch_inference_seconds_count", {"device": "cpu"})
+    total = metrics.registry.get_sample_value("ultrares_batch_inference_seconds_sum", {"device": "cpu"})
+    assert count == b.batches and b.frames == 6
+    assert total == pytest.approx(b.busy_s) and total > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_download_on_the_side_stream_matches_the_cpu():
+    from ultrares_stream.batcher import to_packed_yuv
+
+    rgb = torch.rand(3, 3, 64, 96)
+    ref = to_packed_yuv(rgb)
+    on_gpu = rgb.cuda()
+    event = torch.cuda.Event()
+    event.record()
+    got = to_packed_yuv(on_gpu, after=event)
+    assert got.shape == ref.shape and np.abs(got.astype(int) - ref.astype(int)).max() <= 1

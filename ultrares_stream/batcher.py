@@ -105,11 +105,59 @@ def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, hei
     return out
 
 
-def to_packed_yuv(out: torch.Tensor) -> np.ndarray:
-    """NCHW float RGB (on the device) -> packed yuv420p uint8 (N, H*3/2, W) in host memory."""
-    with torch.inference_mode(), _light_ops(out.device):
+def to_packed_yuv(out: torch.Tensor, after=None) -> np.ndarray:
+    """NCHW float RGB (on the device) -> packed yuv420p uint8 (N, H*3/2, W) in host memory.
+
+    On CUDA the conversion and the download run on a side stream that waits only for ``after``
+    (the CUDA event that ends ``out``'s batch; None: all work queued so far), so they are not
+    queued behind the next batch the worker has launched meanwhile on the default stream.
+    """
+    if out.device.type != "cuda":
+        with torch.inference_mode(), _light_ops(out.device):
+            return pack_yuv420p(*rgb_to_yuv420p(out)).numpy()
+    side = _side_stream(out.device)
+    if after is not None:
+        side.wait_event(after)
+    else:
+        side.wait_stream(torch.cuda.current_stream(out.device))
+    with torch.inference_mode(), torch.cuda.stream(side):
+        out.record_stream(side)  # the caching allocator must not hand out's memory to the next batch early
         packed = pack_yuv420p(*rgb_to_yuv420p(out))
-    return packed.cpu().numpy()
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+    side.synchronize()
+    return host.numpy()
+
+
+_SIDE_STREAMS: dict[torch.device, object] = {}
+
+
+def _side_stream(device: torch.device):
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
+class DeviceClock:
+    """Times device work without waiting for it: on CUDA, events recorded on the current stream
+    (a launch returns before the work is done, so wall time would measure the launch); the
+    elapsed time is read later, waiting only for the end event. On the CPU, wall time."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def elapsed_s(self, start, end) -> float:
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
 
 
 def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
@@ -323,27 +371,29 @@ class Batcher:
         done: list[tuple] = []
         for items in groups.values():
             _, frame0, _, upscaler, size = items[0]
-            t0 = time.perf_counter()
+            clock = DeviceClock(upscaler.device)
+            t0 = clock.mark()
             try:
                 out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size,
                                   [getattr(c, "stabiliser", None) for c, *_ in items], [f.epoch for _, f, *_ in items])
             except Exception as exc:  # an inference error loses this group, never the worker
                 self._failed(items, exc)
                 continue
-            dt = time.perf_counter() - t0
-            self.busy_s += dt
-            self.batches += 1
-            self.frames += len(items)
-            if self.metrics is not None:
-                self.metrics.batch_size.labels(self.device).observe(len(items))
-                self.metrics.inference_seconds.labels(self.device).observe(dt)
-                if upscaler.device.type == "cuda":
-                    self.metrics.update_gpu_memory()
-            done.append((items, out, dt))
+            done.append((items, out, clock, t0, clock.mark()))
         if done:
             self._finish_q.put(done)
             if self._finisher is None or not self._finisher.is_alive():
                 self._finish_all()  # no finisher thread (run_batch called directly): finish inline
+
+    def _count(self, items: list, dt: float, device: torch.device) -> None:
+        self.busy_s += dt
+        self.batches += 1
+        self.frames += len(items)
+        if self.metrics is not None:
+            self.metrics.batch_size.labels(self.device).observe(len(items))
+            self.metrics.inference_seconds.labels(self.device).observe(dt)
+            if device.type == "cuda":
+                self.metrics.update_gpu_memory()
 
     def _failed(self, items: list, exc: BaseException) -> None:
         self.errors += 1
@@ -375,13 +425,15 @@ class Batcher:
 
     def _finish(self, done: list) -> None:
         results: list[tuple] = []
-        for items, out, dt in done:
+        for items, out, clock, start, end in done:
             t0 = time.perf_counter()
             try:
-                packed = to_packed_yuv(out)
+                packed = to_packed_yuv(out, after=end if clock.cuda else None)
+                dt = clock.elapsed_s(start, end)  # the batch's own device time (ready: packed waited for it)
             except Exception as exc:  # noqa: BLE001
                 self._failed(items, exc)
                 continue
+            self._count(items, dt, out.device)
             per_frame = dt + (time.perf_counter() - t0)
             oh, ow = packed.shape[1] * 2 // 3, packed.shape[2]
             for (client, frame, wait, _, _), data in zip(items, packed):
