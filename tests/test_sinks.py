@@ -134,3 +134,35 @@ def test_one_suffix_table_for_every_file_output():
         output_container(Path("/tmp/a.webm"))  # the sink writes WebM; recorded jobs cannot copy audio into it
     # recorded jobs: MP4 written whole (edit lists keep encoder delay and copied audio in sync)
     assert output_args("/tmp/a.mp4", live=False, keep_times=True)[2]["movflags"] == "+faststart+use_metadata_tags"
+
+
+def test_hardware_encoders_are_probed_at_the_output_size_and_fall_back_once(caplog):
+    """h264_nvenc is in this FFmpeg build but cannot open without a GPU (and on a GPU not above
+    4096x4096): asked for by name, outputs get libx264, with one warning per size, not one per
+    reconnect."""
+    import logging
+
+    import torch
+
+    from ultrares_stream.sinks import codec_available, encoder_problem
+
+    assert encoder_problem("libx264", 5120, 2880) is None  # software: the size is no problem
+    if not codec_available("h264_nvenc") or (torch.cuda.is_available() and not encoder_problem("h264_nvenc")):
+        pytest.skip("needs an FFmpeg with h264_nvenc that cannot open it (a machine without a GPU)")
+    with caplog.at_level(logging.WARNING, logger="ultrares_stream.sinks"):
+        picks = [pick_codec("h264_nvenc", (5120, 2880)) for _ in range(3)]
+        picks.append(pick_codec("h264_nvenc", (1280, 720)))
+    assert picks == ["libx264"] * 4
+    warnings = [r.getMessage() for r in caplog.records if "cannot encode" in r.getMessage()]
+    assert len(warnings) == 2 and "5120x2880" in warnings[0] and "1280x720" in warnings[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs CUDA")
+def test_nvenc_is_used_below_its_size_limit_and_not_above():
+    from ultrares_stream.sinks import encoder_problem
+
+    if encoder_problem("h264_nvenc", 1920, 1080):
+        pytest.skip(f"NVENC unusable here: {encoder_problem('h264_nvenc', 1920, 1080)}")
+    assert pick_codec("auto", (1920, 1080)) == "h264_nvenc"
+    assert pick_codec("auto", (5120, 2880)) == "libx264"  # over H.264 NVENC's 4096x4096

@@ -79,25 +79,36 @@ def codec_available(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def encoder_problem(name: str) -> str | None:
-    """Why encoder ``name`` cannot be opened here (None when it can). A hardware encoder can be in
-    the FFmpeg build and still fail to open (no GPU, a driver or container without the video
-    capability), so this opens a small one, once per process."""
+def encoder_problem(name: str, width: int = 256, height: int = 144) -> str | None:
+    """Why encoder ``name`` cannot encode ``width`` x ``height`` here (None when it can). A hardware
+    encoder can be in the FFmpeg build and still fail to open (no GPU, a driver or container
+    without the video capability, or a size over its limit: H.264 NVENC stops at 4096x4096, less
+    than a x4 of a 1280x720 camera), so this opens one at that size, once per process and size."""
     import av
 
     if not codec_available(name):
         return f"{name} is not in this FFmpeg build"
     try:
         ctx = av.CodecContext.create(name, "w")
-        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 144, "yuv420p", Fraction(1, 25)
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", Fraction(1, 25)
         ctx.open()
     except Exception as exc:  # noqa: BLE001 - any failure means: use another encoder
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def pick_codec(name: str) -> str:
-    """``auto``: h264_nvenc on a CUDA machine where it opens, else libx264. Named codecs are checked."""
+#: hardware encoders, and the software encoder of the same format to fall back to
+HARDWARE_FALLBACK = {"h264_nvenc": "libx264", "hevc_nvenc": "libx265"}
+_warned: set[tuple[str, int, int]] = set()
+
+
+def pick_codec(name: str, size: tuple[int, int] | None = None) -> str:
+    """The encoder to open for output frames of ``size`` (width, height; None: a small probe).
+
+    ``auto``: h264_nvenc on a CUDA machine where it opens at that size, else libx264. A named
+    hardware encoder that cannot open at that size falls back to its software twin, with one
+    warning per encoder and size (not one per reconnect). Other named codecs are checked.
+    """
     if name == "auto":
         try:
             import torch
@@ -107,11 +118,17 @@ def pick_codec(name: str) -> str:
             cuda = False
         if not cuda:
             return "libx264"
-        problem = encoder_problem("h264_nvenc")
-        if problem:
-            log.warning("NVENC unavailable (%s); encoding with libx264", problem)
-            return "libx264"
-        return "h264_nvenc"
+        name = "h264_nvenc"
+    if name in HARDWARE_FALLBACK:
+        w, h = size or (256, 144)
+        problem = encoder_problem(name, w, h)
+        if problem is None:
+            return name
+        if (name, w, h) not in _warned:
+            _warned.add((name, w, h))
+            log.warning("%s cannot encode %dx%d here (%s); encoding with %s", name, w, h, problem,
+                        HARDWARE_FALLBACK[name])
+        return HARDWARE_FALLBACK[name]
     if not codec_available(name):
         raise UserError(f"video encoder {name!r} is not available in this FFmpeg build (try libx264)")
     return name
@@ -267,7 +284,7 @@ class Publisher:
         input streams (audio, subtitles) added after the video, for :meth:`copy`."""
         import av
 
-        codec = pick_codec(self.settings.codec)
+        codec = pick_codec(self.settings.codec, (width, height))
         fps = Fraction(fps).limit_denominator(1001)
         opts, bit_rate, gop = codec_options(EncoderSettings(**{**self.settings.__dict__, "codec": codec}), fps)
         if container is None:
