@@ -422,6 +422,13 @@ class SinkWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s for the publisher thread to end (the queue closed and drained,
+        the output flushed and closed); True when it has ended (or never started)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.alive
+
     def _watch(self) -> None:
         """Notice a server that stopped answering, even while writes still fit in socket buffers.
 
