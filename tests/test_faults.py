@@ -12,6 +12,7 @@ import pytest
 
 from conftest import free_port, wait_for
 from ultrares_stream.batcher import Batcher
+from ultrares_stream.config import CameraConfig, ReconnectConfig
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.stream import Stream, UpscalerPool
 
@@ -105,11 +106,12 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
     streams = []
     try:
         with RtspServer(port=0).start(timeout=30) as receiver:
-            hung = Stream("hung", rtsp_server.camera_url, receiver.record_url("out"), batcher=batcher, pool=pool,
-                          model=tiny_model, metrics=m, timeout_s=3.0, watchdog_s=3.0, backoff_initial_s=0.2,
-                          backoff_max_s=1.0).start()
-            local = Stream("local", rtsp_server.camera_url, str(tmp_path / "local.mp4"), batcher=batcher,
-                           pool=pool, model=tiny_model, metrics=m, timeout_s=3.0).start()
+            hung = Stream(CameraConfig(name="hung", input=rtsp_server.camera_url, output=receiver.record_url("out"),
+                                       model=tiny_model), batcher=batcher, pool=pool, metrics=m,
+                          reconnect=ReconnectConfig(timeout_s=3.0, initial_s=0.2, max_s=1.0)).start()
+            local = Stream(CameraConfig(name="local", input=rtsp_server.camera_url, output=str(tmp_path / "local.mp4"),
+                                        model=tiny_model), batcher=batcher, pool=pool, metrics=m,
+                           reconnect=ReconnectConfig(timeout_s=3.0), watchdog_s=5.0).start()
             streams = [hung, local]
             assert hung.first_output.wait(40) and local.first_output.wait(40)
             os.kill(receiver.pid, signal.SIGSTOP)

@@ -12,12 +12,13 @@ import torch
 
 from conftest import wait_for
 from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.config import CameraConfig
 from ultrares_stream.engine import select
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.models.archs import SRVGGNetCompact
 from ultrares_stream.models.checkpoint import save_checkpoint
 from ultrares_stream.stream import Stream
-from ultrares_stream.upscaler import Upscaler, UpscalerPool
+from ultrares_stream.upscaler import FrameUpscaler, Upscaler, UpscalerPool
 from ultrares_stream.web.upscaling import UpscalerCache
 
 
@@ -67,6 +68,7 @@ def test_cameras_on_one_model_share_one_engine_and_alphas_are_views_of_it(pair):
     assert a is b, "cameras on the same model and alpha get one upscaler (they batch together)"
     assert c is not a and c.shares_engine_with(a) and c.engine is a.engine
     assert pool.built == 1 and select.engines_made() == made + 1
+    assert all(isinstance(up, FrameUpscaler) for up in (a, c)), "the pool's views are FrameUpscalers"
     assert (a.alpha, c.alpha) == (0.3, 0.8)
     for v in (a, b, c):
         pool.release(v)
@@ -114,8 +116,8 @@ def test_alpha_change_on_a_running_camera_builds_nothing_drops_nothing_and_chang
     src = still_clip(tmp_path / "still.mkv", frames=400)
     pool, metrics = cpu_pool(), Metrics()
     batcher = Batcher("cpu", max_batch=1, max_wait_ms=5, metrics=metrics).start()
-    stream = Stream("cam", str(src), str(tmp_path / "out.mkv"), batcher=batcher, pool=pool, model=pair,
-                    alpha=0.0, metrics=metrics, live=False).start()
+    camera = CameraConfig(name="cam", input=str(src), output=str(tmp_path / "out.mkv"), model=pair, alpha=0.0)
+    stream = Stream(camera, batcher=batcher, pool=pool, metrics=metrics).start()
     try:
         assert stream.first_output.wait(30)
         before = stream._latest.data.copy()

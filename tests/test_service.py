@@ -95,6 +95,28 @@ def test_set_alpha_applies_without_restarting(tmp_path, tiny_model, make_clip):
     assert cam.alpha == 0.9  # a failed change leaves the stream as it was
 
 
+def test_cameras_are_built_from_their_config_with_the_defaults_filled_in(tmp_path, tiny_model, make_clip):
+    src = make_clip(tmp_path / "c.mp4", frames=3, w=48, h=32)
+    cams = [{"name": "a", "input": str(src), "output": str(tmp_path / "a.mkv")},
+            {"name": "b", "input": str(src), "output": str(tmp_path / "b.mkv"), "alpha": 1.0, "output_size": "64x44",
+             "queue": {"size": 3}, "encoder": {"crf": 30}, "stabilise": {"enabled": False}}]
+    cfg = config(tmp_path, tiny_model, 1, cams)
+    a, b = (cfg.resolved_camera(c) for c in cfg.cameras)
+    assert (a.model, a.alpha, a.output_size, a.encoder, a.stabilise) == (tiny_model, 0.5, None, cfg.defaults.encoder,
+                                                                         cfg.defaults.stabilise)
+    assert (b.alpha, b.output_size, b.encoder.crf, b.stabilise.enabled) == (1.0, "64x44", 30, False)
+    svc = Service(cfg)
+    sa, sb = svc.cameras["a"], svc.cameras["b"]
+    assert (sa.alpha, sb.alpha) == (0.5, 1.0) and sa.stabiliser is not None and sb.stabiliser is None
+    assert (sa.queue.maxsize, sb.queue.maxsize, sb.out_queue.maxsize) == (8, 3, 6)
+    assert sa.queue.policy == "block" and not sa.live  # a file: nothing dropped
+    assert (sa.encoder.crf, sb.encoder.crf, sb.encoder.tune) == (23, 30, None)
+    assert sa.encoder.resolved_preset() == "ultrafast", "inference on the CPU keeps the encoder light"
+    assert sa.sink.watchdog_s == cfg.reconnect.timeout_s and sa.source.timeout_s == cfg.reconnect.timeout_s
+    for s in (sa, sb):
+        svc.pool.release(s.upscaler)
+
+
 def test_serve_check_and_config_errors(tmp_path, capsys, tiny_model):
     good = tmp_path / "cams.yaml"
     good.write_text(yaml.safe_dump({"cameras": [{"name": "a", "input": "rtsp://u:pw@h/x", "output": "/tmp/o.mkv"}]}))

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import wait_for
 from ultrares_stream.batcher import Batcher
+from ultrares_stream.config import CameraConfig, QueueConfig, ReconnectConfig
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.stream import Stream, UpscalerPool
 from ultrares_stream.upscaler import Upscaler
@@ -22,13 +23,14 @@ pytestmark = [pytest.mark.rtsp, pytest.mark.timeout(120)]
 def pipeline(tiny_model):
     made = []
 
-    def make(input_url, output_url, pool=None, max_batch=4, **kw):
-        m = kw.pop("metrics", None) or Metrics()
+    def make(input_url, output_url, pool=None, max_batch=4, queue_size=8, timeout_s=5.0, watchdog_s=5.0):
+        m = Metrics()
         b = Batcher("cpu", max_batch=max_batch, max_wait_ms=5, metrics=m).start()
         pool = pool or UpscalerPool(device="cpu", precision="fp32", engine="eager", tile=0)
-        kw.setdefault("backoff_initial_s", 0.2)
-        kw.setdefault("backoff_max_s", 1.0)
-        s = Stream("cam", input_url, output_url, batcher=b, pool=pool, model=tiny_model, metrics=m, **kw).start()
+        camera = CameraConfig(name="cam", input=input_url, output=output_url, model=tiny_model,
+                              queue=QueueConfig(size=queue_size))
+        reconnect = ReconnectConfig(initial_s=0.2, max_s=1.0, timeout_s=timeout_s)
+        s = Stream(camera, batcher=b, pool=pool, reconnect=reconnect, metrics=m, watchdog_s=watchdog_s).start()
         made.append((s, b))
         return s, m
 

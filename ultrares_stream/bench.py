@@ -105,7 +105,7 @@ def _model_alone(upscaler, frames: list, width: int, height: int, batch: int, wa
 def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0, preset: str = "auto",
              stabilise=None) -> dict:
     """fps of the whole file pipeline (decode, queue, batcher, encode, mux) on the first ``n`` frames,
-    with the temporal stabiliser when ``stabilise`` (its settings) is given."""
+    with the temporal stabiliser when ``stabilise`` (a :class:`config.StabiliseConfig`) is given."""
     from .batcher import Batcher
     from .metrics import Metrics
     from .sinks import EncoderSettings
@@ -116,16 +116,16 @@ def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0
     batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics,
                       threads=torch.get_num_threads()).start()
     pool = UpscalerPool(factory=lambda model, alpha: upscaler)
-    from .config import EncoderConfig
+    from .config import CameraConfig, EncoderConfig, QueueConfig
 
     # the service's own live encoder settings (config defaults), with the preset chosen here
     encoder = EncoderSettings.from_config(EncoderConfig(preset=preset), live=True,
                                           cpu_inference=upscaler.device.type == "cpu")
     with tempfile.TemporaryDirectory(prefix="ultrares-bench-") as tmp:
         out = Path(tmp) / "bench.mkv"
-        stream = Stream("bench", str(path), str(out), batcher=batcher, pool=pool, alpha=upscaler.alpha,
-                        queue_size=max(8, 2 * batch), live=False, metrics=metrics,
-                        encoder=encoder, stabilise=stabilise)
+        camera = CameraConfig(name="bench", input=str(path), output=str(out), alpha=upscaler.alpha,
+                              queue=QueueConfig(size=max(8, 2 * batch)), stabilise=stabilise)
+        stream = Stream(camera, batcher=batcher, pool=pool, encoder=encoder, metrics=metrics)
         stream.source.max_frames = n
         t0 = time.perf_counter()
         stream.start()
@@ -173,7 +173,7 @@ def run_bench(input_path: Path | None = None, frames: int = 40, model: str | Non
 
     first = model_alone(up, data, w, h, batch, warmup=3)
     pipe = pipeline(up, path, len(data), batch, preset=preset)
-    stabilised = pipeline(up, path, len(data), batch, preset=preset, stabilise=StabiliseConfig().settings())
+    stabilised = pipeline(up, path, len(data), batch, preset=preset, stabilise=StabiliseConfig())
     second = model_alone(up, data, w, h, batch, warmup=0)
     alone = max(first, second, key=lambda a: a["fps"])
     return {"input": str(path), "width": w, "height": h, "input_fps": fps, "model": up.model_name,

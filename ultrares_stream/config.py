@@ -208,6 +208,14 @@ class ServiceConfig(_Strict):
     def camera_stabilise(self, cam: CameraConfig):
         return (cam.stabilise or self.defaults.stabilise).settings()
 
+    def resolved_camera(self, cam: CameraConfig) -> CameraConfig:
+        """``cam`` with the defaults filled in (model, alpha, output size, encoder, stabiliser): what a
+        :class:`~ultrares_stream.stream.Stream` is built from."""
+        return cam.model_copy(update={"model": self.camera_model(cam), "alpha": self.camera_alpha(cam),
+                                      "output_size": cam.output_size or self.defaults.output_size,
+                                      "encoder": self.camera_encoder(cam),
+                                      "stabilise": cam.stabilise or self.defaults.stabilise})
+
 
 def _field_path(loc: tuple) -> str:
     out = ""

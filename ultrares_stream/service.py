@@ -16,8 +16,7 @@ from .batcher import Batcher
 from .config import ServiceConfig
 from .errors import UserError
 from .metrics import Metrics
-from .sinks import EncoderSettings
-from .sources import is_live, mask_url, pick_hwaccel
+from .sources import mask_url, pick_hwaccel
 from .stream import Stream, UpscalerPool
 from .web.app import create_app
 
@@ -39,24 +38,15 @@ class Service:
         self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms,
                                metrics=self.metrics, threads=inf.threads)
         self.cameras: dict[str, Stream] = {}
-        rc = config.reconnect
         hwaccel = pick_hwaccel(str(self.device), inf.hw_decode)
         log.info("camera decoding: %s", "NVDEC (cuda), software fallback" if hwaccel else "software")
         for cam in config.cameras:
             if not cam.enabled:
                 log.info("%s: disabled in the config; skipped", cam.name)
                 continue
-            live = is_live(cam.input)
-            enc_cfg = config.camera_encoder(cam)
-            self.cameras[cam.name] = Stream(
-                cam.name, cam.input, cam.output, batcher=self.batcher, pool=self.pool,
-                model=config.camera_model(cam), alpha=config.camera_alpha(cam),
-                output_size=cam.output_size or config.defaults.output_size, queue_size=cam.queue.size,
-                queue_policy=cam.queue.policy, rtsp_transport=cam.rtsp_transport,
-                encoder=EncoderSettings.from_config(enc_cfg, live=live, cpu_inference=self.device.type == "cpu"), timeout_s=rc.timeout_s,
-                backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s,
-                watchdog_s=watchdog_s or rc.timeout_s, metrics=self.metrics, live=live, hwaccel=hwaccel,
-                stabilise=config.camera_stabilise(cam))
+            self.cameras[cam.name] = Stream(config.resolved_camera(cam), batcher=self.batcher, pool=self.pool,
+                                            reconnect=config.reconnect, metrics=self.metrics, hwaccel=hwaccel,
+                                            watchdog_s=watchdog_s)
         self.started_at: float | None = None
         self._stopped = threading.Event()
 

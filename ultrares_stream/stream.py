@@ -17,12 +17,13 @@ from fractions import Fraction
 
 from . import provenance
 from .batcher import Batcher, Enhanced
+from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkWorker
 from .sizes import fit_inside, parse_size
 from .sources import DEFAULT_FPS, Source, mask_url
-from .temporal import Stabiliser, StabiliserSettings
-from .upscaler import UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
+from .temporal import Stabiliser
+from .upscaler import FrameUpscaler, UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class _Rate:
             return (len(self._t) - 1) / span if span > 0 else 0.0
 
 
+def _on_cpu(device: str) -> bool:
+    """Whether a batcher's device (``cpu``, ``cuda:0`` ...) is the CPU, which the encoder then shares."""
+    return device.split(":")[0] == "cpu"
+
+
 def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
     """Nearest-rank percentiles of ``values`` as ``{"p50": ..}`` (None when empty)."""
     v = sorted(values)
@@ -79,36 +85,43 @@ def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
 
 
 class Stream:
-    """One camera. Create, :meth:`start`, and later :meth:`stop` (flushes the output)."""
+    """One camera. Create, :meth:`start`, and later :meth:`stop` (flushes the output).
 
-    def __init__(self, name: str, input_url: str, output_url: str, *, batcher: Batcher, pool: UpscalerPool,
-                 model: str | None = None, alpha: float = 0.5, output_size: str | tuple[int, int] | None = None,
-                 queue_size: int = 8, queue_policy: str = "auto", rtsp_transport: str = "tcp",
-                 encoder: EncoderSettings | None = None, timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 30.0, watchdog_s: float = 5.0, metrics=None, live: bool | None = None,
-                 hwaccel: str | None = None, stabilise: StabiliserSettings | None = None):
-        self.name = name
-        self.input_url, self.output_url = input_url, output_url
+    ``camera``: the camera as :meth:`config.ServiceConfig.resolved_camera` gives it, defaults
+    filled in; a field left None here means the plain default (the device's default model,
+    :data:`config.DEFAULT_ALPHA`, model scale, the default encoder, no stabiliser). Live or not
+    follows the input URL (:func:`sources.is_live`). ``reconnect``: timeouts and backoff of the
+    source and the publisher. ``encoder``: encoder settings to use instead of the camera's
+    (``bench`` encodes a file as a live camera would). ``watchdog_s``: how long the publisher
+    waits on a server that stopped answering (default ``reconnect.timeout_s``).
+    """
+
+    def __init__(self, camera: CameraConfig, *, batcher: Batcher, pool: UpscalerPool,
+                 reconnect: ReconnectConfig | None = None, encoder: EncoderSettings | None = None, metrics=None,
+                 hwaccel: str | None = None, watchdog_s: float | None = None):
+        rc = reconnect or ReconnectConfig()
+        self.camera, self.name = camera, camera.name
+        self.input_url, self.output_url = camera.input, camera.output
         self.metrics = metrics
         self.batcher, self.pool = batcher, pool
-        self.source = Source(input_url, name, live=live, transport=rtsp_transport, timeout_s=timeout_s,
-                             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s, metrics=metrics,
+        self.source = Source(camera.input, camera.name, transport=camera.rtsp_transport, timeout_s=rc.timeout_s,
+                             backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s, metrics=metrics,
                              hwaccel=hwaccel)
         self.live = self.source.live
-        policy = ("drop_oldest" if self.live else "block") if queue_policy == "auto" else queue_policy
-        self.queue: FrameQueue = FrameQueue(queue_size, policy, on_drop=self._on_drop)
-        self.out_queue: FrameQueue = FrameQueue(max(4, queue_size * 2), "drop_oldest" if self.live else "block",
-                                                on_drop=self._on_drop)
-        self._size_spec = parse_size(output_size) if isinstance(output_size, str) else output_size
-        self.model_name = model
+        self.queue, self.out_queue = self._queues(camera.queue.size, camera.queue.policy)
+        self._size_spec = parse_size(camera.output_size) if camera.output_size else None
+        self.model_name = camera.model
         self._route_lock = threading.Lock()
-        self.upscaler = pool.get(model, alpha)
-        self.alpha = float(alpha)
-        self.stabiliser = Stabiliser(stabilise) if stabilise is not None else None  # batcher applies it
-        self.encoder = encoder or EncoderSettings(tune="zerolatency" if self.live else None)
-        self.sink = SinkWorker(output_url, self.encoder, self._fps, self.out_queue, name=name, live=self.live,
-                               timeout_s=timeout_s, watchdog_s=watchdog_s, backoff_initial_s=backoff_initial_s,
-                               backoff_max_s=backoff_max_s, metrics=metrics, on_published=self._on_published,
+        self.alpha = float(DEFAULT_ALPHA if camera.alpha is None else camera.alpha)
+        self.upscaler: FrameUpscaler = pool.get(self.model_name, self.alpha)
+        settings = camera.stabilise.settings() if camera.stabilise is not None else None
+        self.stabiliser = Stabiliser(settings) if settings is not None else None  # batcher applies it
+        self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(), live=self.live,
+                                                              cpu_inference=_on_cpu(batcher.device))
+        self.sink = SinkWorker(camera.output, self.encoder, self._fps, self.out_queue, name=camera.name,
+                               live=self.live, timeout_s=rc.timeout_s, watchdog_s=watchdog_s or rc.timeout_s,
+                               backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s, metrics=metrics,
+                               on_published=self._on_published,
                                metadata=lambda: provenance.video_metadata(provenance.for_upscaler(self.upscaler)))
         self.frames_in = 0
         self.frames_out = 0
@@ -132,6 +145,13 @@ class Stream:
         self.first_output = threading.Event()
         if metrics is not None:
             self._bind_metrics(metrics)
+
+    def _queues(self, size: int, policy: str) -> tuple[FrameQueue, FrameQueue]:
+        """The camera's input queue (``policy`` auto: drop the oldest frame live, block for files) and
+        its output queue after the batcher (twice as deep, at least 4)."""
+        lossy = "drop_oldest" if self.live else "block"
+        return (FrameQueue(size, lossy if policy == "auto" else policy, on_drop=self._on_drop),
+                FrameQueue(max(4, size * 2), lossy, on_drop=self._on_drop))
 
     # --- metrics --------------------------------------------------------------
     def _bind_metrics(self, m) -> None:
@@ -158,9 +178,8 @@ class Stream:
         self.metrics.alpha.labels(self.name).set(self.alpha)
         size = self.output_size or self._size_spec
         self.metrics.model.labels(self.name).info({
-            "model": str(getattr(up, "model_name", self.model_name)), "alpha": f"{self.alpha:g}",
-            "engine": str(getattr(getattr(up, "engine", None), "name", "")),
-            "device": str(getattr(up, "device", "")),
+            "model": str(up.model_name), "alpha": f"{self.alpha:g}", "engine": str(up.engine.name),
+            "device": str(up.device),
             "output_size": f"{size[0]}x{size[1]}" if size else "model scale"})
 
     def drop_ratio(self) -> float:
@@ -183,7 +202,7 @@ class Stream:
     def _fps(self) -> Fraction:
         return self.source.fps or DEFAULT_FPS
 
-    def route(self):
+    def route(self) -> tuple[FrameUpscaler, tuple[int, int] | None]:
         with self._route_lock:
             up = self.upscaler
         size = self._size_spec
@@ -251,11 +270,20 @@ class Stream:
             if not self.live:
                 self._finish_output()
 
+    def _in_flight(self) -> int:
+        """Frames handed to the queue and not back from the batcher yet (delivered, failed or dropped)."""
+        return self.enqueued - self.delivered - self.failed - self.queue.dropped
+
+    def _drain(self, until: float = math.inf) -> None:
+        """Wait until every frame read is back from the batcher, the batcher stopped, the output
+        closed, or the monotonic clock passed ``until``."""
+        while (self._in_flight() > 0 and self.batcher.alive and not self.out_queue.closed
+               and time.monotonic() < until):
+            time.sleep(0.02)
+
     def _finish_output(self) -> None:
         """File input read to the end: once every frame is back from the batcher, close the output."""
-        while (self.delivered + self.failed + self.queue.dropped < self.enqueued
-               and self.batcher.alive and not self.out_queue.closed):
-            time.sleep(0.02)
+        self._drain()
         self.out_queue.close()
         log.info("%s: input finished (%d frames); closing the output", self.name, self.frames_in)
 
@@ -270,8 +298,7 @@ class Stream:
         end = None if timeout is None else time.monotonic() + timeout
         if self._reader is not None:
             self._reader.join(timeout)
-        if self.sink._thread is not None:
-            self.sink._thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        self.sink.join(None if end is None else max(0.0, end - time.monotonic()))
         return self.finished
 
     def source_drops(self) -> int:
@@ -284,10 +311,7 @@ class Stream:
         if self._reader is not None:
             self._reader.join(timeout)
         end = time.monotonic() + timeout
-        # let the frames already read come back from the batcher (the queue and the batch in flight)
-        while (self.delivered + self.failed + self.queue.dropped < self.enqueued and self.batcher.alive
-               and time.monotonic() < end):
-            time.sleep(0.02)
+        self._drain(end)  # the frames already read come back from the batcher (queued and in flight)
         self.batcher.detach(self.name)
         self.out_queue.close()
         self.sink.stop(max(0.5, end - time.monotonic()))
@@ -333,7 +357,7 @@ class Stream:
             "publisher_reconnects": self.sink.reconnects,
             "last_frame_age_s": (time.monotonic() - self.last_frame_at) if self.last_frame_at else None,
             "alpha": self.alpha,
-            "model": str(getattr(self.upscaler, "model_name", self.model_name)),
+            "model": str(self.upscaler.model_name),
             "error": str(self.error) if self.error else None,
         }
 
@@ -357,7 +381,7 @@ class Stream:
             self.pool.release(old)
         else:
             self.pool.release(new)  # same object: undo the extra use count
-        log.info("%s: model %s, alpha %.3g", self.name, getattr(new, "model_name", model), alpha)
+        log.info("%s: model %s, alpha %.3g", self.name, new.model_name, alpha)
         self._publish_model_info()
 
     def snapshot_jpeg(self, max_rate_s: float = 1.0, quality: int = 80) -> bytes | None:

@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +29,38 @@ from .tiling import auto_tile_size, upscale_tiled
 log = logging.getLogger(__name__)
 
 TILE_PAD = 16
+#: tiles run through the network together (the automatic tile size is chosen for a batch of them)
+TILE_BATCH = 4
 # with a cancel event, frames larger than this (input pixels) run in tiles of this size, so that
 # the job can be stopped between tiles; a whole frame cannot be stopped mid-forward on a CPU
 CANCEL_TILE = 256
 #: interpolated weight sets an upscaler keeps ready (host memory), most recently used first
 WEIGHT_SETS = 4
+
+
+@runtime_checkable
+class FrameUpscaler(Protocol):
+    """What the pipeline needs from an upscaler: the ``Upscaler`` protocol of the cameras, the
+    batcher, the pool and the provenance tags. :class:`Upscaler` and its alpha views
+    (:meth:`Upscaler.at`, what :class:`UpscalerPool` hands out) satisfy it.
+
+    ``upscale`` takes NCHW float frames in [0, 1] and returns them upscaled (resized to
+    ``size`` = (width, height) when given); ``at`` gives the same model at another alpha.
+    """
+
+    model_name: str
+    alpha: float
+    scale: int
+    device: torch.device
+    engine: Engine
+
+    @property
+    def is_pair(self) -> bool: ...
+
+    def upscale(self, x: torch.Tensor, size: tuple[int, int] | None = None,
+                cancel: threading.Event | None = None) -> torch.Tensor: ...
+
+    def at(self, alpha: float) -> FrameUpscaler: ...
 
 
 class _EngineSlot:
@@ -65,7 +94,7 @@ class Upscaler:
 
     def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
                  device: str | torch.device = "auto", precision: str = "auto",
-                 tile: int | None = None, tile_pad: int | None = None, tile_batch: int = 4,
+                 tile: int | None = None, tile_pad: int | None = None,
                  engine: str = "auto", shapes=None, max_batch: int = 8):
         self.device = pick_device(device)
         resolved = model if isinstance(model, ResolvedModel) else resolve(model, device_type=self.device.type)
@@ -81,7 +110,7 @@ class Upscaler:
                                           shapes=shapes, max_batch=max_batch)
         if tile is not None and tile < 0:
             raise UserError(f"tile size must be 0 (never tile) or a positive number of pixels, not {tile}")
-        self.tile, self.tile_batch = tile, max(1, tile_batch)
+        self.tile, self.tile_batch = tile, TILE_BATCH
         self.tile_pad = default_tile_pad(self.arch) if tile_pad is None else tile_pad
         self._slot = _EngineSlot()
         self.alpha = check_alpha(alpha)
@@ -111,8 +140,8 @@ class Upscaler:
         view.alpha = check_alpha(alpha)
         return view
 
-    def shares_engine_with(self, other) -> bool:
-        return getattr(other, "_slot", None) is self._slot
+    def shares_engine_with(self, other: FrameUpscaler) -> bool:
+        return isinstance(other, Upscaler) and other._slot is self._slot
 
     @property
     def weight_swaps(self) -> int:
@@ -257,12 +286,13 @@ class UpscalerPool:
     """
 
     def __init__(self, device: str = "auto", precision: str = "auto", engine: str = "auto",
-                 tile: int | None = None, factory=None, shapes=None, max_batch: int = 8, keep_idle: int = 2):
+                 tile: int | None = None, factory: Callable[[str | None, float], FrameUpscaler] | None = None,
+                 shapes=None, max_batch: int = 8, keep_idle: int = 2):
         self.device, self.precision, self.engine, self.tile = device, precision, engine, tile
         self.shapes, self.max_batch, self.keep_idle = shapes, max_batch, keep_idle
         self._factory = factory
-        self._models: OrderedDict[str | None, object] = OrderedDict()  # model -> its upscaler (LRU order)
-        self._views: dict[tuple[str | None, float], object] = {}
+        self._models: OrderedDict[str | None, FrameUpscaler] = OrderedDict()  # model -> its upscaler (LRU order)
+        self._views: dict[tuple[str | None, float], FrameUpscaler] = {}
         self._users: dict[tuple[str | None, float], int] = {}
         self._lock = threading.Lock()
         self._loading: dict[str | None, threading.Lock] = {}
@@ -275,13 +305,13 @@ class UpscalerPool:
                    tile=inference.tile, shapes=inference.engine_shapes(device.type),
                    max_batch=inference.batch_for(device.type))
 
-    def _make(self, model: str | None, alpha: float):
+    def _make(self, model: str | None, alpha: float) -> FrameUpscaler:
         if self._factory is not None:
             return self._factory(model, alpha)
         return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
                         engine=self.engine, shapes=self.shapes, max_batch=self.max_batch)
 
-    def upscaler(self, model: str | None, alpha: float = DEFAULT_ALPHA):
+    def upscaler(self, model: str | None, alpha: float = DEFAULT_ALPHA) -> FrameUpscaler:
         """``model``'s upscaler, loaded on first use (one load at a time per model; others wait)."""
         with self._lock:
             up = self._models.get(model)
@@ -299,7 +329,7 @@ class UpscalerPool:
                     self._models[model] = up  # pruned only by release(), never before its first user
             return up
 
-    def get(self, model: str | None, alpha: float):
+    def get(self, model: str | None, alpha: float) -> FrameUpscaler:
         """The view of ``model`` at ``alpha`` (counted as one more user until :meth:`release`)."""
         key = (model, round(check_alpha(alpha), 4))
         with self._lock:
@@ -313,13 +343,12 @@ class UpscalerPool:
             self._models.setdefault(model, base)  # (a release in between may have unloaded it)
             view = self._views.get(key)
             if view is None:
-                at = getattr(base, "at", None)
-                view = self._views[key] = at(key[1]) if at is not None and base.alpha != key[1] else base
+                view = self._views[key] = base.at(key[1]) if base.alpha != key[1] else base
                 self._users[key] = 0
             self._users[key] += 1
             return view
 
-    def release(self, view) -> None:
+    def release(self, view: FrameUpscaler) -> None:
         with self._lock:
             for key, v in list(self._views.items()):
                 if v is view:
