@@ -64,6 +64,8 @@ def test_enhance_batch_output_size(upscaler):
 
 
 class Client:
+    stabiliser = None
+
     def __init__(self, name, size, upscaler):
         self.name, self.upscaler = name, upscaler
         self.queue = FrameQueue(64, "block")

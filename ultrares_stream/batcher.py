@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from .colour import pack_yuv420p, rgb_to_yuv420p, split_yuv420p, yuv420p_to_rgb
 from .frame_queue import FrameQueue
 from .sources import Frame
 from .temporal import Stabiliser, stabilise_batch
+
+if TYPE_CHECKING:
+    from .upscaler import FrameUpscaler
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class BatchClient(Protocol):
     name: str
     queue: FrameQueue
 
-    def route(self) -> tuple[object, tuple[int, int] | None]:
+    def route(self) -> tuple[FrameUpscaler, tuple[int, int] | None]:
         """The upscaler to use now and the output size (width, height) or None (model scale)."""
 
     @property
@@ -375,7 +378,7 @@ class Batcher:
             t0 = clock.mark()
             try:
                 out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size,
-                                  [getattr(c, "stabiliser", None) for c, *_ in items], [f.epoch for _, f, *_ in items])
+                                  [c.stabiliser for c, *_ in items], [f.epoch for _, f, *_ in items])
             except Exception as exc:  # an inference error loses this group, never the worker
                 self._failed(items, exc)
                 continue
