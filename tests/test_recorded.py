@@ -124,3 +124,50 @@ def test_sigterm_finishes_a_playable_file_of_frames_done(tmp_path, tiny_model, m
     d = describe(dst)
     assert d["frames"] == done  # playable, and holds exactly the frames done
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_audio_and_video_start_together(tmp_path, upscaler, make_clip, suffix):
+    """The Matroska partial file shifts every stream by the AAC priming; the copy into MP4/MOV
+    takes it back off (edit lists), so audio and video start within a frame of each other."""
+    fps = 30
+    src = make_clip(tmp_path / "in.mp4", frames=30, fps=fps, audio=True)
+    dst = tmp_path / f"out{suffix}"
+    enhance_video(src, dst, upscaler, progress=False)
+    with av.open(str(dst)) as c:
+        starts = {s.type: float(s.start_time * s.time_base) for s in c.streams}
+        tags = {k.lower(): v for k, v in c.metadata.items()}
+    assert abs(starts["video"] - starts["audio"]) < 1 / fps, starts
+    assert starts["video"] == pytest.approx(0.0, abs=1 / fps)
+    assert "Machine-enhanced" in tags.get("comment", "")
+    b = describe(dst)
+    assert b["frames"] == 30 and b["audio_samples"] == describe(src)["audio_samples"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sigkill_leaves_a_playable_partial_file(tmp_path, tiny_model, make_clip):
+    """A killed job cannot finish its file: what it leaves (.NAME.partial.mkv) plays, audio included."""
+    src = make_clip(tmp_path / "long.mp4", frames=600, w=160, h=120, fps=30, audio=True)
+    dst = tmp_path / "out.mp4"
+    partial = tmp_path / ".out.partial.mkv"
+    exe = os.path.join(os.path.dirname(sys.executable), "ultrares")
+    proc = subprocess.Popen([exe, "enhance", str(src), "-o", str(dst), "--model", tiny_model, "--device", "cpu",
+                             "--threads", "1", "--preset", "veryslow", "--no-stabilise"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size > 30_000):  # clusters of frames are on disk
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no frames written"
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL  # killed before it finished
+    assert not dst.exists()
+    d = describe(partial)
+    assert 1 <= d["frames"] < 600
+    assert d["size"] == (320, 240)
+    assert d.get("audio_samples", 0) > 0

@@ -8,10 +8,12 @@
 
 These are the classes a camera runs through (:mod:`.stream`), so a fix to a stage fixes both
 paths. Video keeps the input's timestamps (``sinks.TimestampMapper`` without rebasing) and
-the copied packets keep theirs, so audio stays in sync. The result is written to a hidden
-temporary name beside ``dst`` and renamed on success. On Ctrl-C or SIGTERM the frames read so far are finished
-into a playable file at ``dst`` and :class:`EnhanceInterrupted` (a ``KeyboardInterrupt``)
-is raised with the stats.
+the copied packets keep theirs, so audio stays in sync. The job writes Matroska to a hidden
+name beside ``dst`` (``.NAME.partial.mkv``): if the process is killed, that file plays up to
+about a second before the kill, audio included. At the end it is stream-copied into ``dst``'s
+container (:mod:`.remux`; MP4/MOV with ``+faststart``) and removed. On Ctrl-C or SIGTERM the
+frames read so far are finished into a playable file at ``dst`` the same way and
+:class:`EnhanceInterrupted` (a ``KeyboardInterrupt``) is raised with the stats.
 """
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import provenance
+from . import provenance, remux
 from .batcher import Batcher, Enhanced, cpu_thread_split, default_max_batch, enhance_batch
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkWorker, codec_options, container_for, pick_codec
+from .sinks import EncoderSettings, SinkWorker, codec_options, container_for, output_args, pick_codec
 from .sources import VIDEO_SUFFIXES, Source, describe_error, frame_to_yuv420p, pick_hwaccel, stream_fps
 from .temporal import Stabiliser, StabiliserSettings
 
@@ -265,6 +267,7 @@ class RecordedJob:
     def __init__(self, src: Path, tmp: Path, upscaler, plan: Plan, encoder: EncoderSettings, max_batch: int,
                  threads: int, stabiliser: Stabiliser | None):
         self.name, self.upscaler, self.plan, self.stabiliser = src.name, upscaler, plan, stabiliser
+        self.metadata = provenance.video_metadata(provenance.for_upscaler(upscaler))  # container tags
         depth = max(8, 2 * max_batch)
         self.queue: FrameQueue = FrameQueue(depth, "block")
         self.out_queue: FrameQueue = FrameQueue(depth, "block")
@@ -273,7 +276,7 @@ class RecordedJob:
         # a slow frame is no hung server: a file output never reconnects (watchdog off)
         self.sink = SinkWorker(str(tmp), encoder, lambda: self.source.fps or plan.fps, self.out_queue,
                                name=src.name, live=False, watchdog_s=math.inf,
-                               metadata=lambda: provenance.video_metadata(provenance.for_upscaler(upscaler)),
+                               metadata=lambda: self.metadata,
                                copy_from=lambda: self.source.copied_streams)
         self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads or None)
         self.batcher.on_error = lambda _name, exc: self._fail(exc)
@@ -325,6 +328,11 @@ class RecordedJob:
     def frames(self) -> int:
         return self.sink.published
 
+    @property
+    def fps(self) -> Fraction:
+        """The output's frame rate: the sink's (``Publisher.open`` limits the denominator so)."""
+        return Fraction(self.source.fps or self.plan.fps).limit_denominator(1001)
+
     def poll(self) -> bool:
         """Close the output once every frame read is back from the batcher; False once it is closed."""
         if self.sink.error is not None and not self.errors:
@@ -368,7 +376,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     max_batch = max_batch or default_max_batch(upscaler.device.type)
     net_threads = cpu_threads(upscaler, plan, encoder, threads)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    tmp = partial_path(dst)
     job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, net_threads,
                       Stabiliser(stabilise) if stabilise is not None else None)
     log.info("enhancing %s -> %s (%s%s)", src, dst, f"about {plan.total} frames at {float(plan.fps):.3g} fps"
@@ -402,7 +410,7 @@ def _run(job: RecordedJob, total: int | None, label: str, progress: bool) -> boo
 
 
 def _finish(job: RecordedJob, stats: dict, src: Path, tmp: Path, dst: Path) -> dict:
-    """Rename the finished output into place, or remove it and raise what went wrong."""
+    """Put the finished output in place (:func:`place_output`), or remove it and raise what went wrong."""
     if job.errors:
         tmp.unlink(missing_ok=True)
         err = job.errors[0]
@@ -414,12 +422,40 @@ def _finish(job: RecordedJob, stats: dict, src: Path, tmp: Path, dst: Path) -> d
         if stats["interrupted"]:
             raise EnhanceInterrupted(stats)
         raise UserError(f"{src}: no video frames could be decoded")
-    os.replace(tmp, dst)
+    place_output(job, src, tmp, dst)
     if stats["interrupted"]:
         log.warning("interrupted: wrote the %d frames done so far to %s", stats["frames"], dst)
         raise EnhanceInterrupted(stats)
     log.info("wrote %s: %d frames in %.1f s (%.2f fps)", dst, stats["frames"], stats["seconds"], stats["fps"])
     return stats
+
+
+def partial_path(dst: Path) -> Path:
+    """The hidden Matroska file a job writes while it runs (it plays even if the job is killed)."""
+    return dst.with_name(f".{dst.stem}.partial.mkv")
+
+
+def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
+    """Put the finished partial file ``tmp`` at ``dst``: renamed for Matroska, else stream-copied
+    into ``dst``'s container beside it, renamed into place, and ``tmp`` removed. If the copy
+    fails, ``tmp`` is kept and the UserError names it."""
+    _, fmt, options = output_args(str(dst), live=False, keep_times=True)
+    if fmt == "matroska":
+        os.replace(tmp, dst)
+        return
+    staged = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    try:
+        shift = remux.muxer_shift(remux.first_times(tmp), remux.first_times(src), sorted(job.plan.copy))
+        remux.remux(tmp, staged, fmt, options, job.metadata, job.fps, shift)
+        os.replace(staged, dst)
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        staged.unlink(missing_ok=True)
+        raise UserError(f"{dst}: writing the output failed ({describe_error(exc)}); the enhanced video "
+                        f"is kept in {tmp}") from exc
+    except BaseException:  # Ctrl-C while copying: the partial file stays, playable
+        staged.unlink(missing_ok=True)
+        raise
+    tmp.unlink()
 
 
 @contextmanager

@@ -174,7 +174,7 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
     """(target, container format, muxer options) for an output URL or path. ``keep_times``: the
     file keeps the source's timestamps and copied audio (recorded jobs): MP4/MOV are then written
     whole at the close, as fragments cannot carry the edit lists (encoder delay, AAC priming)
-    that keep them in sync."""
+    that keep them in sync; Matroska (a recorded job's partial file) closes a cluster a second."""
     text = str(url)
     scheme = urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in ("rtsp", "rtsps"):
@@ -193,6 +193,10 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
     fmt = OUTPUT_CONTAINERS.get(suffix)
     if fmt in ("mp4", "mov") and keep_times:
         return text, fmt, {"movflags": "+faststart+use_metadata_tags"}
+    if fmt == "matroska" and keep_times:
+        # a recorded job's partial file: a cluster a second at most, flushed with each packet, so a
+        # killed job leaves a file that plays up to about a second before the kill
+        return text, fmt, {"cluster_time_limit": "1000", "flush_packets": "1"}
     if fmt in ("mp4", "mov"):
         # fragmented at every keyframe and flushed with each packet, live or not: a killed service
         # leaves a file that plays up to the last GOP. use_metadata_tags keeps the provenance tags.
