@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from ultrares_stream.colour import float_to_uint8, uint8_to_float
 from ultrares_stream.engine.eager import EagerEngine
-from ultrares_stream.engine.transfer import FramePipe, frames_to_input, output_to_frames
+from ultrares_stream.engine.transfer import FramePipe
 from ultrares_stream.models.archs import SRVGGNetCompact
 
 CPU = torch.device("cpu")
@@ -17,7 +18,7 @@ def test_more_batches_in_flight_than_slots_each_get_their_own_frames():
     batches = [torch.full((2, 6, 5, 3), 40 * i, dtype=torch.uint8) for i in range(5)]
     pending = [pipe.submit(b) for b in batches]  # 5 in flight on 2 slots: slots 0 and 1 reused twice
     with torch.no_grad():
-        want = [output_to_frames(engine(frames_to_input(b))) for b in batches]
+        want = [float_to_uint8(engine(uint8_to_float(b))) for b in batches]
     got = [pipe.result(p) for p in reversed(pending)][::-1]
     for i, (g, w) in enumerate(zip(got, want)):
         assert torch.equal(g, w), f"batch {i} came back with another batch's frames"

@@ -5,8 +5,9 @@ and on CUDA
 
 * copies them into pinned (page-locked) host buffers and uploads them on an
   *upload* stream (asynchronous DMA, 1 byte a channel instead of 4),
-* converts to float and runs the model on a *compute* stream (conversion on the GPU),
-* converts back to uint8 on the GPU and downloads on a *download* stream into
+* converts to float and runs the model on a *compute* stream (conversion on the GPU,
+  :func:`colour.uint8_to_float`),
+* converts back to uint8 on the GPU (:func:`colour.float_to_uint8`) and downloads on a *download* stream into
   pinned buffers,
 
 so batch k+1 uploads while batch k computes and batch k-1 downloads. Two slots of
@@ -30,18 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..colour import float_to_uint8, uint8_to_float
+
 log = logging.getLogger(__name__)
 Model = Callable[[torch.Tensor], torch.Tensor]  # NCHW float [0, 1] on the device -> NCHW float
-
-
-def frames_to_input(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1] (on whatever device ``frames`` is)."""
-    return frames.permute(0, 3, 1, 2).to(dtype).div_(255.0)
-
-
-def output_to_frames(out: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [0, 1] -> uint8 NHWC (rounded, clamped), contiguous."""
-    return out.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 @dataclass
@@ -88,7 +81,7 @@ class FramePipe:
         n = frames.shape[0]
         if not self.cuda:
             with torch.no_grad():
-                out = output_to_frames(self.model(frames_to_input(frames.to(self.device))))
+                out = float_to_uint8(self.model(uint8_to_float(frames.to(self.device))))
             slot.host_out = _host(slot.host_out, out.shape, torch.uint8, pinned=False)
             slot.host_out[:n].copy_(out)
             slot.holder = Pending(slot=index, count=n)
@@ -103,7 +96,7 @@ class FramePipe:
         with torch.cuda.stream(self.compute), torch.no_grad():
             self.compute.wait_event(uploaded)
             dev_in.record_stream(self.compute)
-            dev_out = output_to_frames(self.model(frames_to_input(dev_in)))
+            dev_out = float_to_uint8(self.model(uint8_to_float(dev_in)))
             computed = torch.cuda.Event()
             computed.record(self.compute)
         slot.host_out = _host(slot.host_out, dev_out.shape, torch.uint8)
