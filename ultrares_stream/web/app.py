@@ -260,6 +260,22 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES, on_refused=count_refused)
     app.add_middleware(NoSniff)
     _install_error_handlers(app, on_invalid_upscale=lambda: metrics.web_upscales.labels("422").inc())
+    require_token = _token_check(ctx)
+    _add_page_and_probes(app, ctx)
+    _add_info_routes(app, ctx)
+    _add_upscale_route(app, ctx, require_token)
+    _add_stream_routes(app, ctx, require_token)
+    log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
+    return app
+
+
+#: error answers the API documents (their body is ``ApiErrorBody``)
+ERROR_RESPONSES = {code: {"model": ApiErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+
+
+def _token_check(ctx: _Context) -> Callable[[Request], None]:
+    """The dependency of the routes that change things: 401 unless the request carries the API
+    token (``Authorization: Bearer`` or ``X-Api-Token``), when the server has one."""
 
     def require_token(request: Request) -> None:
         if ctx.api_token is None:
@@ -270,9 +286,13 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
             raise ApiError(401, "this server needs an API token for changes: send 'Authorization: Bearer <token>'",
                            {"WWW-Authenticate": "Bearer"})
 
-    errors = {code: {"model": ApiErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+    return require_token
 
-    # -- page, probes, metrics (not part of the API schema)
+
+def _add_page_and_probes(app: FastAPI, ctx: _Context) -> None:
+    """The page, its static files, /metrics and the health probes (not part of the API schema)."""
+    service = ctx.service
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache",
@@ -294,24 +314,32 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
         ok = True if service is None else bool(service.ready())
         return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
-    # -- API
+
+def _add_info_routes(app: FastAPI, ctx: _Context) -> None:
+    """GET /info (limits and options) and GET /models."""
+
     @app.get(f"{API}/info", response_model=ServerInfo, tags=["server"], summary="Limits and options of this server")
     def info() -> ServerInfo:
-        return ServerInfo(version=__version__, default_model=ctx.default_model, max_upload_bytes=max_upload_bytes,
-                          max_pixels=max_pixels, max_output_pixels=max_output_pixels,
-                          sizes={k: list(v) for k, v in PRESETS.items()},
+        return ServerInfo(version=__version__, default_model=ctx.default_model,
+                          max_upload_bytes=ctx.max_upload_bytes, max_pixels=ctx.max_pixels,
+                          max_output_pixels=ctx.max_output_pixels, sizes={k: list(v) for k, v in PRESETS.items()},
                           formats=list(uploads.OUTPUT_FORMATS), token_required=ctx.api_token is not None,
-                          cameras=service is not None)
+                          cameras=ctx.service is not None)
 
     @app.get(f"{API}/models", response_model=ModelList, tags=["models"], summary="Models this server knows")
     def models() -> ModelList:
         return ctx.models()
 
+
+def _add_upscale_route(app: FastAPI, ctx: _Context, require_token: Callable[[Request], None]) -> None:
+    """POST /upscale: one image through the job queue (:func:`_upscale`), counted by its answer's status."""
+    metrics = ctx.metrics
+
     @app.post(
         f"{API}/upscale", tags=["images"], summary="Upscale one image",
         dependencies=[Depends(require_token)], response_class=Response,
         responses={200: {"description": "the upscaled image",
-                         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **errors},
+                         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **ERROR_RESPONSES},
     )
     async def upscale(
         image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, TIFF or GIF (type judged from content)")],
@@ -325,44 +353,54 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     ) -> Response:
         started = time.perf_counter()
         try:
-            data = await image.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise ApiError(413, f"the upload is over {max_upload_bytes:,} bytes; send a smaller file")
-            spec = ctx.check_model(model)
-            if size.strip():
-                from ..sizes import parse_size
-
-                parse_size(size)  # a bad size is a 400 before any work is queued
-            upload = uploads.identify(data, max_pixels)
-            cancel = threading.Event()
-            job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
-                          max_output_pixels, cancel)
-            try:
-                result = await ctx.jobs.run(job, timeout=ctx.request_timeout, cancel=cancel)
-            except QueueFull as exc:
-                raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
-                               {"Retry-After": str(exc.retry_after)}) from None
-            except JobTimeout as exc:
-                raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
-                               {"Retry-After": str(exc.retry_after)}) from None
-            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
-            (w, h), (ow, oh) = result.input_size, result.output_size
-            response = Response(result.data, media_type=result.media_type, headers={
-                "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
-                "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
-                "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
-                "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
-            })
-        except Exception as exc:  # counted by the status its handler below answers with, then re-raised
+            response = await _upscale(ctx, image, model, alpha, size, format)
+        except Exception as exc:  # counted by the status its handler answers with, then re-raised
             metrics.web_upscales.labels(str(getattr(exc, "status", 400 if isinstance(exc, UserError) else 500))).inc()
             raise
         metrics.web_upscales.labels("200").inc()
         metrics.web_upscale_seconds.observe(time.perf_counter() - started)
         return response
 
+
+async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, size: str, format: str) -> Response:
+    """Read, check and upscale one upload on the job queue; the image response, or ApiError/UserError."""
+    data = await image.read(ctx.max_upload_bytes + 1)
+    if len(data) > ctx.max_upload_bytes:
+        raise ApiError(413, f"the upload is over {ctx.max_upload_bytes:,} bytes; send a smaller file")
+    spec = ctx.check_model(model)
+    if size.strip():
+        from ..sizes import parse_size
+
+        parse_size(size)  # a bad size is a 400 before any work is queued
+    upload = uploads.identify(data, ctx.max_pixels)
+    cancel = threading.Event()
+    job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
+                  ctx.max_output_pixels, cancel)
+    try:
+        result = await ctx.jobs.run(job, timeout=ctx.request_timeout, cancel=cancel)
+    except QueueFull as exc:
+        raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
+                       {"Retry-After": str(exc.retry_after)}) from None
+    except JobTimeout as exc:
+        raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
+                       {"Retry-After": str(exc.retry_after)}) from None
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
+    (w, h), (ow, oh) = result.input_size, result.output_size
+    return Response(result.data, media_type=result.media_type, headers={
+        "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
+        "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
+        "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
+        "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
+    })
+
+
+def _add_stream_routes(app: FastAPI, ctx: _Context, require_token: Callable[[Request], None]) -> None:
+    """The cameras: list, one camera's stats, PATCH its alpha/model, its latest frame."""
+    errors = ERROR_RESPONSES
+
     @app.get(f"{API}/streams", response_model=StreamList, tags=["cameras"], summary="Every camera and its stats")
     def streams() -> StreamList:
-        cameras = getattr(service, "cameras", None) or {}
+        cameras = getattr(ctx.service, "cameras", None) or {}
         return StreamList(streams=[ctx.stream_status(s) for s in cameras.values()])
 
     @app.get(f"{API}/streams/{{name}}", response_model=StreamStatus, tags=["cameras"], responses=errors,
@@ -394,9 +432,6 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
             raise ApiError(404, f"camera {name!r} has not produced a frame yet; try again shortly",
                            {"Retry-After": "1"})
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
-
-    log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
-    return app
 
 
 def _install_api_docs(app: FastAPI) -> None:
