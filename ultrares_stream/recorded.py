@@ -213,7 +213,7 @@ def _net_s(upscaler, plan: Plan, threads: int) -> float:
 def _encode_s(plan: Plan, encoder: EncoderSettings) -> float:
     """CPU seconds (every thread of the encoder) to encode one output-size frame with ``encoder``,
     on the plan's first frames scaled up bicubically (real content and motion, no network)."""
-    codec = pick_codec(encoder.codec)
+    codec = pick_codec(encoder.codec, plan.out_size)
     opts, bit_rate, gop = codec_options(EncoderSettings(**{**encoder.__dict__, "codec": codec}), plan.fps)
     ctx = av.CodecContext.create(codec, "w")
     ctx.width, ctx.height = plan.out_size
