@@ -151,7 +151,7 @@ def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
     from ultrares_stream.sources import Source
 
     with RtspServer(port=0).start(timeout=30) as camera:
-        src = Source(camera.camera_url, "cam", live=True, timeout_s=2.0, backoff_initial_s=0.5)
+        src = Source(camera.camera_url, "cam", live=True, reconnect=ReconnectConfig(timeout_s=2.0, initial_s=0.5))
         with reading(src) as last:
             assert wait_for(lambda: last[0] > 0, 30)
             recoveries = []
@@ -176,7 +176,8 @@ def test_a_frozen_camera_is_marked_down_within_its_timeout(gst_rtsp):
     m = Metrics()
     timeout_s = 2.0
     with RtspServer(port=0).start(timeout=30) as camera:
-        src = Source(camera.camera_url, "cam", live=True, timeout_s=timeout_s, backoff_initial_s=0.2, metrics=m)
+        src = Source(camera.camera_url, "cam", live=True, reconnect=ReconnectConfig(timeout_s=timeout_s, initial_s=0.2),
+                     metrics=m)
         with reading(src) as last:
             downs = []
             for _ in range(3):

@@ -112,7 +112,8 @@ def test_cameras_are_built_from_their_config_with_the_defaults_filled_in(tmp_pat
     assert sa.queue.policy == "block" and not sa.live  # a file: nothing dropped
     assert (sa.encoder.crf, sb.encoder.crf, sb.encoder.tune) == (23, 30, None)
     assert sa.encoder.resolved_preset() == "ultrafast", "inference on the CPU keeps the encoder light"
-    assert sa.sink.watchdog_s == cfg.reconnect.timeout_s and sa.source.timeout_s == cfg.reconnect.timeout_s
+    assert sa.sink.watchdog_s == cfg.reconnect.timeout_s
+    assert sa.source.reconnect is cfg.reconnect and sa.sink.reconnect is cfg.reconnect  # passed whole
     for s in (sa, sb):
         svc.pool.release(s.upscaler)
 

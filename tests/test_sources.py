@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from ultrares_stream.config import ReconnectConfig
 from ultrares_stream.errors import UserError
 from ultrares_stream.metrics import Metrics
 from ultrares_stream.sources import Source, backoff_delay, is_live, mask_url, open_args
@@ -98,8 +99,8 @@ def test_hung_camera_is_detected_within_timeout_and_retried():
 
     threading.Thread(target=accept, daemon=True).start()
     m = Metrics()
-    src = Source(f"rtsp://admin:pw@127.0.0.1:{port}/cam", "hung", timeout_s=1.0, backoff_initial_s=0.1,
-                 backoff_max_s=0.2, metrics=m)
+    src = Source(f"rtsp://admin:pw@127.0.0.1:{port}/cam", "hung",
+                 reconnect=ReconnectConfig(timeout_s=1.0, initial_s=0.1, max_s=0.2), metrics=m)
     assert src.live
     t = threading.Thread(target=lambda: list(src.frames()), daemon=True)
     t0 = time.monotonic()
@@ -124,7 +125,8 @@ def test_hung_camera_is_detected_within_timeout_and_retried():
 
 
 def test_logs_never_show_the_password(caplog):
-    src = Source("rtsp://admin:topsecret@127.0.0.1:9/cam", "cam", timeout_s=0.5, backoff_initial_s=0.05)
+    src = Source("rtsp://admin:topsecret@127.0.0.1:9/cam", "cam",
+                 reconnect=ReconnectConfig(timeout_s=0.5, initial_s=0.05))
     caplog.set_level("DEBUG")
     t = threading.Thread(target=lambda: list(src.frames()), daemon=True)
     t.start()

@@ -37,7 +37,7 @@ from . import provenance, remux
 from .batcher import Batcher, Enhanced, cpu_thread_split, default_max_batch, enhance_batch
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkWorker, codec_options, container_for, output_args, pick_codec
+from .sinks import EncoderSettings, SinkHooks, SinkWorker, codec_options, container_for, output_args, pick_codec
 from .sources import VIDEO_SUFFIXES, Source, describe_error, frame_to_yuv420p, pick_hwaccel, stream_fps
 from .temporal import Stabiliser, StabiliserSettings
 
@@ -276,8 +276,8 @@ class RecordedJob:
         # a slow frame is no hung server: a file output never reconnects (watchdog off)
         self.sink = SinkWorker(str(tmp), encoder, lambda: self.source.fps or plan.fps, self.out_queue,
                                name=src.name, live=False, watchdog_s=math.inf,
-                               metadata=lambda: self.metadata,
-                               copy_from=lambda: self.source.copied_streams)
+                               hooks=SinkHooks(metadata=lambda: self.metadata,
+                                               copy_from=lambda: self.source.copied_streams))
         self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads or None)
         self.batcher.on_error = lambda _name, exc: self._fail(exc)
         self.enqueued = self.delivered = self.failed = 0

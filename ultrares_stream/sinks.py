@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .config import ReconnectConfig
 from .errors import UserError
 from .frame_queue import FrameQueue
 from .sources import backoff_delay, mask_url
@@ -369,29 +370,45 @@ class Publisher:
                 log.debug("%s: closing %s: %s", self.name, self.masked_url, exc)
 
 
+@dataclass(frozen=True)
+class SinkHooks:
+    """What a :class:`SinkWorker` asks of its pipeline, all optional.
+
+    ``on_published(enhanced, seconds)`` is called after each frame is written. ``metadata``:
+    a callable returning a file output's container tags, read when the output is opened.
+    ``copy_from`` (file outputs): a callable returning the input streams whose packets ride
+    along with the frames (``Frame.packets``); they are copied into the output after their
+    frame, and video keeps the source's timestamps.
+    """
+
+    on_published: Callable | None = None
+    metadata: Callable[[], dict[str, str]] | None = None
+    copy_from: Callable[[], list] | None = None
+
+
 class SinkWorker:
     """Thread: take enhanced frames from ``queue``, encode and publish; reconnect on failure.
 
     ``fps``: a callable returning the output frame rate (the input's), read when
-    the output is (re)opened. ``on_published(enhanced, seconds)`` is called after
-    each frame is written. ``copy_from`` (file outputs): a callable returning the input
-    streams whose packets ride along with the frames (``Frame.packets``); they are copied
-    into the output after their frame, and video keeps the source's timestamps.
+    the output is (re)opened. ``reconnect``: the connect/write timeout and the reconnect
+    backoff (default ``ReconnectConfig()``); ``watchdog_s``: how long a write may block or an
+    RTSP server stay silent before the connection is dropped (default ``reconnect.timeout_s``).
+    ``hooks``: the callbacks of :class:`SinkHooks`.
     """
 
     def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
-                 name: str = "camera", live: bool = True, timeout_s: float = 5.0, watchdog_s: float = 5.0,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, metrics=None,
-                 on_published: Callable | None = None, metadata: Callable[[], dict[str, str]] | None = None,
-                 copy_from: Callable[[], list] | None = None):
+                 name: str = "camera", live: bool = True, reconnect: ReconnectConfig | None = None,
+                 watchdog_s: float | None = None, metrics=None, hooks: SinkHooks | None = None):
         self.url, self.settings, self.fps_fn, self.queue = url, settings, fps, queue
-        self.name, self.live, self.timeout_s, self.watchdog_s = name, live, timeout_s, watchdog_s
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.name, self.live = name, live
+        self.reconnect = reconnect or ReconnectConfig()
+        self.watchdog_s = self.reconnect.timeout_s if watchdog_s is None else watchdog_s
         self.metrics = metrics
-        self.on_published = on_published
-        self.metadata_fn = metadata  # file outputs' container tags, read when the output is opened
-        self.copy_from = copy_from
-        output_args(url, live, timeout_s)  # validate the URL early (UserError)
+        hooks = hooks or SinkHooks()
+        self.on_published = hooks.on_published
+        self.metadata_fn = hooks.metadata  # file outputs' container tags, read when the output is opened
+        self.copy_from = hooks.copy_from
+        output_args(url, live, self.reconnect.timeout_s)  # validate the URL early (UserError)
         self.published = 0
         self.copied = 0  # packets of copy_from streams muxed
         self.reconnects = 0
@@ -466,7 +483,7 @@ class SinkWorker:
 
         attempt = 0
         while True:
-            args = dict(live=self.live, timeout_s=self.timeout_s, name=self.name,
+            args = dict(live=self.live, timeout_s=self.reconnect.timeout_s, name=self.name,
                         metadata=self.metadata_fn() if self.metadata_fn else None)
             if urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES:
                 pub = RemotePublisher(self.url, self.settings, **args)
@@ -483,7 +500,7 @@ class SinkWorker:
                 if not self.live:
                     raise UserError(str(exc)) from None
                 attempt += 1
-                delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s)
+                delay = backoff_delay(attempt, self.reconnect.initial_s, self.reconnect.max_s)
                 log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
@@ -536,7 +553,7 @@ class SinkWorker:
             if pub is not None and self._hung.is_set():
                 self._drop_connection(pub, "server not responding")
                 pub = None
-                if self._stop.wait(backoff_delay(self._failures, self.backoff_initial_s, self.backoff_max_s)):
+                if self._stop.wait(backoff_delay(self._failures, self.reconnect.initial_s, self.reconnect.max_s)):
                     return
             if pub is None:
                 pub = self._pub = self._open(enhanced.width, enhanced.height)
@@ -556,7 +573,7 @@ class SinkWorker:
                 self._drop_connection(pub, f"publishing failed ({exc if str(exc) else type(exc).__name__})")
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
-                if self._stop.wait(backoff_delay(self._failures, self.backoff_initial_s, self.backoff_max_s)):
+                if self._stop.wait(backoff_delay(self._failures, self.reconnect.initial_s, self.reconnect.max_s)):
                     return
                 continue
             finally:

@@ -6,7 +6,7 @@ conversion to RGB happens once, on the inference device). Live sources never
 followed by a reconnect after an exponential backoff with jitter, forever, until
 :meth:`Source.stop`. Every open sets FFmpeg's ``timeout`` option (microseconds;
 FFmpeg 8 ignores the old ``stimeout``) *and* PyAV's interrupt-callback timeout,
-so a dead or hung camera is noticed within ``timeout_s``.
+so a dead or hung camera is noticed within ``reconnect.timeout_s``.
 
 Container frame counts (``nb_frames``) are never used: they are absent or wrong
 for streams and often for files too.
@@ -28,11 +28,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .config import ReconnectConfig
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: seconds of an outage during which a live source is retried every ``backoff_initial_s``
+#: seconds of an outage during which a live source is retried every ``reconnect.initial_s``
 QUICK_RETRY_S = 10.0
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 DEFAULT_FPS = Fraction(25)
@@ -202,22 +203,21 @@ class Source:
 
     ``live``: None = decide from the URL (:func:`is_live`). Live sources reconnect
     forever; files are read once and end, skipping undecodable packets (``bad_packets``).
+    ``reconnect``: the read/connect timeout and the reconnect backoff (default ``ReconnectConfig()``).
     ``copy``: indices of audio/subtitle streams whose packets ride along with the frames
     (``Frame.packets``: those demuxed before the next frame) for a sink that copies them.
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
-                 timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 metrics=None, decode_threads: int = 1, max_frames: int | None = None,
-                 hwaccel: str | None = None, copy: Collection[int] = ()):
+                 reconnect: ReconnectConfig | None = None, metrics=None, decode_threads: int = 1,
+                 max_frames: int | None = None, hwaccel: str | None = None, copy: Collection[int] = ()):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
         if not self.live and "://" not in self.url and not Path(self.url).exists():
             raise UserError(f"{self.url}: no such file")
         self.transport = transport
-        self.timeout_s = timeout_s
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.reconnect = reconnect or ReconnectConfig()
         self.metrics = metrics
         self.decode_threads = decode_threads
         self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
@@ -252,7 +252,7 @@ class Source:
     def frames(self) -> Iterator[Frame]:
         """Decoded frames; for live sources this only ends when :meth:`stop` is called.
 
-        Reconnects: every ``backoff_initial_s`` for the first :data:`QUICK_RETRY_S` of an outage
+        Reconnects: every ``reconnect.initial_s`` for the first :data:`QUICK_RETRY_S` of an outage
         (a camera that restarts is back within about that), then with exponential backoff.
         """
         attempt = 0
@@ -288,7 +288,7 @@ class Source:
             if got_any or outage_since is None:
                 outage_since = time.monotonic()
             quick = time.monotonic() - outage_since < QUICK_RETRY_S
-            delay = backoff_delay(1 if quick else attempt, self.backoff_initial_s, self.backoff_max_s)
+            delay = backoff_delay(1 if quick else attempt, self.reconnect.initial_s, self.reconnect.max_s)
             self.state = "reconnecting"
             log.info("%s: reconnecting to %s in %.1f s (attempt %d)", self.name, self.masked_url, delay, attempt)
             if self._stop.wait(delay):
@@ -311,7 +311,7 @@ class Source:
     def _read_once(self) -> Iterator[Frame]:
         import av
 
-        args = open_args(self.url, self.transport, self.timeout_s)
+        args = open_args(self.url, self.transport, self.reconnect.timeout_s)
         self.state = "connecting"
         log.info("%s: opening %s", self.name, self.masked_url)
         try:

@@ -19,7 +19,7 @@ from . import provenance
 from .batcher import Batcher, Enhanced
 from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig
 from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkWorker
+from .sinks import EncoderSettings, SinkHooks, SinkWorker
 from .sizes import fit_inside, parse_size
 from .sources import DEFAULT_FPS, Source, mask_url
 from .temporal import Stabiliser
@@ -104,9 +104,8 @@ class Stream:
         self.input_url, self.output_url = camera.input, camera.output
         self.metrics = metrics
         self.batcher, self.pool = batcher, pool
-        self.source = Source(camera.input, camera.name, transport=camera.rtsp_transport, timeout_s=rc.timeout_s,
-                             backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s, metrics=metrics,
-                             hwaccel=hwaccel)
+        self.source = Source(camera.input, camera.name, transport=camera.rtsp_transport, reconnect=rc,
+                             metrics=metrics, hwaccel=hwaccel)
         self.live = self.source.live
         self.queue, self.out_queue = self._queues(camera.queue.size, camera.queue.policy)
         self._size_spec = parse_size(camera.output_size) if camera.output_size else None
@@ -118,11 +117,11 @@ class Stream:
         self.stabiliser = Stabiliser(settings) if settings is not None else None  # batcher applies it
         self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(), live=self.live,
                                                               cpu_inference=_on_cpu(batcher.device))
+        hooks = SinkHooks(on_published=self._on_published,
+                          metadata=lambda: provenance.video_metadata(provenance.for_upscaler(self.upscaler)))
         self.sink = SinkWorker(camera.output, self.encoder, self._fps, self.out_queue, name=camera.name,
-                               live=self.live, timeout_s=rc.timeout_s, watchdog_s=watchdog_s or rc.timeout_s,
-                               backoff_initial_s=rc.initial_s, backoff_max_s=rc.max_s, metrics=metrics,
-                               on_published=self._on_published,
-                               metadata=lambda: provenance.video_metadata(provenance.for_upscaler(self.upscaler)))
+                               live=self.live, reconnect=rc, watchdog_s=watchdog_s or rc.timeout_s, metrics=metrics,
+                               hooks=hooks)
         self.frames_in = 0
         self.frames_out = 0
         self.delivered = 0  # frames back from the batcher

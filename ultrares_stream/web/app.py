@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from collections.abc import Callable
@@ -119,16 +120,23 @@ class ServerInfo(BaseModel):
 
 
 # ----------------------------------------------------------------------------- the app
+@dataclass(frozen=True)
+class _Limits:
+    """What one upscale request may ask: upload bytes, input and output pixels, seconds of work."""
+
+    max_upload_bytes: int
+    max_pixels: int
+    max_output_pixels: int
+    request_timeout: float
+
+
 class _Context:
     """Everything the routes share (kept on ``app.state.ultrares``)."""
 
-    def __init__(self, service, metrics: Metrics, api_token: str | None, max_upload_bytes: int, max_pixels: int,
-                 max_output_pixels: int, default_model: str, device: str, workers: int, queue_size: int,
-                 request_timeout: float):
+    def __init__(self, service, metrics: Metrics, api_token: str | None, limits: _Limits, default_model: str,
+                 device: str, workers: int, queue_size: int):
         self.service, self.metrics, self.api_token = service, metrics, api_token
-        self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.max_output_pixels, self.default_model = max_output_pixels, default_model
-        self.request_timeout = request_timeout
+        self.limits, self.default_model = limits, default_model
         self.upscalers = UpscalerCache(device, pool=getattr(service, "pool", None))  # one pool per process
         self.jobs = JobQueue(workers, queue_size)
         self._custom_info: ModelInfo | None = None
@@ -236,9 +244,9 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     At most ``workers`` upscales run at once and ``queue_size`` wait; more get 429."""
     if metrics is None:
         metrics = getattr(service, "metrics", None) or Metrics()
-    ctx = _Context(service, metrics, api_token or None, max_upload_bytes, max_pixels, max_output_pixels,
-                   default_model or registry.default_model(pick_device(device).type), device, workers, queue_size,
-                   request_timeout)
+    limits = _Limits(max_upload_bytes, max_pixels, max_output_pixels, request_timeout)
+    ctx = _Context(service, metrics, api_token or None, limits,
+                   default_model or registry.default_model(pick_device(device).type), device, workers, queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -321,8 +329,8 @@ def _add_info_routes(app: FastAPI, ctx: _Context) -> None:
     @app.get(f"{API}/info", response_model=ServerInfo, tags=["server"], summary="Limits and options of this server")
     def info() -> ServerInfo:
         return ServerInfo(version=__version__, default_model=ctx.default_model,
-                          max_upload_bytes=ctx.max_upload_bytes, max_pixels=ctx.max_pixels,
-                          max_output_pixels=ctx.max_output_pixels, sizes={k: list(v) for k, v in PRESETS.items()},
+                          max_upload_bytes=ctx.limits.max_upload_bytes, max_pixels=ctx.limits.max_pixels,
+                          max_output_pixels=ctx.limits.max_output_pixels, sizes={k: list(v) for k, v in PRESETS.items()},
                           formats=list(uploads.OUTPUT_FORMATS), token_required=ctx.api_token is not None,
                           cameras=ctx.service is not None)
 
@@ -364,20 +372,21 @@ def _add_upscale_route(app: FastAPI, ctx: _Context, require_token: Callable[[Req
 
 async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, size: str, format: str) -> Response:
     """Read, check and upscale one upload on the job queue; the image response, or ApiError/UserError."""
-    data = await image.read(ctx.max_upload_bytes + 1)
-    if len(data) > ctx.max_upload_bytes:
-        raise ApiError(413, f"the upload is over {ctx.max_upload_bytes:,} bytes; send a smaller file")
+    limits = ctx.limits
+    data = await image.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(413, f"the upload is over {limits.max_upload_bytes:,} bytes; send a smaller file")
     spec = ctx.check_model(model)
     if size.strip():
         from ..sizes import parse_size
 
         parse_size(size)  # a bad size is a 400 before any work is queued
-    upload = uploads.identify(data, ctx.max_pixels)
+    upload = uploads.identify(data, limits.max_pixels)
     cancel = threading.Event()
     job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
-                  ctx.max_output_pixels, cancel)
+                  limits.max_output_pixels, cancel)
     try:
-        result = await ctx.jobs.run(job, timeout=ctx.request_timeout, cancel=cancel)
+        result = await ctx.jobs.run(job, timeout=limits.request_timeout, cancel=cancel)
     except QueueFull as exc:
         raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
                        {"Retry-After": str(exc.retry_after)}) from None
