@@ -267,6 +267,33 @@ def test_not_refittable_rebuilds_and_bad_rebuild_raises(programs):
         refit_or_rebuild(None, lambda: live, check)
 
 
+def test_alpha_refits_start_from_a_saved_copy_never_the_live_engine(programs, tmp_path):
+    """The refit runs on a fresh copy loaded from the cache (torch.export's saved program here, a
+    TensorRT engine on a GPU): the live engine keeps its weights and output until the swap."""
+    from ultrares_stream.engine.tensorrt import separate_refit
+
+    live, _, rebuild, check = programs
+    saved = tmp_path / "engine.pt2"
+    torch.export.save(export_program(tiny_net(0), SHAPES), saved)
+    probe = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        before = live(probe)
+    new = tiny_net(1)
+
+    def refit(copy):  # what refit_module_weights(in_place=True) would do, on the copy it is given
+        copy.load_state_dict(new.state_dict())
+        return copy
+
+    module, how, err = refit_or_rebuild(separate_refit(saved, lambda p: torch.export.load(p).module(), refit),
+                                        rebuild, check)
+    assert how == "refit" and err < 1e-5 and module is not live
+    with torch.no_grad():
+        assert torch.equal(live(probe), before)  # the running engine never changed
+    assert separate_refit(None, torch.export.load, refit) is None  # nothing saved: rebuild instead
+    gone = separate_refit(tmp_path / "pruned.pt2", lambda p: torch.export.load(p).module(), refit)
+    assert refit_or_rebuild(gone, rebuild, check)[1] == "rebuild"  # a copy pruned from the cache
+
+
 def test_relative_error_flags_nan():
     ref = torch.ones(2, 2)
     assert relative_error(torch.full((2, 2), float("nan")), ref) == float("inf")

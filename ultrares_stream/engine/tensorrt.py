@@ -6,9 +6,9 @@ precision (the network and its inputs are cast, so explicit typing builds an fp1
 engine), with ``immutable_weights=False`` so its weights can be refitted later.
 Built engines go to the engine cache (``torch_tensorrt.save`` as an exported program).
 
-Alpha changes: :func:`refit_or_rebuild` refits the running engine's weights with
-``torch_tensorrt.dynamo.refit_module_weights`` into a *new* module while frames keep
-flowing through the old one, checks the refitted engine against eager fp32 on a probe
+Alpha changes: :func:`refit_or_rebuild` refits the weights of a fresh copy of the cached
+engine (:func:`separate_refit`) with ``torch_tensorrt.dynamo.refit_module_weights`` while
+frames keep flowing through the live one, checks the refitted engine against eager fp32 on a probe
 frame, and swaps it in; a refit that raises or disagrees falls back to a rebuild.
 
 ``import torch_tensorrt`` raises a plain ``Exception`` when the TensorRT libraries are
@@ -111,6 +111,18 @@ def build_options(compile_params: set[str] | frozenset[str], dtype: torch.dtype)
     return opts
 
 
+def separate_refit(artefact: Path | None, load: Callable[[Path], M], refit: Callable[[M], M]) -> Callable[[], M] | None:
+    """A refit that never touches the running engine: it loads a fresh copy of the saved engine
+    and refits that. ``refit_module_weights(in_place=False)`` deep-copies the module but, under the
+    Python runtime, shares the TensorRT engine, so refitting the live module would change it while
+    frames run; and the copy is always the engine as built, so it stays refittable on every
+    TensorRT version (a refitted engine does only from 10.14). None (rebuild instead) when no
+    saved copy exists; a copy gone from the cache makes the refit raise, which rebuilds too."""
+    if artefact is None:
+        return None
+    return lambda: refit(load(artefact))
+
+
 def refit_or_rebuild(refit: Callable[[], M] | None, rebuild: Callable[[], M], check: Callable[[M], float],
                      tolerance: float = DEFAULT_TOLERANCE) -> tuple[M, str, float]:
     """Return (engine, "refit" | "rebuild", relative error vs eager).
@@ -170,6 +182,8 @@ class TensorRTEngine:
         self._reference = copy.deepcopy(self._template).to(self.device).float()  # eager fp32 for probe checks
         self._probe = torch.rand(shapes.min_shape, generator=torch.Generator().manual_seed(0)).to(self.device)
         self._module: Any = None
+        # the cached engine that refits start from: a fresh copy each time, never the live engine
+        self._artefact: Path | None = None
         self._swap_lock = threading.Lock()  # held only to swap / read the live module
         self._build_lock = threading.Lock()  # one build or refit at a time
         self._fallback_lock = threading.Lock()  # creating the eager engine for out-of-range frames
@@ -233,9 +247,9 @@ class TensorRTEngine:
             if self._module is None:
                 module, how = self._initial(weights_net, state_dict)
             else:
-                live = self._module
-                module, how, _ = refit_or_rebuild(lambda: self._refit(live, weights_net),
-                                                  lambda: self._build(weights_net), self._check, self.tolerance)
+                refit = separate_refit(self._artefact, self._load, lambda copy: self._refit(copy, weights_net))
+                module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check,
+                                                  self.tolerance)
             with self._swap_lock:
                 self._module = module
             self.last_weights_update = how
@@ -249,6 +263,7 @@ class TensorRTEngine:
                                    settings=settings_string(self._options()))
         cached = self.cache.load(key, self._load)
         if cached is not None and self._check(cached) < self.tolerance:
+            self._artefact = self.cache.path_for(key) / ARTEFACT
             return cached, "hit"
         similar = self.cache.find_refittable(key)
         refit = None
@@ -256,7 +271,8 @@ class TensorRTEngine:
             def refit():
                 return self._refit(self._load(similar / ARTEFACT), weights_net)
         module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check, self.tolerance)
-        self.cache.save(key, lambda path: self._save(module, path), refittable=True)
+        saved = self.cache.save(key, lambda path: self._save(module, path), refittable=True)
+        self._artefact = saved / ARTEFACT if saved is not None else None
         return module, "built" if how == "rebuild" else "refit"
 
     def _weights_net(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
