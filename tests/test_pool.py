@@ -75,6 +75,16 @@ def test_cameras_on_one_model_share_one_engine_and_alphas_are_views_of_it(pair):
     assert pool.models() == [pair], "an idle model stays loaded for the next user (keep_idle)"
 
 
+def test_no_model_and_the_default_model_by_name_share_one_engine():
+    """A camera without a model and a web upload naming the device's default pair: one load."""
+    from ultrares_stream.models.registry import default_model
+
+    pool = cpu_pool()
+    camera, web = pool.get(None, 0.0), pool.get(default_model("cpu"), 0.25)
+    assert pool.built == 1 and web.shares_engine_with(camera)
+    assert pool.models() == [default_model("cpu")]
+
+
 def test_an_alpha_swap_copies_into_the_same_parameter_storage_and_matches_a_fresh_upscaler(pair):
     pool = cpu_pool()
     low, high = pool.get(pair, 0.0), pool.get(pair, 1.0)

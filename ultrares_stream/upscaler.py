@@ -23,7 +23,7 @@ from .errors import UserError
 from .engine.select import make_engine
 from .models.checkpoint import infer_arch
 from .models.interpolation import check_alpha, check_compatible, interpolate
-from .models.registry import ResolvedModel, resolve
+from .models.registry import ResolvedModel, default_model, resolve
 from .tiling import auto_tile_size, upscale_tiled
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,14 @@ class UpscalerPool:
         return Upscaler(model, alpha=alpha, device=self.device, precision=self.precision, tile=self.tile,
                         engine=self.engine, shapes=self.shapes, max_batch=self.max_batch)
 
+    def canonical(self, model: str | None) -> str:
+        """The pool's key for ``model``: no model is the device's default pair by name, so a camera
+        without a model and a web upload naming that default share one engine."""
+        return (model or "").strip() or default_model(pick_device(self.device).type)
+
     def upscaler(self, model: str | None, alpha: float = DEFAULT_ALPHA) -> FrameUpscaler:
         """``model``'s upscaler, loaded on first use (one load at a time per model; others wait)."""
+        model = self.canonical(model)
         with self._lock:
             up = self._models.get(model)
             if up is not None:
@@ -331,6 +337,7 @@ class UpscalerPool:
 
     def get(self, model: str | None, alpha: float) -> FrameUpscaler:
         """The view of ``model`` at ``alpha`` (counted as one more user until :meth:`release`)."""
+        model = self.canonical(model)
         key = (model, round(check_alpha(alpha), 4))
         with self._lock:
             view = self._views.get(key)
