@@ -429,10 +429,10 @@ class Batcher:
     def _finish(self, done: list) -> None:
         results: list[tuple] = []
         for items, out, clock, start, end in done:
-            t0 = time.perf_counter()
             try:
+                dt = clock.elapsed_s(start, end)  # the batch's own device time (waits for its end on CUDA)
+                t0 = time.perf_counter()  # from here: the conversion back and the download only
                 packed = to_packed_yuv(out, after=end if clock.cuda else None)
-                dt = clock.elapsed_s(start, end)  # the batch's own device time (ready: packed waited for it)
             except Exception as exc:  # noqa: BLE001
                 self._failed(items, exc)
                 continue
