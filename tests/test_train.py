@@ -273,3 +273,9 @@ def test_reparam_training_with_a_teacher_ships_plain_compact_weights(tmp_path):
     save_checkpoint(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).state_dict(), rrdb, {})
     with pytest.raises(UserError, match="--reparam"):
         Trainer(_cfg(tmp_path / "x", folder, init=rrdb, reparam=True))
+    from ultrares_stream.models.archs import SRVGGNetCompact
+
+    x2 = tmp_path / "x2.safetensors"
+    save_checkpoint(SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).state_dict(), x2, {})
+    with pytest.raises(UserError, match="x2 net, training is x4"):
+        Trainer(_cfg(tmp_path / "y", folder, teacher=x2))

@@ -34,7 +34,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import provenance, remux
-from .batcher import Batcher, Enhanced, cpu_thread_split, default_max_batch, enhance_batch
+from .batcher import Batcher, Enhanced, cpu_inference_threads, cpu_thread_split, default_max_batch, enhance_batch
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkHooks, SinkWorker, codec_options, container_for, output_args, pick_codec
@@ -240,8 +240,10 @@ def cpu_threads(upscaler, plan: Plan, encoder: EncoderSettings, requested: int |
     if requested:
         return requested
     cores = _cores()
-    if cores < 2 or not plan.sample:
+    if cores < 2:
         return 1
+    if not plan.sample:  # nothing decoded to time: the live pipeline's split
+        return cpu_inference_threads()
     net_all, net_spare, io_s = measure_costs(upscaler, plan, encoder, cores)
     threads = cpu_thread_split(cores, net_all, net_spare, io_s)
     log.info("CPU split: the network takes %.0f ms a frame on %d threads, %.0f ms on %d, decode + encode "
@@ -347,6 +349,7 @@ class RecordedJob:
         self.queue.close()
         self.out_queue.close()
         self.sink.stop(timeout=60.0)
+        self.source.close()  # the input kept open for its copied packets, now muxed
         self.batcher.stop()
         self._reader.join(10.0)
 
@@ -445,9 +448,10 @@ def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
         return
     staged = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
     try:
-        shift = remux.muxer_shift(remux.first_times(tmp), remux.first_times(src), sorted(job.plan.copy))
-        remux.remux(tmp, staged, fmt, options, job.metadata, job.fps, shift)
-        os.replace(staged, dst)
+        with _on_sigterm(_interrupt_main):  # SIGTERM while copying: as Ctrl-C, the partial file stays
+            shift = remux.muxer_shift(remux.first_times(tmp), remux.first_times(src), sorted(job.plan.copy))
+            remux.remux(tmp, staged, fmt, options, job.metadata, job.fps, shift)
+            os.replace(staged, dst)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         staged.unlink(missing_ok=True)
         raise UserError(f"{dst}: writing the output failed ({describe_error(exc)}); the enhanced video "
@@ -456,6 +460,10 @@ def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
         staged.unlink(missing_ok=True)
         raise
     tmp.unlink()
+
+
+def _interrupt_main() -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager

@@ -105,4 +105,9 @@ def remux(partial: str | Path, dst: str | Path, fmt: str, options: dict[str, str
                 p.stream = streams[index]
                 out.mux(p)
                 copied += 1
+        for index, bsf in filters.items():  # what a filter still holds at the end of the input
+            for p in bsf.filter(None):
+                p.stream = streams[index]
+                out.mux(p)
+                copied += 1
     return copied

@@ -329,6 +329,7 @@ class Source:
             stream.codec_context.thread_count = self.decode_threads
             self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
             self._epoch += 1
+            self.hardware_decoding = None  # known again after this connection's first frame
             self.state = "running"
             self.connected.set()
             if self.metrics is not None:

@@ -139,7 +139,10 @@ class Trainer:
     def _build_teacher(self) -> torch.nn.Module | None:
         if self.cfg.teacher is None:
             return None
-        net = build_model(read_checkpoint(self.cfg.teacher), str(self.cfg.teacher)).eval()
+        sd = read_checkpoint(self.cfg.teacher)
+        if infer_arch(sd, str(self.cfg.teacher)).scale != self.cfg.scale:
+            raise UserError(f"--teacher {self.cfg.teacher}: a x{infer_arch(sd).scale} net, training is x{self.cfg.scale}")
+        net = build_model(sd, str(self.cfg.teacher)).eval()
         for p in net.parameters():
             p.requires_grad_(False)
         return net
