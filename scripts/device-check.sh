@@ -91,7 +91,15 @@ with av.open(str(clip), "w") as c:  # 480x270, 25 fps, 100 s: a moving bar over 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-cams = "\n".join(f"  - {{name: cam{i}, input: {clip}, output: {work}/out{i}.mkv}}" for i in range(4))
+result = {"cameras": 4, "input": "480x270", "output": "1920x1080", "model": "ultrares-compact-x4"}
+try:  # a paced live camera (the demo RTSP server looping the clip): drops are then measurable
+    from ultrares_stream.demo.server import RtspServer
+
+    camera = RtspServer(port=0, video=clip).start(timeout=30)
+    source, result["input_kind"] = camera.camera_url, "rtsp (live, paced)"
+except Exception as exc:  # no GStreamer RTSP server on this host: files, read unpaced, never drop
+    camera, source, result["input_kind"] = None, clip, f"file (unpaced, drops not measurable: {exc})"
+cams = "\n".join(f"  - {{name: cam{i}, input: '{source}', output: {work}/out{i}.mkv}}" for i in range(4))
 cfg = work / "serve.yaml"
 cfg.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\ninference: {{device: {os.environ['DEVICE']}}}\n"
                f"defaults: {{model: ultrares-compact-x4, alpha: 0.0, output_size: 1080p}}\ncameras:\n{cams}\n")
@@ -106,7 +114,6 @@ def get(path):
 
 t0 = time.monotonic()
 serve = subprocess.Popen([sys.executable, "-m", "ultrares_stream", "serve", "--config", str(cfg), "--duration", "60"])
-result = {"cameras": 4, "input": "480x270", "output": "1920x1080", "model": "ultrares-compact-x4"}
 try:
     while time.monotonic() - t0 < 45:
         try:
@@ -133,10 +140,14 @@ try:
     result["metrics"] = [ln for ln in (work / "metrics.txt").read_text().splitlines()
                          if ln.startswith(("ultrares_batch_inference_seconds_sum", "ultrares_batch_inference_seconds_count",
                                            "ultrares_frames_out_total", "ultrares_frames_dropped_total"))]
+except Exception as exc:  # e.g. serve ended early: still write what was measured
+    result["error"] = f"{type(exc).__name__}: {exc}"
 finally:
     result["serve_exit"] = serve.wait(40) if serve.poll() is None else serve.returncode
-(work / "serve.json").write_text(json.dumps(result, indent=1))
-print(json.dumps(result, indent=1))
+    if camera is not None:
+        camera.stop()
+    (work / "serve.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
 PY
 echo "exit $?"; tail -n 25 "$OUT/serve.log"
 
