@@ -101,13 +101,14 @@ def remux(partial: str | Path, dst: str | Path, fmt: str, options: dict[str, str
                 continue
             index = packet.stream.index
             shift_packet(packet, shift_s)
-            for p in filters[index].filter(packet) if index in filters else [packet]:
-                p.stream = streams[index]
-                out.mux(p)
-                copied += 1
+            copied += _mux(out, streams[index], filters[index].filter(packet) if index in filters else [packet])
         for index, bsf in filters.items():  # what a filter still holds at the end of the input
-            for p in bsf.filter(None):
-                p.stream = streams[index]
-                out.mux(p)
-                copied += 1
+            copied += _mux(out, streams[index], bsf.filter(None))
     return copied
+
+
+def _mux(out, stream, packets) -> int:
+    for p in packets:
+        p.stream = stream
+        out.mux(p)
+    return len(packets)

@@ -17,7 +17,6 @@ import functools
 import logging
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator

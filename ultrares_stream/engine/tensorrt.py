@@ -266,10 +266,8 @@ class TensorRTEngine:
             self._artefact = self.cache.path_for(key) / ARTEFACT
             return cached, "hit"
         similar = self.cache.find_refittable(key)
-        refit = None
-        if similar is not None:
-            def refit():
-                return self._refit(self._load(similar / ARTEFACT), weights_net)
+        refit = separate_refit(similar / ARTEFACT if similar is not None else None, self._load,
+                               lambda copy: self._refit(copy, weights_net))
         module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check, self.tolerance)
         saved = self.cache.save(key, lambda path: self._save(module, path), refittable=True)
         self._artefact = saved / ARTEFACT if saved is not None else None
