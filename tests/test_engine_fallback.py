@@ -42,19 +42,23 @@ class Fp16Engine:
     fp32 on a probe frame with the TensorRT backend's own check (``refit_or_rebuild``) when ``probe``."""
 
     name = "tensorrt"
+    slow_weights = True
 
     def __init__(self, net: nn.Module, probe: bool):
         self.device, self.precision, self.probe = CPU, "fp16", probe
         self.template, self.net = net, copy.deepcopy(net).half()
 
     def load_weights(self, state_dict):
+        self.prepare_weights(state_dict)()
+
+    def prepare_weights(self, state_dict):
         ref = copy.deepcopy(self.template)
         ref.load_state_dict(state_dict)
         half = copy.deepcopy(ref).half()
         x = torch.rand(1, 3, 4, 4)
         if self.probe:
             half, _, _ = refit_or_rebuild(None, lambda: half, lambda m: relative_error(m(x.half()), ref(x)))
-        self.net = half
+        return lambda: setattr(self, "net", half)
 
     def __call__(self, x):
         return self.net(x.half()).float()

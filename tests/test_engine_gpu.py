@@ -51,6 +51,26 @@ def test_backend_matches_eager_fp32(backend, build, tmp_path):
     assert relative_error(out, eager_fp32(build(0), x)) < 1e-2
 
 
+def test_tensorrt_prepared_weights_leave_the_live_engine_alone_until_committed(tmp_path):
+    need_tensorrt()
+    from ultrares_stream.engine.tensorrt import TensorRTEngine
+
+    a, b = compact(0).state_dict(), compact(1).state_dict()
+    x = torch.rand(2, 3, 96, 128, device=CUDA)
+    engine = TensorRTEngine(compact(0), CUDA, "fp16", shapes=SHAPES, cache=EngineCache(tmp_path))
+    assert engine.slow_weights
+    engine.load_weights(a)
+    before = engine(x)
+    commit_b = engine.prepare_weights(b)  # the refit: the live engine still runs a
+    assert relative_error(engine(x), before) < 1e-3
+    commit_b()
+    assert relative_error(engine(x), eager_fp32(compact(1), x)) < 1e-2
+    commit_a = engine.prepare_weights(a)
+    commit_a()
+    commit_b()  # commits can be made live again: an alpha going back is a swap, not a refit
+    assert relative_error(engine(x), eager_fp32(compact(1), x)) < 1e-2
+
+
 def test_tensorrt_refit_matches_rebuilt_engine_and_cache_is_reused(tmp_path):
     need_tensorrt()
     from ultrares_stream.engine.tensorrt import TensorRTEngine

@@ -153,3 +153,80 @@ def test_alpha_change_on_a_running_camera_builds_nothing_drops_nothing_and_chang
     print(f"\nalpha change: set_alpha {call_s * 1e3:.2f} ms in the caller's thread, weight swap "
           f"{stream.upscaler.last_swap_s * 1e3:.2f} ms in the batcher, first new frame published "
           f"{changed_s * 1e3:.1f} ms after the call")
+
+
+class SlowRefit:
+    """The live engine of an upscaler, with weight changes that take ``delay`` seconds to prepare
+    as a TensorRT refit does (``slow_weights``); the preparation never touches the live weights."""
+
+    slow_weights = True
+
+    def __init__(self, engine, delay: float):
+        self.engine, self.delay, self.prepared = engine, delay, 0
+
+    def __getattr__(self, attr):
+        return getattr(self.engine, attr)
+
+    def __call__(self, x):
+        return self.engine(x)
+
+    def load_weights(self, state_dict):
+        self.prepare_weights(state_dict)()
+
+    def prepare_weights(self, state_dict):
+        time.sleep(self.delay)
+        self.prepared += 1
+        return self.engine.prepare_weights(state_dict)
+
+
+def test_a_slow_weight_change_is_prepared_off_the_frame_path_and_frames_never_wait(pair, tmp_path):
+    delay = 1.5
+    src = still_clip(tmp_path / "still.mkv", frames=3000)
+    pool, metrics = cpu_pool(), Metrics()
+    base = pool.upscaler(pair, 0.0)
+    base.engine = slow = SlowRefit(base.engine, delay)
+    batcher = Batcher("cpu", max_batch=1, max_wait_ms=5, metrics=metrics).start()
+    camera = CameraConfig(name="cam", input=str(src), output=str(tmp_path / "out.mkv"), model=pair, alpha=0.0)
+    stream = Stream(camera, batcher=batcher, pool=pool, metrics=metrics).start()
+    with av.open(str(src)) as c:
+        frame = next(c.decode(video=0)).reformat(format="yuv420p").to_ndarray()
+    expect = {a: enhance_batch(Upscaler(pair, alpha=a, device="cpu", precision="fp32", engine="eager", tile=0),
+                               [frame], 64, 48)[0] for a in (0.0, 0.5, 1.0)}
+    try:
+        assert stream.first_output.wait(30)
+        t0 = time.perf_counter()
+        stream.set_alpha(1.0)
+        call_s = time.perf_counter() - t0
+        assert call_s < delay / 3, f"set_alpha waited for the preparation ({call_s:.2f} s)"
+        assert stream.status()["pending"] == {"model": str(base.model_name), "alpha": 1.0}
+        assert stream.alpha == 0.0, "the live alpha changes when the new weights are in"
+        # meanwhile frames keep flowing at the old alpha
+        last, last_at, longest, old_alpha_frames = stream.frames_out, time.perf_counter(), 0.0, 0
+        while stream.status()["pending"] is not None:
+            assert time.perf_counter() - t0 < 30, "the new weights never arrived"
+            now = time.perf_counter()
+            if stream.frames_out != last:
+                longest, last, last_at = max(longest, now - last_at), stream.frames_out, now
+                old_alpha_frames += np.array_equal(stream._latest.data, expect[0.0])
+            time.sleep(0.005)
+        switched_s = time.perf_counter() - t0
+        assert wait_for(lambda: np.array_equal(stream._latest.data, expect[1.0]), 10, step=0.001)
+        assert stream.alpha == 1.0 and stream.upscaler.alpha == 1.0
+        assert switched_s >= delay, "switched before the weights were prepared"
+        assert old_alpha_frames > 0 and longest < delay / 2, (
+            f"frames stalled for {longest:.2f} s while the weights were prepared")
+        # a web upload at another alpha waits for its own weights (prepared off the camera's path)
+        x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+        web = pool.get(pair, 0.5)
+        out_web = web.upscale(x)
+        pool.release(web)
+        fresh_web = Upscaler(pair, alpha=0.5, device="cpu", precision="fp32", engine="eager", tile=0)
+        assert torch.equal(out_web, fresh_web.upscale(x))
+        assert stream.wait_finished(120)
+    finally:
+        stream.stop(10)
+        batcher.stop(5)
+    assert stream.frames_out == stream.frames_in == 3000 and stream.source_drops() == 0 and stream.failed == 0
+    assert slow.prepared == 2, "alpha 1 for the camera and alpha 0.5 for the web page, each prepared once"
+    print(f"\nslow weight change ({delay} s to prepare): set_alpha {call_s * 1e3:.1f} ms, switched after "
+          f"{switched_s:.2f} s, longest gap between published frames meanwhile {longest * 1e3:.0f} ms")

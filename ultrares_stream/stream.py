@@ -113,6 +113,8 @@ class Stream:
         self._route_lock = threading.Lock()
         self.alpha = float(DEFAULT_ALPHA if camera.alpha is None else camera.alpha)
         self.upscaler: FrameUpscaler = pool.get(self.model_name, self.alpha)
+        # after a change, until its weights are ready: (upscaler, model, alpha)
+        self._next: tuple[FrameUpscaler, str | None, float] | None = None
         settings = camera.stabilise.settings() if camera.stabilise is not None else None
         self.stabiliser = Stabiliser(settings) if settings is not None else None  # batcher applies it
         self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(), live=self.live,
@@ -203,6 +205,8 @@ class Stream:
 
     def route(self) -> tuple[FrameUpscaler, tuple[int, int] | None]:
         with self._route_lock:
+            if self._next is not None:
+                self._switch_when_ready()
             up = self.upscaler
         size = self._size_spec
         if size is not None and self.input_size is not None:
@@ -314,7 +318,11 @@ class Stream:
         self.batcher.detach(self.name)
         self.out_queue.close()
         self.sink.stop(max(0.5, end - time.monotonic()))
-        self.pool.release(self.upscaler)
+        with self._route_lock:
+            self.pool.release(self.upscaler)
+            if self._next is not None:
+                self.pool.release(self._next[0])
+                self._next = None
         log.info("%s: stopped (%d frames in, %d published, %d dropped)", self.name, self.frames_in,
                  self.frames_out, self.source_drops())
 
@@ -335,6 +343,7 @@ class Stream:
 
     def status(self) -> dict:
         lat = percentiles(self._latencies)
+        nxt = self._next
         return {
             "name": self.name,
             "state": self.state,
@@ -357,6 +366,7 @@ class Stream:
             "last_frame_age_s": (time.monotonic() - self.last_frame_at) if self.last_frame_at else None,
             "alpha": self.alpha,
             "model": str(self.upscaler.model_name),
+            "pending": {"model": str(nxt[0].model_name), "alpha": nxt[2]} if nxt is not None else None,
             "error": str(self.error) if self.error else None,
         }
 
@@ -372,15 +382,35 @@ class Stream:
         self._swap(model, self.alpha)
 
     def _swap(self, model: str | None, alpha: float) -> None:
+        """Route the next batches to ``model`` at ``alpha``. Where the engine's weight change is
+        slow (a TensorRT refit), the frames keep the current weights until the new ones are
+        prepared in the background (:meth:`~ultrares_stream.upscaler.Upscaler.weights_ready`),
+        so no frame waits for it; ``status()["pending"]`` says what is being prepared."""
         new = self.pool.get(model, alpha)
         with self._route_lock:
-            old, self.upscaler = self.upscaler, new
-            self.model_name, self.alpha = model, float(alpha)
-        if old is not new:
-            self.pool.release(old)
+            if self._next is not None:  # a change still being prepared is superseded
+                self.pool.release(self._next[0])
+            self._next = (new, model, float(alpha))
+            self._switch_when_ready()
+            waiting = self._next is not None
+        log.info("%s: model %s, alpha %.3g%s", self.name, new.model_name, alpha,
+                 " (weights being prepared; frames keep the current ones until then)" if waiting else "")
+
+    def _switch_when_ready(self) -> None:
+        """Make the pending upscaler the live one once its weights are ready (hold the route lock)."""
+        new, model, alpha = self._next
+        try:
+            if not new.weights_ready():
+                return
+        except Exception as exc:  # the preparation failed: stay on the current weights
+            log.error("%s: could not switch to model %s at alpha %.3g (%s: %s); keeping model %s at alpha %.3g",
+                      self.name, new.model_name, alpha, type(exc).__name__, exc, self.upscaler.model_name, self.alpha)
+            old = new
         else:
-            self.pool.release(new)  # same object: undo the extra use count
-        log.info("%s: model %s, alpha %.3g", self.name, new.model_name, alpha)
+            old, self.upscaler = self.upscaler, new
+            self.model_name, self.alpha = model, alpha
+        self._next = None
+        self.pool.release(old)  # (the same object when nothing changed: undoes the extra use)
         self._publish_model_info()
 
     def snapshot_jpeg(self, max_rate_s: float = 1.0, quality: int = 80) -> bytes | None:

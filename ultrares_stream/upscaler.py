@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -62,18 +63,31 @@ class FrameUpscaler(Protocol):
 
     def at(self, alpha: float) -> FrameUpscaler: ...
 
+    def weights_ready(self) -> bool: ...
+
 
 class _EngineSlot:
     """The engine of one model and which alpha's weights are in it, shared by every alpha view
     (:meth:`Upscaler.at`) of that model. ``lock`` is held for one forward pass at a time, and for
-    the in-place weight swap before it when the caller's alpha differs from the engine's."""
+    the weight swap before it when the caller's alpha differs from the engine's; ``book`` guards
+    the weight sets and, on engines with slow weight changes (TensorRT refits), the commits
+    prepared or being prepared on the slot's one worker thread, per alpha."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.book = threading.RLock()
         self.alpha: float | None = None  # None: no weights loaded yet
         self.sets: OrderedDict[float, dict[str, torch.Tensor]] = OrderedDict()
+        self.commits: OrderedDict[float, Callable[[], None]] = OrderedDict()
+        self.pending: dict[float, Future] = {}
+        self._worker: ThreadPoolExecutor | None = None
         self.swaps = 0
         self.last_swap_s = 0.0
+
+    def worker(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="weights")
+        return self._worker
 
 
 class Upscaler:
@@ -157,34 +171,82 @@ class Upscaler:
         """The interpolated state dict for ``alpha`` (kept for the :data:`WEIGHT_SETS` last alphas)."""
         if self._gan is None:
             return self._psnr
-        sets = self._slot.sets
-        weights = sets.get(alpha)
-        if weights is None:
-            weights = sets[alpha] = interpolate(self._psnr, self._gan, alpha)
-            while len(sets) > WEIGHT_SETS:
-                sets.popitem(last=False)
-        sets.move_to_end(alpha)
-        return weights
+        with self._slot.book:
+            sets = self._slot.sets
+            weights = sets.get(alpha)
+            if weights is None:
+                weights = sets[alpha] = interpolate(self._psnr, self._gan, alpha)
+                while len(sets) > WEIGHT_SETS:
+                    sets.popitem(last=False)
+            sets.move_to_end(alpha)
+            return weights
+
+    def weights_ready(self) -> bool:
+        """Whether a forward pass at this view's alpha starts at once. Always, except on an engine
+        whose weight changes are slow (``engine.slow_weights``: a TensorRT refit): there the first
+        call starts preparing this alpha's weights on the slot's worker thread, and it is True
+        once they are prepared. A stream keeps its previous view until then, so its frames never
+        wait for a refit (:meth:`~ultrares_stream.stream.Stream.set_alpha`). Raises what the
+        preparation raised."""
+        if not self.engine.slow_weights or self._gan is None or self._slot.alpha == self.alpha:
+            return True
+        return self._commit_for(self.alpha, wait=False) is not None
+
+    def _commit_for(self, alpha: float, wait: bool) -> Callable[[], None] | None:
+        """The prepared commit of ``alpha``'s weights on a slow-weights engine: from the last
+        :data:`WEIGHT_SETS` ones, else prepared on the worker thread (None while that runs and
+        ``wait`` is false)."""
+        slot = self._slot
+        with slot.book:
+            commit = slot.commits.get(alpha)
+            if commit is not None:
+                slot.commits.move_to_end(alpha)
+                return commit
+            future = slot.pending.get(alpha)
+            if future is None:
+                future = slot.pending[alpha] = slot.worker().submit(self.engine.prepare_weights,
+                                                                    self.weights_at(alpha))
+        if not wait and not future.done():
+            return None
+        try:
+            commit = future.result()
+        finally:
+            with slot.book:
+                if slot.pending.get(alpha) is future:
+                    del slot.pending[alpha]
+        with slot.book:
+            slot.commits[alpha] = commit
+            while len(slot.commits) > WEIGHT_SETS:
+                slot.commits.popitem(last=False)
+        return commit
 
     def _apply(self, alpha: float) -> None:
-        """Swap ``alpha``'s weights into the engine in place (hold ``self._slot.lock``)."""
+        """Swap ``alpha``'s weights into the engine (hold ``self._slot.lock``): a copy into the
+        live parameters, or on a slow-weights engine the commit :meth:`run` waited for."""
         slot = self._slot
         if slot.alpha == alpha or (slot.alpha is not None and self._gan is None):
             return
         t0 = time.perf_counter()
-        self.engine.load_weights(self.weights_at(alpha))
+        if self.engine.slow_weights:
+            self._commit_for(alpha, wait=True)()
+        else:
+            self.engine.load_weights(self.weights_at(alpha))
         if slot.alpha is not None:
             slot.swaps += 1
             slot.last_swap_s = time.perf_counter() - t0
         slot.alpha = alpha
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward pass on the engine's device at this view's alpha, no tiling: pad, run, crop."""
+        """One forward pass on the engine's device at this view's alpha, no tiling: pad, run, crop.
+        On a slow-weights engine whose weights are another alpha's, waits for this alpha's to be
+        prepared first, without holding up the other views' passes."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         x = x.to(self.device, non_blocking=True)
+        if self.engine.slow_weights and self._gan is not None and self._slot.alpha != self.alpha:
+            self._commit_for(self.alpha, wait=True)
         with self._slot.lock:
             self._apply(self.alpha)
             out = self.engine(x)

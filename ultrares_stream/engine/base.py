@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import torch
@@ -17,15 +18,23 @@ class Engine(Protocol):
     width are multiples of the network's size multiple, and returns the upscaled
     NCHW float32 tensor. ``load_weights`` swaps in new weights of the same
     architecture (alpha changes) without interrupting callers for long.
+
+    ``prepare_weights`` splits that in two: it does the slow part without touching the live
+    engine and returns the commit, a fast swap that can be called again later to go back to
+    those weights. ``slow_weights`` says the slow part is slow enough (a TensorRT refit: seconds)
+    that callers should run it off the frame path; for the others ``prepare_weights`` is free.
     """
 
     name: str
     device: torch.device
     precision: Precision
+    slow_weights: bool
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+    def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]: ...
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -9,7 +9,8 @@ where bf16 is unsupported) for that model, logged once.
 
 Shapes are static (the fastest kernels, one CUDA graph each), so every new (batch bucket,
 height, width) compiles again and records another graph. An engine compiles at most
-``max_shapes`` of them (:data:`MAX_SHAPES`); further shapes run eagerly on the same module and
+``max_shapes`` of them (:data:`MAX_SHAPES`), each once it has recurred (:data:`COMPILE_AFTER`
+sightings: a camera's size at once, a web upload's one-off size never); further shapes run eagerly on the same module and
 weights, with one line in the log each (:func:`plan_shape`). Torch's recompile limit (8 per
 code object, shared by every engine of one architecture, and ``fullgraph=True`` makes hitting it
 an error) is raised to what the engines reserved (:func:`reserve_recompiles`); a shape that still
@@ -17,8 +18,11 @@ hits it runs eagerly too, never raises.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections import Counter
+from collections.abc import Callable
 
 import torch
 import torch._dynamo
@@ -30,16 +34,24 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 #: compiled shapes per engine (batch buckets x frame sizes: 1/2/4 x 2 camera sizes + slack)
 MAX_SHAPES = 8
+#: sightings of a shape before it is compiled: a camera's frames recur at once, one-off sizes never
+COMPILE_AFTER = 3
 _reserved = {"recompiles": 0}
 
 
-def plan_shape(shape: tuple[int, int, int], compiled: set, eager: set, max_shapes: int) -> str:
-    """``"compiled"`` (seen, or room for one more) or ``"eager"`` for one (batch, height, width)."""
+def plan_shape(shape: tuple[int, int, int], compiled: set, eager: set, max_shapes: int,
+               seen: int = 1, compile_after: int = 1) -> str:
+    """How to run one (batch, height, width), ``seen`` times so far: ``"compiled"`` (compiled
+    already, or room for one more once it has recurred ``compile_after`` times), ``"warming"``
+    (eager until it recurs: a web upload's one-off size never takes a camera's place) or
+    ``"eager"`` (for good: the budget is spent)."""
     if shape in eager:
         return "eager"
-    if shape in compiled or len(compiled) < max_shapes:
+    if shape in compiled:
         return "compiled"
-    return "eager"
+    if len(compiled) >= max_shapes:
+        return "eager"
+    return "compiled" if seen >= compile_after else "warming"
 
 
 def reserve_recompiles(shapes: int) -> int:
@@ -70,11 +82,15 @@ def batch_bucket(n: int, max_batch: int) -> int:
 
 class CompiledEngine:
     name = "compile"
+    slow_weights = False
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
-                 max_batch: int = 8, mode: str | None = None, max_shapes: int = MAX_SHAPES):
+                 max_batch: int = 8, mode: str | None = None, max_shapes: int = MAX_SHAPES,
+                 compile_after: int = COMPILE_AFTER):
         self.device = torch.device(device)
         self.max_shapes = max(0, int(max_shapes))
+        self.compile_after = max(1, int(compile_after))
+        self.seen: Counter[tuple[int, int, int]] = Counter()
         self.compiled_shapes: set[tuple[int, int, int]] = set()
         self.eager_shapes: set[tuple[int, int, int]] = set()
         reserve_recompiles(self.max_shapes)
@@ -102,6 +118,10 @@ class CompiledEngine:
         self.eager_shapes.clear()
         log.info("torch.compile engine: mode %s, %s on %s, batch buckets up to %d",
                  self.mode or "default", precision, self.device, self.max_batch)
+
+    def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]:
+        """Nothing slow to prepare: the commit copies the weights in (:meth:`load_weights`)."""
+        return functools.partial(self.load_weights, state_dict)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy new weights into the live parameters (same storage: no recompile), between two batches."""
@@ -139,7 +159,12 @@ class CompiledEngine:
     def _forward(self, chunk: torch.Tensor) -> torch.Tensor:
         """The compiled module for this shape, or the same module eagerly (see :func:`plan_shape`)."""
         shape = (chunk.shape[0], chunk.shape[2], chunk.shape[3])
-        if plan_shape(shape, self.compiled_shapes, self.eager_shapes, self.max_shapes) == "compiled":
+        self.seen[shape] += 1
+        plan = plan_shape(shape, self.compiled_shapes, self.eager_shapes, self.max_shapes, self.seen[shape],
+                          self.compile_after)
+        if plan == "warming":
+            return self._call(self.net, chunk)
+        if plan == "compiled":
             try:
                 out = self._call(self._compiled, chunk)
                 self.compiled_shapes.add(shape)

@@ -1,8 +1,10 @@
 """Eager PyTorch backend: CUDA fp16 (falls back to fp32 on NaN/Inf), CPU bf16 autocast + channels_last."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 class EagerEngine:
     name = "eager"
+    slow_weights = False
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision):
         self.device = device
@@ -29,6 +32,10 @@ class EagerEngine:
             self.net = self.net.half()
         self._lock = threading.Lock()
         self._fell_back = False
+
+    def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]:
+        """Nothing slow to prepare: the commit copies the weights in (:meth:`load_weights`)."""
+        return functools.partial(self.load_weights, state_dict)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy new weights into the live parameters (same shapes), between two batches."""

@@ -160,14 +160,32 @@ class FallbackEngine:
     def precision(self) -> str:
         return self.engine.precision
 
+    @property
+    def slow_weights(self) -> bool:
+        return self.engine.slow_weights
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self._weights = state_dict
+        self.prepare_weights(state_dict)()
+
+    def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]:
+        """The backend's preparation; a failed one moves down the chain (the live weights go with
+        the move) and prepares there."""
         while True:
+            engine = self.engine
             try:
-                self.engine.load_weights(state_dict)
-                return
+                commit = engine.prepare_weights(state_dict)
+                break
             except (UserError, RuntimeError) as exc:  # EngineCheckError, a failed build or refit
                 self._move(f"{type(exc).__name__}: {exc}")
+
+        def commit_here() -> None:
+            self._weights = state_dict
+            if self.engine is engine:
+                commit()
+            else:  # moved on since (NaN/Inf output): the new backend takes the weights directly
+                self.engine.load_weights(state_dict)
+
+        return commit_here
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         while True:

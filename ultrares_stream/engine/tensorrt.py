@@ -163,6 +163,7 @@ class TensorRTEngine:
     """
 
     name = "tensorrt"
+    slow_weights = True  # a weight change is a refit (seconds): prepared off the frame path
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
                  shapes: ShapeRange, cache: EngineCache | None = None, tolerance: float = DEFAULT_TOLERANCE,
@@ -236,25 +237,36 @@ class TensorRTEngine:
 
     # -- weights -------------------------------------------------------------------------
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """New weights (alpha change): refit a copy of the live engine, check it, swap it in.
-        Frames keep running on the previous engine until the swap."""
+        """New weights now: :meth:`prepare_weights`, then its commit."""
+        self.prepare_weights(state_dict)()
+
+    def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]:
+        """The slow part of a weight change (alpha), which never touches the live engine: refit a
+        fresh copy of the cached engine (or build one), check it against eager fp32 on the probe
+        frame. Returns the commit that makes it live, an instant swap that can be called again
+        later to go back to these weights. Frames keep running on the live engine meanwhile."""
+        reference = self._eager_net(state_dict, torch.float32)
+        check = functools.partial(self._check, reference=reference)
         with self._build_lock:
-            with self._fallback_lock:  # an eager engine made meanwhile must not keep the old weights
-                self._reference.load_state_dict(state_dict)
-                if self._fallback is not None:
-                    self._fallback.load_weights(state_dict)
-            weights_net = self._weights_net(state_dict)
-            if self._module is None:
-                module, how = self._initial(weights_net, state_dict)
+            weights_net = self._eager_net(state_dict, _DTYPES[self.precision])
+            if self._module is None and self._artefact is None:
+                module, how = self._initial(weights_net, state_dict, check)
             else:
                 refit = separate_refit(self._artefact, self._load, lambda copy: self._refit(copy, weights_net))
-                module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check,
-                                                  self.tolerance)
-            with self._swap_lock:
-                self._module = module
+                module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), check, self.tolerance)
+
+        def commit() -> None:
+            with self._fallback_lock:  # an eager engine for out-of-range frames follows the weights
+                if self._fallback is not None:
+                    self._fallback.load_weights(state_dict)
+                with self._swap_lock:
+                    self._module, self._reference = module, reference
             self.last_weights_update = how
 
-    def _initial(self, weights_net: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[Any, str]:
+        return commit
+
+    def _initial(self, weights_net: nn.Module, state_dict: dict[str, torch.Tensor],
+                 check: Callable[[Any], float]) -> tuple[Any, str]:
         """First engine: exact cache hit, else refit a cached engine of the same structure, else build."""
         from ..models.checkpoint import state_dict_hash
 
@@ -262,25 +274,25 @@ class TensorRTEngine:
                                    precision=self.precision, shapes=self.shapes, device=self.device,
                                    settings=settings_string(self._options()))
         cached = self.cache.load(key, self._load)
-        if cached is not None and self._check(cached) < self.tolerance:
+        if cached is not None and check(cached) < self.tolerance:
             self._artefact = self.cache.path_for(key) / ARTEFACT
             return cached, "hit"
         similar = self.cache.find_refittable(key)
         refit = separate_refit(similar / ARTEFACT if similar is not None else None, self._load,
                                lambda copy: self._refit(copy, weights_net))
-        module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), self._check, self.tolerance)
+        module, how, _ = refit_or_rebuild(refit, lambda: self._build(weights_net), check, self.tolerance)
         saved = self.cache.save(key, lambda path: self._save(module, path), refittable=True)
         self._artefact = saved / ARTEFACT if saved is not None else None
         return module, "built" if how == "rebuild" else "refit"
 
-    def _weights_net(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    def _eager_net(self, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
         net = copy.deepcopy(self._template)
         net.load_state_dict(state_dict)
-        return net.to(self.device, _DTYPES[self.precision]).eval()
+        return net.to(self.device, dtype).eval()
 
-    def _check(self, module: Any) -> float:
+    def _check(self, module: Any, reference: nn.Module) -> float:
         with torch.no_grad():
-            ref = self._reference(self._probe)
+            ref = reference(self._probe)
             out = module(self._probe.to(_DTYPES[self.precision]))
         return relative_error(out, ref)
 
