@@ -129,16 +129,18 @@ def test_inference_error_does_not_kill_the_worker(upscaler):
     assert metrics.registry.get_sample_value("ultrares_errors_total", {"camera": "bad", "stage": "inference"}) == 1
 
 
-def test_cpu_inference_threads_leave_one_core_for_decode_and_encode(monkeypatch):
+def test_the_cpu_plan_is_one_single_threaded_batch_per_core_unless_threads_are_set(monkeypatch):
     import os
 
-    from ultrares_stream.batcher import cpu_inference_threads
+    from ultrares_stream.batcher import cpu_inference_plan
 
-    assert cpu_inference_threads(3) == 3  # configured: as given
+    assert cpu_inference_plan(3) == (1, 3)  # configured: one batch at a time on that many threads
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert cpu_inference_threads() == 3
+    assert cpu_inference_plan() == (4, 1)
+    assert Batcher("cpu").workers == 4 and Batcher("cpu").threads == 1
+    assert (Batcher("cpu", threads=2).workers, Batcher("cpu", threads=2).threads) == (1, 2)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert cpu_inference_threads() == 1
+    assert cpu_inference_plan() == (1, 1)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -163,19 +165,50 @@ def test_the_worker_runs_the_network_with_the_configured_threads(upscaler, threa
     assert seen == [threads] and len(cam.got) == 1
 
 
-def test_cpu_thread_split_gives_a_dominant_network_every_core():
-    from ultrares_stream.batcher import cpu_thread_split
+def test_frame_parallel_workers_return_every_frame_in_order_and_ran_side_by_side(upscaler):
+    class Slow(Client):  # records how many batches ran at once
+        running = peak = 0
+        lock = threading.Lock()
 
-    # a 64-feature/16-conv net: 250 ms a frame on 2 cores, 480 on 1, 40 ms of decode + encode -> both
-    assert cpu_thread_split(2, net_all_s=0.25, net_spare_s=0.48, io_s=0.04) == 2
-    # the compact net: its frame costs about as much as the I/O -> one core kept for decode/encode
-    assert cpu_thread_split(2, net_all_s=0.02, net_spare_s=0.038, io_s=0.03) == 1
-    # a core busy with other work: every-core regions wait for it, one fewer runs faster
-    assert cpu_thread_split(2, net_all_s=0.22, net_spare_s=0.11, io_s=0.04) == 1
-    # many cores: a spare core costs the network little, so it pays off sooner
-    assert cpu_thread_split(16, net_all_s=0.25, net_spare_s=0.266, io_s=0.04) == 15
-    assert cpu_thread_split(16, net_all_s=2.0, net_spare_s=2.13, io_s=0.04) == 16
-    assert cpu_thread_split(1, net_all_s=1.0, net_spare_s=1.0, io_s=0.0) == 1
+    seen_threads = []
+    inner = upscaler.upscale
+
+    def upscale(x, size=None, cancel=None):
+        with Slow.lock:
+            Slow.running += 1
+            Slow.peak = max(Slow.peak, Slow.running)
+        seen_threads.append(torch.get_num_threads())
+        time.sleep(0.05)  # long enough for the next batch to start beside this one
+        try:
+            return inner(x, size=size)
+        finally:
+            with Slow.lock:
+                Slow.running -= 1
+
+    up = upscaler.at(upscaler.alpha)
+    up.upscale = upscale
+    cams = [Slow("a", (16, 16), up), Slow("b", (32, 24), up)]
+    b = Batcher("cpu", max_batch=1, max_wait_ms=0, workers=3)
+    for c in cams:
+        b.attach(c)
+    b.start()
+    try:
+        for i in range(12):
+            for c in cams:
+                w, h = c.size
+                c.queue.put(Frame(yuv_frame(w, h, seed=i), w, h, i, i / 25))
+        deadline = time.monotonic() + 30
+        while sum(len(c.got) for c in cams) < 24 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        b.stop()
+    for c in cams:
+        w, h = c.size
+        assert [e.source.index for e in c.got] == list(range(12)), "every frame, in decode order"
+        for i, e in enumerate(c.got):
+            assert np.array_equal(e.data, enhance_batch(upscaler, [yuv_frame(w, h, seed=i)], w, h)[0])
+    assert Slow.peak >= 2, "batches ran one after another"
+    assert set(seen_threads) == {1}, "each batch on one torch thread"
 
 
 def test_inference_time_is_counted_once_per_batch_after_it_finished(upscaler):

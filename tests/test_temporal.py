@@ -2,6 +2,8 @@
 state resets on reconnects, alpha and size changes, and live and recorded paths agree."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,30 @@ def test_live_batcher_and_recorded_path_give_the_same_frames(upscaler):
         assert np.array_equal(a, b)
     plain = [enhance_batch(upscaler, [f], w, h)[0] for f in frames]
     assert any(not np.array_equal(a, b) for a, b in zip(recorded, plain))  # the stabiliser did act
+
+
+def test_frame_parallel_workers_stabilise_frame_after_frame_like_the_recorded_path(upscaler):
+    rng = np.random.default_rng(2)
+    frames = [_yuv(_scene(t, rng)) for t in range(8)]
+    h, w = 40, 64
+    stab = Stabiliser(StabiliserSettings())
+    sequential = [enhance_batch(upscaler, [f], w, h, stabiliser=stab)[0] for f in frames]
+    client = _Client(upscaler, StabiliserSettings())
+    client.queue = FrameQueue(16, "block")
+    batcher = Batcher("cpu", max_batch=1, max_wait_ms=0, workers=3)
+    batcher.attach(client)
+    for i, f in enumerate(frames):
+        client.queue.put(Frame(f, w, h, i, i / 10))
+    batcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(client.out) < len(frames) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        batcher.stop()
+    assert len(client.out) == len(frames)
+    for a, b in zip(sequential, client.out):
+        assert np.array_equal(a, b)
 
 
 def test_config_validates_and_defaults_on():

@@ -15,7 +15,10 @@ back for the encoder, which takes ``yuv420p`` as is. See docs/pipeline.md.
 
 Two threads per device: the worker runs the network on batch k+1 while the
 finisher converts batch k back to ``yuv420p`` and hands it over, so the
-conversion back never delays the next inference.
+conversion back never delays the next inference. On the CPU, batches run
+side by side on worker threads, one per core, each on one torch thread
+(:func:`cpu_inference_plan`); the finisher takes them in the order they were
+formed.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -90,6 +94,15 @@ def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, hei
     ``stabilisers``: one per frame (None: none), applied on the device (:mod:`.temporal`);
     ``epochs``: the frames' connection numbers (a reconnect resets the stabiliser).
     """
+    rgb, out = upscale_rgb(upscaler, frames, width, height, size)
+    if stabilisers and any(stabilisers):
+        stabilise_group(upscaler, stabilisers, rgb, out, size, epochs)
+    return out
+
+
+def upscale_rgb(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
+                size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the frames as NCHW float RGB, their upscale, even size), both on the upscaler's device."""
     arr = np.stack(frames) if isinstance(frames, list) else frames
     device = upscaler.device
     t = torch.from_numpy(np.ascontiguousarray(arr))
@@ -98,14 +111,18 @@ def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, hei
     with torch.inference_mode():
         with _light_ops(device):
             rgb = yuv420p_to_rgb(*split_yuv420p(t, width, height))
-        out_w, out_h = output_size_for(upscaler, width, height, size)
-        out = upscaler.upscale(rgb, size=(out_w, out_h))
+        out = upscaler.upscale(rgb, size=output_size_for(upscaler, width, height, size))
         if out.shape[-1] % 2 or out.shape[-2] % 2:  # yuv420p needs even sizes
             out = out[..., : out.shape[-2] - out.shape[-2] % 2, : out.shape[-1] - out.shape[-1] % 2]
-        if stabilisers and any(stabilisers):
-            with _light_ops(device):
-                stabilise_batch(stabilisers, rgb, out, (id(upscaler), upscaler.alpha, (out_w, out_h)), epochs)
-    return out
+    return rgb, out
+
+
+def stabilise_group(upscaler, stabilisers: list[Stabiliser | None], rgb: torch.Tensor, out: torch.Tensor,
+                    size: tuple[int, int] | None, epochs: list[int] | None) -> None:
+    """Run each frame's stabiliser over ``out`` in place (frames in decode order, per camera)."""
+    key = (id(upscaler), upscaler.alpha, output_size_for(upscaler, rgb.shape[-1], rgb.shape[-2], size))
+    with torch.inference_mode(), _light_ops(out.device):
+        stabilise_batch(stabilisers, rgb, out, key, epochs)
 
 
 def to_packed_yuv(out: torch.Tensor, after=None) -> np.ndarray:
@@ -180,42 +197,28 @@ def default_max_batch(device_type: str) -> int:
     return 1 if device_type == "cpu" else 4
 
 
-def cpu_inference_threads(requested: int | None = None) -> int:
-    """torch threads for the network of a video pipeline on the CPU: ``requested``, else one
-    fewer than the cores this process may use (at least 1).
-
-    The spare core is for decode, colour conversion and encode. With every core in the
-    network's OpenMP team, each parallel region waits whenever the encoder holds one of them:
-    on the 2-core development machine the compact net took 21 ms a frame alone on 2 threads and
-    36 ms inside the pipeline, which then ran no faster than with 1 thread (docs/benchmarks.md).
-    """
-    if requested:
-        return requested
+def cpu_cores() -> int:
+    """The CPU cores this process may use."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
 
 
-def cpu_thread_split(cores: int, net_all_s: float, net_spare_s: float, io_s: float, stall: float = 2.0) -> int:
-    """torch threads for the network of a recorded job on ``cores`` CPU cores, from the measured
-    costs of a frame: the network's seconds on every core (``net_all_s``) and on one fewer
-    (``net_spare_s``), and the CPU seconds of its decode and encode (``io_s``).
+def cpu_inference_plan(threads: int | None = None) -> tuple[int, int]:
+    """(batches at once, torch threads each) for the network of a video pipeline on the CPU.
 
-    On every core, decode and encode take cores away from the network's OpenMP team, and each
-    parallel region waits for the thread that lost its core: about ``net_all_s + stall * io_s``
-    a frame (``stall`` > 1: a preempted thread also loses its time slice, and spinning threads
-    compete). With one core kept for them, the network runs beside the I/O:
-    ``max(net_spare_s, io_s)``. The faster split wins: every core when the network dominates (a
-    64-feature/16-conv net), one fewer when the I/O is comparable (the compact net, whose frame
-    costs about as much as its decode and encode) or when the cores are busy with other work.
+    ``threads`` set (``inference.threads``, ``--threads``): one batch at a time on that many
+    threads. Unset: one batch per core, each on one thread (frame-parallel). One multi-threaded
+    batch is an OpenMP team that waits, at every layer, for whichever thread decode or encode
+    took the core from; single-threaded batches side by side never wait for each other, and the
+    I/O fills the gaps. Measured on the 2-core development machine (docs/benchmarks.md): the
+    compact net's live pipeline 11.0 fps one batch at a time on 1 thread, 13.5 on 2 threads, 18.0
+    with two single-threaded batches side by side; the model alone 24.6 fps on 2 threads.
     """
-    if cores <= 1:
-        return 1
-    together = net_all_s + stall * io_s
-    apart = max(net_spare_s, io_s)
-    return cores if together < apart else cores - 1
+    if threads:
+        return 1, threads
+    return cpu_cores(), 1
 
 
 @contextmanager
@@ -241,17 +244,25 @@ def _light_ops(device: torch.device):
 
 
 class Batcher:
-    """One worker thread running batches for every attached camera on one device."""
+    """One thread forming batches for every attached camera on one device, and running them.
+
+    ``workers`` > 1 (CPU): that many batches run at once, each on one torch thread, on worker
+    threads; results still reach each camera in decode order (the finisher takes them in the
+    order they were formed, and runs the temporal stabilisers there, frame after frame).
+    """
 
     def __init__(self, device: str = "cpu", max_batch: int = 4, max_wait_ms: float = 10.0, metrics=None,
-                 threads: int | None = None):
+                 threads: int | None = None, workers: int | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.device = str(device)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
-        self.threads = threads  # torch CPU threads of the network (None: cpu_inference_threads())
+        self.workers, self.threads = 1, threads  # on a GPU: one batch at a time, launched from this thread
+        if torch.device(self.device).type == "cpu":  # batches at once and torch threads each
+            self.workers, self.threads = cpu_inference_plan(threads) if workers is None else (workers, threads or 1)
+        self._pool: ThreadPoolExecutor | None = None
         self.batches = 0
         self.frames = 0
         self.errors = 0
@@ -262,7 +273,8 @@ class Batcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rr = 0
-        self._finish_q: queue.Queue = queue.Queue(maxsize=2)  # batches waiting for yuv conversion
+        # batches waiting for yuv conversion (or, with workers, their futures in the order formed)
+        self._finish_q: queue.Queue = queue.Queue(maxsize=self.workers + 1)
         self._finisher: threading.Thread | None = None
         self.on_error: Callable[[str, BaseException], None] | None = None
 
@@ -284,6 +296,8 @@ class Batcher:
 
     def start(self) -> Batcher:
         if self._thread is None:
+            if self.workers > 1:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"inference-{self.device}")
             self._finisher = threading.Thread(target=self._finish_loop, name=f"finisher-{self.device}", daemon=True)
             self._finisher.start()
             self._thread = threading.Thread(target=self._run, name=f"batcher-{self.device}", daemon=True)
@@ -295,6 +309,8 @@ class Batcher:
         self.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         if self._finisher is not None and self._finisher.is_alive():
             try:
                 self._finish_q.put(None, timeout=timeout)
@@ -332,8 +348,10 @@ class Batcher:
     def _run(self) -> None:
         threads = ""
         if torch.device(self.device).type == "cpu":
-            torch.set_num_threads(cpu_inference_threads(self.threads))
+            torch.set_num_threads(self.threads)
             threads = f", {torch.get_num_threads()} torch thread(s)"
+        if self.workers > 1:
+            threads = f", {self.workers} batches at once on 1 torch thread each"
         log.info("inference worker on %s: max_batch %d, max_wait %.0f ms%s", self.device, self.max_batch,
                  self.max_wait_s * 1000, threads)
         while not self._stop.is_set():
@@ -361,8 +379,9 @@ class Batcher:
                  self.frames)
 
     def run_batch(self, batch: list) -> None:
-        """Group ``(client, frame, queue_wait)`` items and run each group on the model; the
-        finisher thread converts the results back to yuv420p and delivers them in order."""
+        """Group ``(client, frame, queue_wait)`` items and run each group on the model (here, or
+        on a worker thread); the finisher thread converts the results back to yuv420p and
+        delivers them in order."""
         groups: dict[tuple, list] = {}
         routes: dict[str, tuple] = {}
         for client, frame, wait in batch:
@@ -371,22 +390,35 @@ class Batcher:
             upscaler, size = routes[client.name]
             key = (id(upscaler), frame.width, frame.height, size)
             groups.setdefault(key, []).append((client, frame, wait, upscaler, size))
-        done: list[tuple] = []
-        for items in groups.values():
-            _, frame0, _, upscaler, size = items[0]
-            clock = DeviceClock(upscaler.device)
-            t0 = clock.mark()
-            try:
-                out = upscale_yuv(upscaler, [f.data for _, f, *_ in items], frame0.width, frame0.height, size,
-                                  [c.stabiliser for c, *_ in items], [f.epoch for _, f, *_ in items])
-            except Exception as exc:  # an inference error loses this group, never the worker
-                self._failed(items, exc)
-                continue
-            done.append((items, out, clock, t0, clock.mark()))
+        if self._pool is not None:
+            self._finish_q.put(self._pool.submit(self._infer, list(groups.values()), True))
+            return
+        done = self._infer(list(groups.values()), False)
         if done:
             self._finish_q.put(done)
             if self._finisher is None or not self._finisher.is_alive():
                 self._finish_all()  # no finisher thread (run_batch called directly): finish inline
+
+    def _infer(self, groups: list[list], defer_stabilisers: bool) -> list[tuple]:
+        """Run the groups: ``(items, output, clock, start, end, rgb)`` each; ``rgb`` (the input)
+        when the stabilisers are left to the finisher (frame-parallel workers), else None."""
+        done: list[tuple] = []
+        for items in groups:
+            _, frame0, _, upscaler, size = items[0]
+            clock = DeviceClock(upscaler.device)
+            t0 = clock.mark()
+            frames = [f.data for _, f, *_ in items]
+            try:
+                if defer_stabilisers:
+                    rgb, out = upscale_rgb(upscaler, frames, frame0.width, frame0.height, size)
+                else:
+                    rgb, out = None, upscale_yuv(upscaler, frames, frame0.width, frame0.height, size,
+                                                 [c.stabiliser for c, *_ in items], [f.epoch for _, f, *_ in items])
+            except Exception as exc:  # an inference error loses this group, never the worker
+                self._failed(items, exc)
+                continue
+            done.append((items, out, clock, t0, clock.mark(), rgb))
+        return done
 
     def _count(self, items: list, dt: float, device: torch.device) -> None:
         self.busy_s += dt
@@ -424,14 +456,20 @@ class Batcher:
             done = self._finish_q.get()
             if done is None:
                 return
+            if isinstance(done, Future):  # a worker's batch: wait for it, in the order formed
+                done = done.result()
             self._finish(done)
 
     def _finish(self, done: list) -> None:
         results: list[tuple] = []
-        for items, out, clock, start, end in done:
+        for items, out, clock, start, end, rgb in done:
             try:
                 dt = clock.elapsed_s(start, end)  # the batch's own device time (waits for its end on CUDA)
                 t0 = time.perf_counter()  # from here: the conversion back and the download only
+                stabilisers = [c.stabiliser for c, *_ in items]
+                if rgb is not None and any(stabilisers):
+                    upscaler, size = items[0][3], items[0][4]
+                    stabilise_group(upscaler, stabilisers, rgb, out, size, [f.epoch for _, f, *_ in items])
                 packed = to_packed_yuv(out, after=end if clock.cuda else None)
             except Exception as exc:  # noqa: BLE001
                 self._failed(items, exc)

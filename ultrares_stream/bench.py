@@ -103,7 +103,7 @@ def _model_alone(upscaler, frames: list, width: int, height: int, batch: int, wa
 
 
 def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0, preset: str = "auto",
-             stabilise=None) -> dict:
+             stabilise=None, threads: int | None = None) -> dict:
     """fps of the whole file pipeline (decode, queue, batcher, encode, mux) on the first ``n`` frames,
     with the temporal stabiliser when ``stabilise`` (a :class:`config.StabiliseConfig`) is given."""
     from .batcher import Batcher
@@ -112,9 +112,8 @@ def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0
     from .stream import Stream, UpscalerPool
 
     metrics = Metrics()
-    # the network's torch threads were set by run_bench (the worker keeps the current count)
-    batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics,
-                      threads=torch.get_num_threads()).start()
+    # the service's CPU plan (batcher.cpu_inference_plan), or ``threads`` on one batch at a time
+    batcher = Batcher(str(upscaler.device), batch, max_wait_ms, metrics=metrics, threads=threads).start()
     pool = UpscalerPool(factory=lambda model, alpha: upscaler)
     from .config import CameraConfig, EncoderConfig, QueueConfig
 
@@ -139,7 +138,7 @@ def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0
     # model-alone figure excludes warm-up); the wall time including both is reported beside it
     span = stream.last_published_at - stream.first_published_at
     return {"frames": frames, "seconds": dt, "wall_fps": frames / dt, "fps": (frames - 1) / span,
-            "encoder_preset": encoder.resolved_preset(),
+            "encoder_preset": encoder.resolved_preset(), "workers": batcher.workers, "threads": batcher.threads,
             "inference_busy_s": batcher.busy_s, "stages_s": _stage_means(metrics, "bench")}
 
 
@@ -160,25 +159,27 @@ def run_bench(input_path: Path | None = None, frames: int = 40, model: str | Non
     if frames < 2:
         raise UserError("--frames must be at least 2")
     up = Upscaler(model, device=device, precision=precision, engine=engine, tile=0)
-    if up.device.type == "cpu":  # both measurements with the pipeline's CPU threads
-        from .batcher import cpu_inference_threads
+    alone_threads = threads or torch.get_num_threads()
+    if up.device.type == "cpu":  # the model alone on every core (or --threads); the pipeline its own plan
+        from .batcher import cpu_cores
 
-        torch.set_num_threads(cpu_inference_threads(threads))
-    elif threads:
-        torch.set_num_threads(threads)
+        alone_threads = threads or cpu_cores()
+    torch.set_num_threads(alone_threads)
     data, w, h, fps = decode_frames(path, frames)
     # warm up (oneDNN/cuDNN pick kernels on the first calls), then time the model alone before and
     # after the pipeline and keep the faster run: the stricter comparison for the pipeline
     from .config import StabiliseConfig
 
     first = model_alone(up, data, w, h, batch, warmup=3)
-    pipe = pipeline(up, path, len(data), batch, preset=preset)
-    stabilised = pipeline(up, path, len(data), batch, preset=preset, stabilise=StabiliseConfig())
+    pipe = pipeline(up, path, len(data), batch, preset=preset, threads=threads)
+    stabilised = pipeline(up, path, len(data), batch, preset=preset, stabilise=StabiliseConfig(), threads=threads)
+    torch.set_num_threads(alone_threads)
     second = model_alone(up, data, w, h, batch, warmup=0)
     alone = max(first, second, key=lambda a: a["fps"])
     return {"input": str(path), "width": w, "height": h, "input_fps": fps, "model": up.model_name,
             "engine": up.engine.name, "device": str(up.device), "precision": up.precision, "batch": batch,
-            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "encoder_preset": pipe["encoder_preset"],
+            "torch_threads": alone_threads, "pipeline_workers": pipe["workers"], "pipeline_threads": pipe["threads"],
+            "cpus": os.cpu_count(), "encoder_preset": pipe["encoder_preset"],
             "model_alone": alone,
             "pipeline": pipe, "ratio": pipe["fps"] / alone["fps"],
             "pipeline_stabilised": stabilised, "stabiliser_cost": 1 - stabilised["fps"] / pipe["fps"],
@@ -191,7 +192,8 @@ def format_report(r: dict):
 
     t = Table(title=f"ultrares bench: {Path(r['input']).name} {r['width']}x{r['height']} -> "
                     f"{r['output'][0]}x{r['output'][1]}, {r['model']} ({r['engine']}, {r['device']}, "
-                    f"{r['precision']}), batch {r['batch']}, torch threads {r['torch_threads']}, "
+                    f"{r['precision']}), batch {r['batch']}, model alone on {r['torch_threads']} torch thread(s), "
+                    f"pipeline {r['pipeline_workers']} batch(es) at once on {r['pipeline_threads']} each, "
                     f"libx264 {r['encoder_preset']}")
     t.add_column("measure")
     t.add_column("frames", justify="right")

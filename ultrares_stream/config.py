@@ -52,8 +52,8 @@ class InferenceConfig(_Strict):
         "auto: decode cameras with NVDEC when the model runs on CUDA and an NVDEC decoder can be "
         "created here (else, and for codecs NVDEC lacks, in software); off: always software"))
     threads: int | None = Field(None, ge=1, le=1024, description=(
-        "torch threads for the network when it runs on the CPU; default one fewer than the cores, "
-        "leaving one for decode and encode (docs/benchmarks.md)"))
+        "network on the CPU: run one batch at a time on this many torch threads; default one "
+        "single-threaded batch per core, side by side (faster: docs/benchmarks.md)"))
     engine_shape: str = Field(DEFAULT_ENGINE_SHAPE, description=(
         "input frame sizes a TensorRT engine is built for: WxH, or MIN:OPT:MAX for a range; frames "
         "outside it run on the eager engine (logged once)"))

@@ -29,16 +29,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import provenance, remux
-from .batcher import Batcher, Enhanced, cpu_inference_threads, cpu_thread_split, default_max_batch, enhance_batch
+from .batcher import Batcher, Enhanced, default_max_batch
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkHooks, SinkWorker, codec_options, container_for, output_args, pick_codec
-from .sources import VIDEO_SUFFIXES, Source, describe_error, frame_to_yuv420p, pick_hwaccel, stream_fps
+from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for, output_args
+from .sources import VIDEO_SUFFIXES, Source, describe_error, pick_hwaccel, stream_fps
 from .temporal import Stabiliser, StabiliserSettings
 
 log = logging.getLogger(__name__)
@@ -58,8 +56,6 @@ _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x0
 MIN_VIDEO_SIDE = 8
 #: largest output side H.264 (libx264 and the decoders that play it) handles
 MAX_VIDEO_SIDE = 8192
-#: frames decoded (and encoded) to measure the I/O cost of a frame for the CPU thread split
-CALIBRATION_FRAMES = 4
 
 
 class EnhanceInterrupted(KeyboardInterrupt):
@@ -124,8 +120,6 @@ class Plan:
     out_size: tuple[int, int]  # even
     copy: list[int]  # audio/subtitle stream indices copied into the output
     total: int | None  # frames expected (from the duration), for the progress bar
-    sample: list[np.ndarray]  # the first frames, packed yuv420p (even size): the thread split's measurement
-    decode_s: float  # CPU seconds a frame took to decode and convert
 
 
 def read_plan(src: Path, dst: Path, fmt: str, scale: int, size: tuple[int, int] | None) -> Plan:
@@ -148,9 +142,8 @@ def read_plan(src: Path, dst: Path, fmt: str, scale: int, size: tuple[int, int] 
         fps = stream_fps(vin)
         duration = _duration_s(inp, vin)
         copy = _copyable(inp, fmt, src.name, dst.suffix)
-        sample, decode_s = _first_frames(inp, vin, CALIBRATION_FRAMES)
     out = even_size(*(size if size is not None else (w * scale, h * scale)))
-    return Plan(fps, out, copy, int(duration * float(fps)) if duration else None, sample, decode_s)
+    return Plan(fps, out, copy, int(duration * float(fps)) if duration else None)
 
 
 def _copyable(inp, fmt: str, label: str, suffix: str) -> list[int]:
@@ -167,96 +160,12 @@ def _copyable(inp, fmt: str, label: str, suffix: str) -> list[int]:
     return copy
 
 
-def _first_frames(inp, vin, n: int) -> tuple[list[np.ndarray], float]:
-    """Up to ``n`` decoded frames (packed yuv420p) and the CPU seconds each took; none if undecodable."""
-    frames: list[np.ndarray] = []
-    t0 = time.process_time()
-    try:
-        for frame in inp.decode(vin):
-            frames.append(frame_to_yuv420p(frame)[0])
-            if len(frames) >= n:
-                break
-    except av.error.FFmpegError:
-        pass  # the job itself skips undecodable packets and reports what it cannot read
-    return frames, (time.process_time() - t0) / max(1, len(frames))
-
-
 def _duration_s(inp, vin) -> float | None:
     if vin.duration is not None and vin.time_base is not None:
         return float(vin.duration * vin.time_base)
     if inp.duration is not None:
         return inp.duration / 1_000_000
     return None
-
-
-def measure_costs(upscaler, plan: Plan, encoder: EncoderSettings, cores: int) -> tuple[float, float, float]:
-    """(network seconds a frame on ``cores`` threads, on ``cores - 1``, CPU seconds of a frame's
-    decode and encode), timed on the plan's first frames: the inputs of :func:`batcher.cpu_thread_split`."""
-    return _net_s(upscaler, plan, cores), _net_s(upscaler, plan, cores - 1), plan.decode_s + _encode_s(plan, encoder)
-
-
-def _net_s(upscaler, plan: Plan, threads: int) -> float:
-    """Seconds of :func:`batcher.enhance_batch` on the first frame with ``threads`` torch threads."""
-    first = plan.sample[0]
-    w, h = first.shape[1], first.shape[0] * 2 // 3
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        enhance_batch(upscaler, [first], w, h, plan.out_size)  # warm-up (allocations, first-call work)
-        t0 = time.perf_counter()
-        enhance_batch(upscaler, [first], w, h, plan.out_size)
-        return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
-
-
-def _encode_s(plan: Plan, encoder: EncoderSettings) -> float:
-    """CPU seconds (every thread of the encoder) to encode one output-size frame with ``encoder``,
-    on the plan's first frames scaled up bicubically (real content and motion, no network)."""
-    codec = pick_codec(encoder.codec, plan.out_size)
-    opts, bit_rate, gop = codec_options(EncoderSettings(**{**encoder.__dict__, "codec": codec}), plan.fps)
-    ctx = av.CodecContext.create(codec, "w")
-    ctx.width, ctx.height = plan.out_size
-    ctx.pix_fmt, ctx.time_base, ctx.gop_size, ctx.options = "yuv420p", 1 / plan.fps, gop, opts
-    if bit_rate:
-        ctx.bit_rate = bit_rate
-    frames = []
-    for data in plan.sample:
-        small = av.VideoFrame.from_ndarray(data, format="yuv420p")
-        frames.append(small.reformat(width=plan.out_size[0], height=plan.out_size[1], interpolation="BICUBIC"))
-    t0 = time.process_time()
-    for i, frame in enumerate(frames):
-        frame.pts = i
-        ctx.encode(frame)
-    ctx.encode(None)
-    return (time.process_time() - t0) / len(frames)
-
-
-def cpu_threads(upscaler, plan: Plan, encoder: EncoderSettings, requested: int | None) -> int:
-    """torch threads of the network for this job: ``requested``, else the split the measured costs
-    favour (:func:`batcher.cpu_thread_split`); 0 when the network is not on the CPU."""
-    if upscaler.device.type != "cpu":
-        return 0
-    if requested:
-        return requested
-    cores = _cores()
-    if cores < 2:
-        return 1
-    if not plan.sample:  # nothing decoded to time: the live pipeline's split
-        return cpu_inference_threads()
-    net_all, net_spare, io_s = measure_costs(upscaler, plan, encoder, cores)
-    threads = cpu_thread_split(cores, net_all, net_spare, io_s)
-    log.info("CPU split: the network takes %.0f ms a frame on %d threads, %.0f ms on %d, decode + encode "
-             "%.0f ms of CPU: %d torch thread(s)%s", net_all * 1000, cores, net_spare * 1000, cores - 1,
-             io_s * 1000, threads, "" if threads == cores else ", one core kept for decode and encode")
-    return threads
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class RecordedJob:
@@ -267,7 +176,7 @@ class RecordedJob:
     """
 
     def __init__(self, src: Path, tmp: Path, upscaler, plan: Plan, encoder: EncoderSettings, max_batch: int,
-                 threads: int, stabiliser: Stabiliser | None):
+                 threads: int | None, stabiliser: Stabiliser | None):
         self.name, self.upscaler, self.plan, self.stabiliser = src.name, upscaler, plan, stabiliser
         self.metadata = provenance.video_metadata(provenance.for_upscaler(upscaler))  # container tags
         depth = max(8, 2 * max_batch)
@@ -280,7 +189,7 @@ class RecordedJob:
                                name=src.name, live=False, watchdog_s=math.inf,
                                hooks=SinkHooks(metadata=lambda: self.metadata,
                                                copy_from=lambda: self.source.copied_streams))
-        self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads or None)
+        self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads)
         self.batcher.on_error = lambda _name, exc: self._fail(exc)
         self.enqueued = self.delivered = self.failed = 0
         self.errors: list[BaseException] = []
@@ -365,7 +274,8 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     """Enhance ``src`` into ``dst``; returns ``{"frames", "seconds", "fps", "output", ...}``.
 
     ``size`` = (width, height) of the output (default: the model's scale). ``threads``: torch
-    threads of the network on the CPU (default: chosen from measured costs, :func:`cpu_threads`).
+    threads of the network on the CPU, one batch at a time (default: one single-threaded batch
+    per core, :func:`batcher.cpu_inference_plan`).
     ``stabilise``: temporal stabiliser settings (:mod:`.temporal`), None for none.
     Raises :class:`UserError` for unreadable input, :class:`EnhanceInterrupted` on Ctrl-C/SIGTERM.
     """
@@ -377,10 +287,9 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     plan = read_plan(src, dst, output_container(dst), upscaler.scale, size)
     encoder = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
     max_batch = max_batch or default_max_batch(upscaler.device.type)
-    net_threads = cpu_threads(upscaler, plan, encoder, threads)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(dst)
-    job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, net_threads,
+    job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads,
                       Stabiliser(stabilise) if stabilise is not None else None)
     log.info("enhancing %s -> %s (%s%s)", src, dst, f"about {plan.total} frames at {float(plan.fps):.3g} fps"
              if plan.total else f"{float(plan.fps):.3g} fps",

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -68,13 +69,16 @@ class FrameUpscaler(Protocol):
 
 class _EngineSlot:
     """The engine of one model and which alpha's weights are in it, shared by every alpha view
-    (:meth:`Upscaler.at`) of that model. ``lock`` is held for one forward pass at a time, and for
-    the weight swap before it when the caller's alpha differs from the engine's; ``book`` guards
-    the weight sets and, on engines with slow weight changes (TensorRT refits), the commits
-    prepared or being prepared on the slot's one worker thread, per alpha."""
+    (:meth:`Upscaler.at`) of that model. Forward passes at the engine's alpha run together (the
+    CPU batcher's frame-parallel workers); a pass at another alpha waits until they are done and
+    swaps the weights first (:meth:`passing`). ``book`` guards the weight sets and, on engines
+    with slow weight changes (TensorRT refits), the commits prepared or being prepared on the
+    slot's one worker thread, per alpha."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self._gate = threading.Condition()
+        self.active = 0  # forward passes running now (all at ``alpha``)
+        self._tickets = self._admit = 0  # arrival order of the passes, and the next one to admit
         self.book = threading.RLock()
         self.alpha: float | None = None  # None: no weights loaded yet
         self.sets: OrderedDict[float, dict[str, torch.Tensor]] = OrderedDict()
@@ -88,6 +92,33 @@ class _EngineSlot:
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="weights")
         return self._worker
+
+    @contextmanager
+    def passing(self, alpha: float, swap: Callable[[float], None]):
+        """Run one forward pass at ``alpha``: beside the others at that alpha, or, once they are
+        done, after ``swap(alpha)`` has put its weights in. Passes are admitted in arrival order,
+        so a pass at another alpha is never starved by a stream of passes at the current one."""
+        with self._gate:
+            ticket = self._tickets
+            self._tickets += 1
+            while ticket != self._admit or (self.active and self.alpha != alpha):
+                self._gate.wait()
+            try:
+                swap(alpha)
+                self.active += 1
+            finally:
+                self._admit += 1
+                self._gate.notify_all()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self.active -= 1
+                self._gate.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0
 
 
 class Upscaler:
@@ -144,8 +175,8 @@ class Upscaler:
     def set_alpha(self, alpha: float) -> None:
         """Use ``alpha`` from now on: ``(1 - alpha) * PSNR + alpha * GAN`` swapped into the engine."""
         self.alpha = check_alpha(alpha)
-        with self._slot.lock:
-            self._apply(self.alpha)
+        with self._slot.passing(self.alpha, self._apply):
+            pass
 
     def at(self, alpha: float) -> Upscaler:
         """This model at ``alpha``: a view sharing the engine, the checkpoints and the weight sets
@@ -221,7 +252,7 @@ class Upscaler:
         return commit
 
     def _apply(self, alpha: float) -> None:
-        """Swap ``alpha``'s weights into the engine (hold ``self._slot.lock``): a copy into the
+        """Swap ``alpha``'s weights into the engine (no pass running: :meth:`_EngineSlot.passing`): a copy into the
         live parameters, or on a slow-weights engine the commit :meth:`run` waited for."""
         slot = self._slot
         if slot.alpha == alpha or (slot.alpha is not None and self._gan is None):
@@ -247,8 +278,7 @@ class Upscaler:
         x = x.to(self.device, non_blocking=True)
         if self.engine.slow_weights and self._gan is not None and self._slot.alpha != self.alpha:
             self._commit_for(self.alpha, wait=True)
-        with self._slot.lock:
-            self._apply(self.alpha)
+        with self._slot.passing(self.alpha, self._apply):
             out = self.engine(x)
         return out[..., : h * self.scale, : w * self.scale]
 

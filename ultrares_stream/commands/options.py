@@ -30,5 +30,5 @@ def add_precision(p: argparse.ArgumentParser) -> None:
 
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="video on the CPU: torch threads of the network (default one fewer than the cores, "
-                        "leaving one for decode and encode)")
+                   help="video on the CPU: run one batch at a time on this many torch threads (default: one "
+                        "single-threaded batch per core, side by side)")

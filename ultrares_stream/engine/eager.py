@@ -46,19 +46,22 @@ class EagerEngine:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with self._lock:
-            if self.precision == "fp16":
+        """One pass. Passes may run at once from several threads (the CPU batcher's frame-parallel
+        workers: inference reads the module, never changes it), except fp16, whose NaN/Inf
+        fallback replaces the module: those run one at a time."""
+        if self.precision == "fp16":
+            with self._lock:
                 out = self.net(x.half())
                 if bool(torch.isfinite(out).all()):
                     return out.float()
                 self._fall_back_to_fp32()
                 return self.net(x.float()).float()
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.precision == "bf16":
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                    return self.net(x).float()
-            return self.net(x.float()).float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                return self.net(x).float()
+        return self.net(x.float()).float()
 
     def _fall_back_to_fp32(self) -> None:
         if not self._fell_back:
