@@ -47,7 +47,7 @@ def anime_weights() -> Path:
 
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
-    """Pipelines set torch's process-wide CPU thread count (batcher.cpu_inference_threads);
+    """Pipelines set torch's process-wide CPU thread count (batcher.cpu_inference_plan);
     restore it after each test so later tests run as configured."""
     import torch
 
