@@ -279,3 +279,20 @@ def test_reparam_training_with_a_teacher_ships_plain_compact_weights(tmp_path):
     save_checkpoint(SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).state_dict(), x2, {})
     with pytest.raises(UserError, match="x2 net, training is x4"):
         Trainer(_cfg(tmp_path / "y", folder, teacher=x2))
+
+
+def test_synthetic_plates_are_reproducible_plate_like_pictures():
+    from ultrares_stream.train.plates import draw_plate, plate_images
+
+    a, b, c = plate_images(3, seed=5), plate_images(3, seed=5), plate_images(3, seed=6)
+    assert all(x.shape == (256, 256, 3) and x.dtype == np.uint8 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)), "a pure function of its seed"
+    assert not any(np.array_equal(x, y) for x, y in zip(a, c))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        plate = np.asarray(draw_plate(rng, 120))
+        assert 100 <= plate.shape[1] <= 140, "drawn at the asked width (rotation adds a little)"
+        inside = plate[..., 3] == 255
+        grey = plate[..., :3].mean(axis=2)[inside]
+        assert grey.max() - grey.min() > 80, "characters stand out from the plate"
+
