@@ -3,6 +3,8 @@ fp32, TensorRT refit against a rebuilt engine, the engine cache across starts, a
 overlapped uint8 frame pipe. TensorRT tests also skip when torch-tensorrt is not importable."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -135,3 +137,30 @@ def test_tensorrt_frames_outside_the_shape_range_run_on_eager(tmp_path, caplog):
     assert "outside the TensorRT engine's range" in caplog.text
     engine.load_weights(compact(1).state_dict())  # the fallback follows alpha changes too
     assert relative_error(engine(x), eager_fp32(compact(1), x)) < 1e-2
+
+
+def test_an_alpha_change_on_tensorrt_is_refitted_in_the_background_then_swapped(tmp_path, monkeypatch):
+    need_tensorrt()
+    from ultrares_stream.models.checkpoint import save_checkpoint
+    from ultrares_stream.upscaler import Upscaler, UpscalerPool
+
+    monkeypatch.setenv("ULTRARES_ENGINE_CACHE", str(tmp_path / "cache"))
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"net{seed}.safetensors")
+        save_checkpoint(compact(seed).state_dict(), paths[-1])
+    pair = "+".join(map(str, paths))
+    pool = UpscalerPool(device="cuda", precision="fp16", engine="tensorrt", tile=0, shapes=SHAPES, max_batch=4)
+    live = pool.get(pair, 0.0)
+    x = torch.rand(2, 3, 96, 128, device=CUDA)
+    before = live.upscale(x)
+    view = pool.get(pair, 1.0)
+    assert view.engine is live.engine and pool.built == 1
+    deadline = time.monotonic() + 600
+    while not view.weights_ready():  # refitting on the slot's worker thread
+        assert relative_error(live.upscale(x), before) < 1e-3, "the live engine changed during the refit"
+        assert time.monotonic() < deadline
+    fresh = Upscaler(pair, alpha=1.0, device="cuda", precision="fp32", engine="eager", tile=0)
+    assert relative_error(view.upscale(x), fresh.upscale(x)) < 2e-2
+    assert relative_error(live.upscale(x), before) < 1e-3, "back to alpha 0: a swap of the kept engine"
+    assert live.engine.last_weights_update in ("refit", "built", "hit")
