@@ -252,8 +252,8 @@ class Upscaler:
         return commit
 
     def _apply(self, alpha: float) -> None:
-        """Swap ``alpha``'s weights into the engine (no pass running: :meth:`_EngineSlot.passing`): a copy into the
-        live parameters, or on a slow-weights engine the commit :meth:`run` waited for."""
+        """Swap ``alpha``'s weights into the engine (no pass is running: :meth:`_EngineSlot.passing`):
+        a copy into the live parameters, or on a slow-weights engine the commit :meth:`run` waited for."""
         slot = self._slot
         if slot.alpha == alpha or (slot.alpha is not None and self._gan is None):
             return
