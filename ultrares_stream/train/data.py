@@ -10,20 +10,20 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..images import IMAGE_SUFFIXES
 from ..quality.datasets import (
     HELD_OUT_FROM,
     h264_roundtrip,
     modcrop,
     parse_bitrate,
 )
+from ..sources import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 #: frames skipped at the start of each training stream: the first ones are intra-coded and
 #: rate control starts from a guess. The frames after them are kept, including the ramp-up of
 #: a camera that has just (re)started.
 SETTLE_FRAMES = 8
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".ts"}
 
 
 def load_images(folder: Path) -> list[np.ndarray]:
