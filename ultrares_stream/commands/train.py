@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "known architecture from --init). Stage psnr: L1 loss. "
                     "Stage gan: initialised from stage psnr (--init), L1 + perceptual + relativistic-average GAN. "
                     "Resumes from OUT/last.pt when it exists; writes OUT/generator_ema.safetensors.")
-    p.add_argument("--stage", choices=["psnr", "gan"], default="psnr")
+    p.add_argument("--stage", choices=["psnr", "gan", "reader"], default="psnr",
+                   help="psnr / gan: the generator's two stages; reader: the small plate reader (CRNN) that "
+                        "--plate-loss uses, trained on synthetic plates only")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
     p.add_argument("--images", type=Path, action="append", default=None,
                    help=f"HR image folder (repeatable; default {sr / 'T91'} and {sr / 'BSD200'})")
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", type=Path, default=None,
                    help="weights of a stronger x4 net whose output is a second L1 target (distillation)")
     p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the teacher's L1 term")
+    p.add_argument("--plate-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x the CTC loss of the plate reader (--reader) on upscaled synthetic plates")
+    p.add_argument("--reader", type=Path, default=None, help="plate reader weights (ultrares train --stage reader)")
+    p.add_argument("--plate-share", type=float, default=0.25, metavar="SHARE",
+                   help="share of batches that are synthetic plate crops when --plate-loss is on")
     p.add_argument("--perceptual", default=None,
                    help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
                         "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
@@ -70,6 +77,17 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import data_dir
     from ..train.trainer import TrainConfig, Trainer
 
+    if args.stage == "reader":
+        from ..train.reader import train_reader
+
+        out = args.out / "plate-reader.safetensors"
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = train_reader(out, steps=args.steps, batch=args.batch, seed=args.seed)
+        print(f"plate reader: {result['steps']} steps in {result['minutes']:.1f} min, "
+              f"{100 * result['accuracy']:.0f} % of held-out synthetic plates read exactly; weights: {out}")
+        return 0
+    if not 0 <= args.plate_share <= 1:
+        raise UserError(f"--plate-share must be between 0 and 1, not {args.plate_share}")
     sr = data_dir() / "sr"
     images = args.images if args.images is not None else [sr / "T91", sr / "BSD200"]
     videos = args.videos if args.videos is not None else [d for d in [data_dir() / "video"] if d.is_dir()]
@@ -95,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         degradation=degradation_config(args.degradation, args.degrade),
         val_dir=args.val if args.val and args.val.is_dir() else None, val_every=args.val_every,
         seed=args.seed, threads=args.threads, precision=args.precision,
-        pair_prob=args.video_pairs, pair_bpp=pair_bpp)
+        pair_prob=args.video_pairs, pair_bpp=pair_bpp,
+        plate_loss=args.plate_loss, reader=args.reader, plate_share=args.plate_share)
     Trainer(cfg).fit(resume=not args.no_resume)
     return 0
 

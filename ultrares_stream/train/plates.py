@@ -75,8 +75,9 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font_for, box_w: int, box_h:
     return font, draw.textbbox((0, 0), text, font=font)
 
 
-def draw_plate(rng: np.random.Generator, width: int) -> Image.Image:
-    """One RGBA plate ``width`` pixels wide (transparent outside it after rotation)."""
+def draw_plate(rng: np.random.Generator, width: int) -> tuple[Image.Image, str]:
+    """One RGBA plate ``width`` pixels wide (transparent outside it after rotation), and its
+    registration (the characters a reader should return; state and slogan lines are not part of it)."""
     style = rng.choice(["us", "us", "us", "eu", "text"])
     aspect = {"us": rng.uniform(1.8, 2.2), "eu": rng.uniform(4.0, 4.9), "text": rng.uniform(3.0, 7.0)}[style]
     w = width * _OVERSAMPLE
@@ -111,30 +112,51 @@ def draw_plate(rng: np.random.Generator, width: int) -> Image.Image:
                             resample=Image.Resampling.BICUBIC)
     plate = plate.rotate(float(rng.uniform(-6, 6)), resample=Image.Resampling.BICUBIC, expand=True)
     return plate.resize((max(1, plate.width // _OVERSAMPLE), max(1, plate.height // _OVERSAMPLE)),
-                        Image.Resampling.LANCZOS)
+                        Image.Resampling.LANCZOS), text
 
 
-def plate_image(rng: np.random.Generator, size: int = 256) -> np.ndarray:
-    """One ``size`` x ``size`` RGB image holding one to three plates on car-like panels."""
+def plate_image(rng: np.random.Generator, size: int = 256, labels: list | None = None) -> np.ndarray:
+    """One ``size`` x ``size`` RGB image holding one to three plates on car-like panels; each
+    plate's ``((x, y, w, h), registration)`` is appended to ``labels`` when given."""
     img = Image.new("RGB", (size, size), _colour(rng))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 6))):  # body panels, lights, shadows
         x0, y0 = (int(v) for v in rng.integers(0, size, 2))
         draw.rectangle([x0, y0, x0 + int(rng.integers(20, size)), y0 + int(rng.integers(10, size // 2))],
                        fill=_colour(rng))
+    boxes: list[tuple[int, int, int, int]] = []
     for _ in range(int(rng.integers(1, 4))):
         width = int(np.exp(rng.uniform(np.log(50), np.log(min(230, size - 8)))))  # log-uniform plate width
-        plate = draw_plate(rng, width)
+        plate, text = draw_plate(rng, width)
         if plate.width < size and plate.height < size:
-            x = int(rng.integers(0, size - plate.width))
-            y = int(rng.integers(0, size - plate.height))
-            img.paste(plate, (x, y), plate)
+            box = (int(rng.integers(0, size - plate.width)), int(rng.integers(0, size - plate.height)),
+                   plate.width, plate.height)
+            if any(_overlap(box, other) for other in boxes):
+                continue  # plates never cover each other: every label stays readable
+            boxes.append(box)
+            img.paste(plate, box[:2], plate)
+            if labels is not None:
+                labels.append((box, text.replace(" ", "")))
     if rng.random() < 0.4:  # a little optical softness on top of the resampling
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.7))))
     return np.asarray(img)
 
 
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 def plate_images(n: int, seed: int = 0, size: int = 256) -> list[np.ndarray]:
     """``n`` synthetic plate images (deterministic for a seed)."""
+    return [image for image, _ in labelled_plate_images(n, seed, size)]
+
+
+def labelled_plate_images(n: int, seed: int = 0, size: int = 256) -> list[tuple[np.ndarray, list]]:
+    """``n`` synthetic plate images, each with its plates' ``((x, y, w, h), registration)``.
+    A later plate may partly cover an earlier one."""
     rng = np.random.default_rng(seed)
-    return [plate_image(rng, size) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        labels: list = []
+        out.append((plate_image(rng, size, labels), labels))
+    return out

@@ -54,6 +54,11 @@ class TrainConfig:
     reparam: bool = False
     teacher: Path | None = None  # weights of a stronger net whose output is a second L1 target
     distill_weight: float = 0.5
+    # plate-aware loss (train.reader): weight of the CTC loss of a plate reader on the upscaled
+    # synthetic plates, the reader's weights, and the share of batches that are plate crops
+    plate_loss: float = 0.0
+    reader: Path | None = None
+    plate_share: float = 0.25
     perceptual: str | None = None  # vgg19:PATH | srnet:PATH | none
     pixel_weight: float = 1.0
     perceptual_weight: float = 1.0
@@ -104,6 +109,8 @@ class Trainer:
         self.step = 0
         self.sampler: CropSampler | None = None
         self.pair_sampler: PairSampler | None = None
+        self.plate_sampler = None
+        self.reader = self._build_reader()
         from ..engine.base import cpu_supports_bf16
 
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_supports_bf16())
@@ -147,6 +154,16 @@ class Trainer:
             p.requires_grad_(False)
         return net
 
+    def _build_reader(self) -> torch.nn.Module | None:
+        if not self.cfg.plate_loss:
+            return None
+        if self.cfg.reader is None or not Path(self.cfg.reader).is_file():
+            raise UserError(f"--plate-loss needs --reader: the weights of `ultrares train --stage reader` "
+                            f"({self.cfg.reader or 'not given'})")
+        from .reader import load_reader
+
+        return load_reader(self.cfg.reader)
+
     @staticmethod
     def shipped_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The weights as they ship: a re-parameterisable net collapsed to its plain form."""
@@ -165,6 +182,7 @@ class Trainer:
             "rng": self.rng.bit_generator.state, "history": self.history,
             "sampler": self.sampler.state() if self.sampler else None,
             "pair_sampler": self.pair_sampler.state() if self.pair_sampler else None,
+            "plate_sampler": self.plate_sampler.state() if self.plate_sampler else None,
             "config": {k: str(v) for k, v in asdict(self.cfg).items()},
         }
         if self.d is not None:
@@ -191,6 +209,7 @@ class Trainer:
         self.history = state.get("history", [])
         self._sampler_state = state.get("sampler")
         self._pair_sampler_state = state.get("pair_sampler")
+        self._plate_sampler_state = state.get("plate_sampler")
         log.info("resumed %s at step %d", self.ckpt_path, self.step)
         return True
 
@@ -198,8 +217,10 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_step(self, hr: torch.Tensor, lr_img: torch.Tensor | None = None) -> dict[str, float]:
-        """One optimiser step on an HR batch; its LR is ``lr_img`` or made by the degradations."""
+    def train_step(self, hr: torch.Tensor, lr_img: torch.Tensor | None = None,
+                   plates: tuple[list, list[str]] | None = None) -> dict[str, float]:
+        """One optimiser step on an HR batch; its LR is ``lr_img`` or made by the degradations.
+        ``plates``: (LR boxes, registrations) of one plate per crop, for the plate reader's loss."""
         cfg = self.cfg
         if lr_img is None:
             lr_img = degrade(hr, cfg.scale, self.rng, cfg.degradation)
@@ -218,6 +239,13 @@ class Trainer:
             distill = F.l1_loss(sr, target)
             loss = loss + cfg.distill_weight * distill
             logs["distill"] = float(distill.detach())
+        if plates is not None and self.reader is not None:
+            from .reader import ctc_loss, plate_crops
+
+            boxes, texts = plates
+            reading = ctc_loss(self.reader(plate_crops(sr.clamp(0, 1), boxes, cfg.scale)), texts)
+            loss = loss + cfg.plate_loss * reading
+            logs["read"] = float(reading.detach())
         if gan:
             with self._autocast():
                 if self.feat is not None:
@@ -298,6 +326,16 @@ class Trainer:
             if getattr(self, "_pair_sampler_state", None):
                 self.pair_sampler.set_state(self._pair_sampler_state)
             log.info("%.0f %% of batches from %d H.264 frame pairs", 100 * cfg.pair_prob, len(self.pair_sampler))
+        if self.reader is not None:
+            from .plates import labelled_plate_images
+            from .reader import PlateCropSampler
+
+            self.plate_sampler = PlateCropSampler(labelled_plate_images(max(cfg.plates, 200), seed=cfg.seed + 3),
+                                                  cfg.crop, cfg.scale, seed=cfg.seed + 3)
+            if getattr(self, "_plate_sampler_state", None):
+                self.plate_sampler.set_state(self._plate_sampler_state)
+            log.info("%.0f %% of batches are plate crops with the plate reader's loss (weight %g)",
+                     100 * cfg.plate_share, cfg.plate_loss)
         log.info("stage %s: %d training images/frames, %s, batch %d x %dpx, %s", cfg.stage, len(self.sampler),
                  infer_arch(self.shipped_state_dict(self.g)).describe()
                  + (" (re-parameterisable training form)" if cfg.reparam else ""), cfg.batch, cfg.crop,
@@ -311,7 +349,10 @@ class Trainer:
             task = bar.add_task(f"train {cfg.stage}", total=cfg.steps, completed=self.step, info="")
             stop = min(cfg.steps, until or cfg.steps)
             while self.step < stop and time.monotonic() < deadline:
-                if self.pair_sampler is not None and self.rng.random() < cfg.pair_prob:
+                if self.plate_sampler is not None and self.rng.random() < cfg.plate_share:
+                    hr, boxes, texts = self.plate_sampler.batch(cfg.batch)
+                    logs = self.train_step(hr, plates=(boxes, texts))
+                elif self.pair_sampler is not None and self.rng.random() < cfg.pair_prob:
                     lr_img, hr = self.pair_sampler.batch(cfg.batch)
                     logs = self.train_step(hr, lr_img)
                 else:
