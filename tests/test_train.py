@@ -347,3 +347,14 @@ def test_the_plate_reader_learns_and_its_loss_trains_the_generator(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.g.parameters()))
     trainer.fit(resume=False)  # and the loop's plate batches run end to end
     assert trainer.step == 6 and trainer.plate_sampler is not None
+
+
+def test_the_cli_trains_a_plate_reader_and_refuses_a_plate_loss_without_one(tmp_path, capsys):
+    from ultrares_stream.cli import main
+
+    assert main(["train", "--stage", "reader", "--out", str(tmp_path / "reader"), "--plates", "12",
+                 "--steps", "3", "--batch", "4"]) == 0
+    assert (tmp_path / "reader" / "plate-reader.safetensors").is_file()
+    assert "held-out synthetic plates read exactly" in capsys.readouterr().out
+    code = main(["train", "--out", str(tmp_path / "run"), "--plate-loss", "0.01", "--steps", "1"])
+    assert code != 0 and "--plate-loss needs --reader" in capsys.readouterr().err

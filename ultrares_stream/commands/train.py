@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", type=Path, action="append", default=None,
                    help=f"folder of clips to take frames from (first half of each clip; default {data_dir() / 'video'} if present)")
     p.add_argument("--plates", type=int, default=0, metavar="N",
-                   help="add N synthetic images of number plates and text to the training pool")
+                   help="add N synthetic images of number plates and text to the training pool (stage reader: "
+                        "the reader's training images, default 3000)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--budget-minutes", type=float, default=None, help="stop (and checkpoint) after this wall-clock time")
     p.add_argument("--batch", type=int, default=16)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         out = args.out / "plate-reader.safetensors"
         args.out.mkdir(parents=True, exist_ok=True)
-        result = train_reader(out, steps=args.steps, batch=args.batch, seed=args.seed)
+        result = train_reader(out, steps=args.steps, images=args.plates or 3000, batch=args.batch, seed=args.seed)
         print(f"plate reader: {result['steps']} steps in {result['minutes']:.1f} min, "
               f"{100 * result['accuracy']:.0f} % of held-out synthetic plates read exactly; weights: {out}")
         return 0
