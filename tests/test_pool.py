@@ -200,6 +200,8 @@ def test_a_slow_weight_change_is_prepared_off_the_frame_path_and_frames_never_wa
         assert call_s < delay / 3, f"set_alpha waited for the preparation ({call_s:.2f} s)"
         assert stream.status()["pending"] == {"model": str(base.model_name), "alpha": 1.0}
         assert stream.alpha == 0.0, "the live alpha changes when the new weights are in"
+        stream.set_model(pair)  # a model change meanwhile keeps the alpha asked for, not the live one
+        assert stream.status()["pending"] == {"model": str(base.model_name), "alpha": 1.0}
         # meanwhile frames keep flowing at the old alpha
         last, last_at, longest, old_alpha_frames = stream.frames_out, time.perf_counter(), 0.0, 0
         while stream.status()["pending"] is not None:

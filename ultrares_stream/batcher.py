@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -228,7 +229,7 @@ def _light_ops(device: torch.device):
     Each multi-threaded torch op is an OpenMP fork/join; on a small, busy CPU every join
     waits for a time slice of the other cores (measured: a 320x240 yuv->rgb conversion took
     44-84 ms on 2 threads of the shared 2-core machine, 0.2 ms on one). The network's
-    convolutions keep every thread.
+    convolutions keep every thread (when a batch runs on several: ``inference.threads``).
     """
     if device.type != "cpu":
         yield
@@ -263,6 +264,8 @@ class Batcher:
         if torch.device(self.device).type == "cpu":  # batches at once and torch threads each
             self.workers, self.threads = cpu_inference_plan(threads) if workers is None else (workers, threads or 1)
         self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: list[Future] = []  # the workers' batches not finished yet
+        self._last_route: dict[str, object] = {}  # camera -> the upscaler of its last batch
         self.batches = 0
         self.frames = 0
         self.errors = 0
@@ -288,6 +291,7 @@ class Batcher:
     def detach(self, name: str) -> None:
         with self._cond:
             self._clients.pop(name, None)
+            self._last_route.pop(name, None)
 
     def wake(self) -> None:
         with self._cond:
@@ -391,13 +395,26 @@ class Batcher:
             key = (id(upscaler), frame.width, frame.height, size)
             groups.setdefault(key, []).append((client, frame, wait, upscaler, size))
         if self._pool is not None:
-            self._finish_q.put(self._pool.submit(self._infer, list(groups.values()), True))
+            self._finish_q.put(self._submit(list(groups.values()), routes))
             return
         done = self._infer(list(groups.values()), False)
         if done:
             self._finish_q.put(done)
             if self._finisher is None or not self._finisher.is_alive():
                 self._finish_all()  # no finisher thread (run_batch called directly): finish inline
+
+    def _submit(self, groups: list[list], routes: dict[str, tuple]) -> Future:
+        """Hand the groups to a worker. When a camera's upscaler changed (an alpha or model
+        change), the batches still running finish first, so its passes never alternate between
+        the old and the new weights."""
+        changed = any(self._last_route.get(name) is not up for name, (up, _) in routes.items())
+        self._last_route.update({name: up for name, (up, _) in routes.items()})
+        if changed:
+            futures_wait(self._in_flight)
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        future = self._pool.submit(self._infer, groups, True)
+        self._in_flight.append(future)
+        return future
 
     def _infer(self, groups: list[list], defer_stabilisers: bool) -> list[tuple]:
         """Run the groups: ``(items, output, clock, start, end, rgb)`` each; ``rgb`` (the input)
@@ -457,7 +474,11 @@ class Batcher:
             if done is None:
                 return
             if isinstance(done, Future):  # a worker's batch: wait for it, in the order formed
-                done = done.result()
+                try:
+                    done = done.result()
+                except Exception:  # noqa: BLE001 - never lose the finisher (every camera would stall)
+                    log.exception("inference worker on %s: a batch failed outside its error handling", self.device)
+                    continue
             self._finish(done)
 
     def _finish(self, done: list) -> None:

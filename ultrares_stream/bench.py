@@ -193,7 +193,8 @@ def format_report(r: dict):
     t = Table(title=f"ultrares bench: {Path(r['input']).name} {r['width']}x{r['height']} -> "
                     f"{r['output'][0]}x{r['output'][1]}, {r['model']} ({r['engine']}, {r['device']}, "
                     f"{r['precision']}), batch {r['batch']}, model alone on {r['torch_threads']} torch thread(s), "
-                    f"pipeline {r['pipeline_workers']} batch(es) at once on {r['pipeline_threads']} each, "
+                    + (f"pipeline {r['pipeline_workers']} batch(es) at once on {r['pipeline_threads']} each, "
+                       if r["pipeline_threads"] else "") +
                     f"libx264 {r['encoder_preset']}")
     t.add_column("measure")
     t.add_column("frames", justify="right")

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from .batcher import Batcher
+from .batcher import Batcher, cpu_cores
 from .config import ServiceConfig
 from .errors import UserError
 from .metrics import Metrics
@@ -35,8 +35,11 @@ class Service:
         inf = config.inference
         self.device = pick_device(inf.device)
         self.pool = pool or UpscalerPool.from_config(inf, self.device)
+        threads = inf.threads
+        if threads is None and self.device.type == "cpu" and inf.engine == "compile":
+            threads = cpu_cores()  # compiled passes run one at a time: one batch on every core
         self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms,
-                               metrics=self.metrics, threads=inf.threads)
+                               metrics=self.metrics, threads=threads)
         self.cameras: dict[str, Stream] = {}
         hwaccel = pick_hwaccel(str(self.device), inf.hw_decode)
         log.info("camera decoding: %s", "NVDEC (cuda), software fallback" if hwaccel else "software")

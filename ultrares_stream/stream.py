@@ -375,11 +375,17 @@ class Stream:
         from .models.interpolation import check_alpha
 
         alpha = check_alpha(alpha)
-        self._swap(self.model_name, alpha)
+        self._swap(self._target()[0], alpha)
 
     def set_model(self, model: str) -> None:
         """Switch model between two batches; raises UserError if it cannot be loaded."""
-        self._swap(model, self.alpha)
+        self._swap(model, self._target()[1])
+
+    def _target(self) -> tuple[str | None, float]:
+        """The (model, alpha) asked for last: a change still being prepared, else the live one."""
+        with self._route_lock:
+            nxt = self._next
+            return (nxt[1], nxt[2]) if nxt is not None else (self.model_name, self.alpha)
 
     def _swap(self, model: str | None, alpha: float) -> None:
         """Route the next batches to ``model`` at ``alpha``. Where the engine's weight change is
@@ -389,6 +395,8 @@ class Stream:
         new = self.pool.get(model, alpha)
         with self._route_lock:
             if self._next is not None:  # a change still being prepared is superseded
+                if self._next[0] is not new:
+                    self._next[0].withdraw()
                 self.pool.release(self._next[0])
             self._next = (new, model, float(alpha))
             self._switch_when_ready()

@@ -66,6 +66,8 @@ class FrameUpscaler(Protocol):
 
     def weights_ready(self) -> bool: ...
 
+    def withdraw(self) -> None: ...
+
 
 class _EngineSlot:
     """The engine of one model and which alpha's weights are in it, shared by every alpha view
@@ -94,14 +96,15 @@ class _EngineSlot:
         return self._worker
 
     @contextmanager
-    def passing(self, alpha: float, swap: Callable[[float], None]):
-        """Run one forward pass at ``alpha``: beside the others at that alpha, or, once they are
-        done, after ``swap(alpha)`` has put its weights in. Passes are admitted in arrival order,
-        so a pass at another alpha is never starved by a stream of passes at the current one."""
+    def passing(self, alpha: float, swap: Callable[[float], None], concurrent: bool = True):
+        """Run one forward pass at ``alpha``: beside the others at that alpha (when the engine
+        allows ``concurrent`` passes), or, once they are done, after ``swap(alpha)`` has put its
+        weights in. Passes are admitted in arrival order, so a pass at another alpha is never
+        starved by a stream of passes at the current one."""
         with self._gate:
             ticket = self._tickets
             self._tickets += 1
-            while ticket != self._admit or (self.active and self.alpha != alpha):
+            while ticket != self._admit or (self.active and (self.alpha != alpha or not concurrent)):
                 self._gate.wait()
             try:
                 swap(alpha)
@@ -118,6 +121,7 @@ class _EngineSlot:
 
     @property
     def busy(self) -> bool:
+        """A forward pass is running."""
         return self.active > 0
 
 
@@ -219,9 +223,21 @@ class Upscaler:
         once they are prepared. A stream keeps its previous view until then, so its frames never
         wait for a refit (:meth:`~ultrares_stream.stream.Stream.set_alpha`). Raises what the
         preparation raised."""
-        if not self.engine.slow_weights or self._gan is None or self._slot.alpha == self.alpha:
+        if not self._needs_prepare():
             return True
         return self._commit_for(self.alpha, wait=False) is not None
+
+    def withdraw(self) -> None:
+        """Drop this view's weight preparation if it has not started (an alpha change superseded
+        before its refit began), so the next one does not queue behind it."""
+        with self._slot.book:
+            future = self._slot.pending.get(self.alpha)
+            if future is not None and future.cancel():
+                del self._slot.pending[self.alpha]
+
+    def _needs_prepare(self) -> bool:
+        """This view's weights must be prepared on the worker thread before its passes."""
+        return self.engine.slow_weights and self._gan is not None and self._slot.alpha != self.alpha
 
     def _commit_for(self, alpha: float, wait: bool) -> Callable[[], None] | None:
         """The prepared commit of ``alpha``'s weights on a slow-weights engine: from the last
@@ -239,6 +255,11 @@ class Upscaler:
                                                                     self.weights_at(alpha))
         if not wait and not future.done():
             return None
+        if future.cancelled():  # withdrawn by a superseded alpha change that had asked for it first
+            with slot.book:
+                if slot.pending.get(alpha) is future:
+                    del slot.pending[alpha]
+            return self._commit_for(alpha, wait)
         try:
             commit = future.result()
         finally:
@@ -276,9 +297,11 @@ class Upscaler:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         x = x.to(self.device, non_blocking=True)
-        if self.engine.slow_weights and self._gan is not None and self._slot.alpha != self.alpha:
+        if self._needs_prepare():
             self._commit_for(self.alpha, wait=True)
-        with self._slot.passing(self.alpha, self._apply):
+        # one network (no GAN twin): every alpha has its weights, so all views pass as one
+        alpha = self.alpha if self._gan is not None else self._slot.alpha
+        with self._slot.passing(alpha, self._apply, self.engine.concurrent_passes):
             out = self.engine(x)
         return out[..., : h * self.scale, : w * self.scale]
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Two-stage ESRGAN-style training of an SRVGGNetCompact generator (or fine-tuning of any "
                     "known architecture from --init). Stage psnr: L1 loss. "
                     "Stage gan: initialised from stage psnr (--init), L1 + perceptual + relativistic-average GAN. "
-                    "Resumes from OUT/last.pt when it exists; writes OUT/generator_ema.safetensors.")
+                    "Resumes from OUT/last.pt when it exists; writes OUT/generator_ema.safetensors. Stage reader: the plate "
+                    "reader of --plate-loss, trained from scratch on synthetic plates into OUT/plate-reader.safetensors.")
     p.add_argument("--stage", choices=["psnr", "gan", "reader"], default="psnr",
                    help="psnr / gan: the generator's two stages; reader: the small plate reader (CRNN) that "
                         "--plate-loss uses, trained on synthetic plates only")
@@ -27,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plates", type=int, default=0, metavar="N",
                    help="add N synthetic images of number plates and text to the training pool (stage reader: "
                         "the reader's training images, default 3000)")
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 20000; stage reader 2500)")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop (and checkpoint) after this wall-clock time")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 16; stage reader 32)")
     p.add_argument("--crop", type=int, default=128, help="HR crop size")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--num-feat", type=int, default=32)
@@ -83,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
         out = args.out / "plate-reader.safetensors"
         args.out.mkdir(parents=True, exist_ok=True)
-        result = train_reader(out, steps=args.steps, images=args.plates or 3000, batch=args.batch, seed=args.seed)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = train_reader(out, steps=args.steps or 2500, images=args.plates or 3000, batch=args.batch or 32,
+                              seed=args.seed)
         print(f"plate reader: {result['steps']} steps in {result['minutes']:.1f} min, "
               f"{100 * result['accuracy']:.0f} % of held-out synthetic plates read exactly; weights: {out}")
         return 0
@@ -107,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if not pair_bpp or min(pair_bpp) <= 0:
         raise UserError(f"--pair-bpp {args.pair_bpp!r}: bitrates must be positive")
     cfg = TrainConfig(
-        out_dir=args.out, stage=args.stage, images=images, videos=videos, plates=args.plates, steps=args.steps,
-        budget_minutes=args.budget_minutes, batch=args.batch, crop=args.crop, lr=args.lr,
+        out_dir=args.out, stage=args.stage, images=images, videos=videos, plates=args.plates,
+        steps=args.steps or 20000, budget_minutes=args.budget_minutes, batch=args.batch or 16, crop=args.crop, lr=args.lr,
         num_feat=args.num_feat, num_conv=args.num_conv, init=args.init, perceptual=perceptual,
         reparam=args.reparam, teacher=args.teacher, distill_weight=args.distill_weight,
         degradation=degradation_config(args.degradation, args.degrade),

@@ -23,12 +23,15 @@ class Engine(Protocol):
     engine and returns the commit, a fast swap that can be called again later to go back to
     those weights. ``slow_weights`` says the slow part is slow enough (a TensorRT refit: seconds)
     that callers should run it off the frame path; for the others ``prepare_weights`` is free.
+    ``concurrent_passes``: passes may run at once from several threads (the CPU eager engine:
+    inference only reads the module); the others run one pass at a time.
     """
 
     name: str
     device: torch.device
     precision: Precision
     slow_weights: bool
+    concurrent_passes: bool
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 

@@ -83,6 +83,7 @@ def batch_bucket(n: int, max_batch: int) -> int:
 class CompiledEngine:
     name = "compile"
     slow_weights = False
+    concurrent_passes = False
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
                  max_batch: int = 8, mode: str | None = None, max_shapes: int = MAX_SHAPES,

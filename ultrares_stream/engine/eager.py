@@ -33,6 +33,11 @@ class EagerEngine:
         self._lock = threading.Lock()
         self._fell_back = False
 
+    @property
+    def concurrent_passes(self) -> bool:
+        """fp16 passes may replace the module (NaN/Inf fallback): those run one at a time."""
+        return self.precision != "fp16"
+
     def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]:
         """Nothing slow to prepare: the commit copies the weights in (:meth:`load_weights`)."""
         return functools.partial(self.load_weights, state_dict)

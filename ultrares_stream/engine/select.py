@@ -164,6 +164,10 @@ class FallbackEngine:
     def slow_weights(self) -> bool:
         return self.engine.slow_weights
 
+    @property
+    def concurrent_passes(self) -> bool:
+        return False  # a move to the next engine replaces self.engine: one pass at a time
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.prepare_weights(state_dict)()
 

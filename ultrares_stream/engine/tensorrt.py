@@ -164,6 +164,7 @@ class TensorRTEngine:
 
     name = "tensorrt"
     slow_weights = True  # a weight change is a refit (seconds): prepared off the frame path
+    concurrent_passes = False
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
                  shapes: ShapeRange, cache: EngineCache | None = None, tolerance: float = DEFAULT_TOLERANCE,

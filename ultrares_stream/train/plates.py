@@ -152,8 +152,8 @@ def plate_images(n: int, seed: int = 0, size: int = 256) -> list[np.ndarray]:
 
 
 def labelled_plate_images(n: int, seed: int = 0, size: int = 256) -> list[tuple[np.ndarray, list]]:
-    """``n`` synthetic plate images, each with its plates' ``((x, y, w, h), registration)``.
-    A later plate may partly cover an earlier one."""
+    """``n`` synthetic plate images, each with its plates' ``((x, y, w, h), registration)``
+    (plates never overlap)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

@@ -53,7 +53,9 @@ class PlateReader(nn.Module):
 def to_reader_input(crops: torch.Tensor) -> torch.Tensor:
     """NCHW RGB [0, 1] -> (N, 1, HEIGHT, WIDTH) grey, centred (bilinear, differentiable)."""
     grey = (crops * torch.tensor([0.299, 0.587, 0.114], device=crops.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return F.interpolate(grey, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False, antialias=True) - 0.5
+    if grey.shape[-2:] != (HEIGHT, WIDTH):
+        grey = F.interpolate(grey, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False, antialias=True)
+    return grey - 0.5
 
 
 def encode_texts(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +102,11 @@ class PlateCropSampler:
     def __init__(self, labelled: list[tuple[np.ndarray, list]], crop: int, scale: int, seed: int = 0):
         self.items = [(img, box, text) for img, labels in labelled for box, text in labels
                       if box[2] <= crop - 2 * scale and box[3] <= crop - 2 * scale and 0 < len(text)]
-        if not self.items:
-            from ..errors import UserError
+        from ..errors import UserError
 
+        if any(img.shape[0] < crop or img.shape[1] < crop for img, *_ in self.items):
+            raise UserError(f"crops of {crop} pixels are larger than the synthetic plate images")
+        if not self.items:
             raise UserError(f"no synthetic plate fits a {crop}-pixel crop")
         self.crop, self.scale = crop, scale
         self.rng = np.random.default_rng(seed)
