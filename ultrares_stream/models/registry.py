@@ -60,8 +60,9 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("ultrares-wide-x4-gan", "ultrares-wide-x4-gan.safetensors", "SRVGGNetCompact", 4, None,
                note="shipped; trained by this project (L1 + perceptual + RaGAN), 64 feat / 16 conv"),
     ModelEntry("ultrares-traffic-x4-psnr", "ultrares-traffic-x4-psnr.safetensors", "RLFN", 4, None,
-               note="shipped; RLFN fine-tuned by this project on traffic degradations (L1) from bytedance/RLFN "
-                    "(Apache-2.0, ultrares-traffic-x4.NOTICE.md): for GPUs and recorded footage"),
+               note="shipped; RLFN fine-tuned by this project on traffic degradations (L1), then with a plate "
+                    "reader's loss, from bytedance/RLFN (Apache-2.0, ultrares-traffic-x4.NOTICE.md): for GPUs "
+                    "and recorded footage"),
     ModelEntry("ultrares-traffic-x4-gan", "ultrares-traffic-x4-gan.safetensors", "RLFN", 4, None,
                note="shipped; fine-tuned from ultrares-traffic-x4-psnr (L1 + perceptual + RaGAN)"),
     ModelEntry("RRDB_PSNR_x4", "RRDB_PSNR_x4.pth", "RRDBNet", 4, _GDRIVE + "1pJ_T-V1dpb1ewoEra1TGSWl5e6H7M4NN",
