@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..colour import uint8_to_float
+
 log = logging.getLogger(__name__)
 
 CHARSET = string.ascii_uppercase + string.digits
@@ -85,12 +87,16 @@ def decode(log_probs: torch.Tensor) -> list[str]:
     return out
 
 
-def plate_crops(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], scale: int = 1) -> torch.Tensor:
+def plate_crops(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], scale: int = 1,
+                alter=None) -> torch.Tensor:
     """The plate boxes (in LR pixels when ``scale`` > 1) cut from an NCHW batch, one per image,
-    each resized to the reader's input (so crops of any size stack)."""
+    each passed through ``alter`` when given (a 1CHW -> 1CHW function) and resized to the
+    reader's input (so crops of any size stack)."""
     crops = []
     for img, (x, y, w, h) in zip(images, boxes):
         crop = img[:, y * scale:(y + h) * scale, x * scale:(x + w) * scale].unsqueeze(0)
+        if alter is not None:
+            crop = alter(crop)
         crops.append(F.interpolate(crop, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False, antialias=True))
     return torch.cat(crops)
 
@@ -126,7 +132,7 @@ class PlateCropSampler:
             out[i] = img[oy:oy + c, ox:ox + c]
             boxes.append(((x0 - ox) // s, (y0 - oy) // s, (x1 - x0) // s, (y1 - y0) // s))
             texts.append(text)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0), boxes, texts
+        return uint8_to_float(torch.from_numpy(out)), boxes, texts
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -154,17 +160,15 @@ def train_reader(out: Path, steps: int = 3000, images: int = 3000, batch: int = 
     t0 = time.monotonic()
     for step in range(steps):
         hr, boxes, texts = train.batch(batch)
-        crops = []
-        for img, (x, y, w, h) in zip(hr, boxes):
-            crop = img[:, y * scale:(y + h) * scale, x * scale:(x + w) * scale].unsqueeze(0)
-            if rng.random() < 0.5:  # what an upscaler sees and gives back: soft, with lost detail
-                crop = F.interpolate(bicubic_down(crop, scale), scale_factor=scale, mode="bicubic",
-                                     align_corners=False).clamp(0, 1)
-                crop = gaussian_blur(crop, float(rng.uniform(0.3, 1.0)))
-            crops.append(F.interpolate(crop, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False,
-                                       antialias=True))
+
+        def soften(crop: torch.Tensor) -> torch.Tensor:  # what an upscaler sees and gives back, half the time
+            if rng.random() >= 0.5:
+                return crop
+            crop = F.interpolate(bicubic_down(crop, scale), scale_factor=scale, mode="bicubic", align_corners=False)
+            return gaussian_blur(crop.clamp(0, 1), float(rng.uniform(0.3, 1.0)))
+
         net.train()
-        loss = ctc_loss(net(torch.cat(crops)), texts)
+        loss = ctc_loss(net(plate_crops(hr, boxes, scale, soften)), texts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
