@@ -232,3 +232,53 @@ def test_a_slow_weight_change_is_prepared_off_the_frame_path_and_frames_never_wa
     assert slow.prepared == 2, "alpha 1 for the camera and alpha 0.5 for the web page, each prepared once"
     print(f"\nslow weight change ({delay} s to prepare): set_alpha {call_s * 1e3:.1f} ms, switched after "
           f"{switched_s:.2f} s, longest gap between published frames meanwhile {longest * 1e3:.0f} ms")
+
+
+def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
+    """Passes are admitted in arrival order; one whose thread is interrupted (Ctrl-C) while it
+    waits must give its turn up, or every later pass on that engine would wait forever."""
+    import ctypes
+    import threading
+
+    from ultrares_stream.upscaler import _EngineSlot
+
+    slot, swaps = _EngineSlot(), []
+    inside, release = threading.Event(), threading.Event()
+
+    def first():  # holds a pass at alpha 0 open
+        with slot.passing(0.0, swaps.append):
+            inside.set()
+            release.wait(10)
+
+    interrupted = []
+
+    def second():  # waits for alpha 1, behind the open pass
+        try:
+            with slot.passing(1.0, swaps.append):
+                pass
+        except KeyboardInterrupt:
+            interrupted.append(True)
+
+    t1 = threading.Thread(target=first, daemon=True)
+    t1.start()
+    assert inside.wait(5)
+    t2 = threading.Thread(target=second, daemon=True)
+    t2.start()
+    assert wait_for(lambda: slot._tickets == 2, 5)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t2.ident), ctypes.py_object(KeyboardInterrupt))
+    with slot._gate:
+        slot._gate.notify_all()  # wake it so the interruption is raised in its wait
+    t2.join(5)
+    assert interrupted and not t2.is_alive()
+    third_ran = threading.Event()
+
+    def third():
+        with slot.passing(0.5, swaps.append):
+            third_ran.set()
+
+    t3 = threading.Thread(target=third, daemon=True)
+    t3.start()
+    release.set()
+    assert third_ran.wait(5), "the interrupted pass kept its turn: the gate is shut"
+    t1.join(5), t3.join(5)
+    assert swaps == [0.0, 0.5] and slot.active == 0

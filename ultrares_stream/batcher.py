@@ -269,6 +269,7 @@ class Batcher:
         self.batches = 0
         self.frames = 0
         self.errors = 0
+        self._error_lock = threading.Lock()  # _failed runs on the workers and the finisher
         self.busy_s = 0.0  # time spent in inference
         self._clients: dict[str, BatchClient] = {}
         self._cond = threading.Condition()
@@ -448,11 +449,13 @@ class Batcher:
                 self.metrics.update_gpu_memory()
 
     def _failed(self, items: list, exc: BaseException) -> None:
-        self.errors += 1
         log.error("inference failed for a batch of %d frame(s): %s: %s", len(items), type(exc).__name__, exc)
+        with self._error_lock:
+            self.errors += 1
+            for client, *_ in items:
+                if hasattr(client, "failed"):
+                    client.failed += 1
         for client, *_ in items:
-            if hasattr(client, "failed"):
-                client.failed += 1
             if self.metrics is not None:
                 self.metrics.errors.labels(client.name, "inference").inc()
             if self.on_error is not None:

@@ -81,6 +81,7 @@ class _EngineSlot:
         self._gate = threading.Condition()
         self.active = 0  # forward passes running now (all at ``alpha``)
         self._tickets = self._admit = 0  # arrival order of the passes, and the next one to admit
+        self._turns_over: set[int] = set()  # tickets done with their turn, or given up waiting for it
         self.book = threading.RLock()
         self.alpha: float | None = None  # None: no weights loaded yet
         self.sets: OrderedDict[float, dict[str, torch.Tensor]] = OrderedDict()
@@ -104,20 +105,27 @@ class _EngineSlot:
         with self._gate:
             ticket = self._tickets
             self._tickets += 1
-            while ticket != self._admit or (self.active and (self.alpha != alpha or not concurrent)):
-                self._gate.wait()
             try:
+                while ticket != self._admit or (self.active and (self.alpha != alpha or not concurrent)):
+                    self._gate.wait()
                 swap(alpha)
                 self.active += 1
-            finally:
-                self._admit += 1
-                self._gate.notify_all()
+            finally:  # admitted, failed or interrupted while waiting: this ticket's turn is over
+                self._turns_over.add(ticket)
+                self._next_ticket()
         try:
             yield
         finally:
             with self._gate:
                 self.active -= 1
                 self._gate.notify_all()
+
+    def _next_ticket(self) -> None:
+        """Move the turn past every ticket whose turn is over (under the gate)."""
+        while self._admit in self._turns_over:
+            self._turns_over.discard(self._admit)
+            self._admit += 1
+        self._gate.notify_all()
 
     @property
     def busy(self) -> bool:
