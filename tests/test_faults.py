@@ -133,7 +133,7 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
         # measured by scripts/faults.py hung-receiver, not asserted on a shared machine
         assert web.failures == 0 and len(web.latencies) > 100 and web.p99() < 1.0, (web.failures, web.p99())
         assert gaps and max(gaps) < 1.0, f"the local camera stopped for {max(gaps):.2f} s"
-        assert len(gaps) > 12 * 25 * 0.5  # it kept most of its 25 fps
+        assert len(gaps) > 12 * 25 * 0.5, f"{len(gaps)} frames in 12 s: it did not keep most of its 25 fps"
     finally:
         for s in streams:
             s.stop(5)
