@@ -79,13 +79,14 @@ def test_eval_plates_command(tmp_path, tiny_model):
     _x4_model(up4)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "ultrares_stream.cli", "eval", "--task", "plates",
-                           "--dataset", str(folder), "--model", str(up4), "--out-dir", str(out), "--device", "cpu"],
+                           "--dataset", str(folder), "--model", str(up4), "--out-dir", str(out), "--device", "cpu",
+                           "--ensemble", "1", "--ensemble", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     md = (out / "plates.md").read_text()
-    assert "| original |" in md and "| bicubic |" in md and "| x4 |" in md
+    assert "| original |" in md and "| bicubic |" in md and "| x4 |" in md and "| x4 x2 ensemble |" in md
     rows = (out / "plates.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(boxes) and rows[0].startswith("image,truth,original,bicubic,x4")
+    assert len(rows) == 1 + len(boxes) and rows[0].startswith("image,truth,original,bicubic,x4,x4 x2 ensemble")
 
 
 def _x4_model(path):

@@ -18,9 +18,11 @@ def version() -> str:
         return "unknown"
 
 
-def tags(model: str, alpha: float | None, scale: int | float | None = None) -> dict[str, str]:
-    """Key/value provenance for an output made by ``model`` at ``alpha`` (None: a single network)."""
-    how = f"model {model}" + ("" if alpha is None else f", alpha {alpha:g}")
+def tags(model: str, alpha: float | None, scale: int | float | None = None, ensemble: int = 1) -> dict[str, str]:
+    """Key/value provenance for an output made by ``model`` at ``alpha`` (None: a single network),
+    with ``ensemble`` forward passes averaged per frame."""
+    how = (f"model {model}" + ("" if alpha is None else f", alpha {alpha:g}")
+           + ("" if ensemble == 1 else f", self-ensemble of {ensemble} orientations"))
     factor = "" if scale is None else f"x{scale:g} "
     return {
         "Software": f"{SOFTWARE} {version()}",
@@ -28,16 +30,19 @@ def tags(model: str, alpha: float | None, scale: int | float | None = None) -> d
                    "Detail is synthesised by a neural network; this is not an original recording.",
         "ultrares:model": model,
         "ultrares:alpha": "" if alpha is None else f"{alpha:g}",
+        "ultrares:ensemble": str(ensemble),
     }
 
 
 def for_upscaler(upscaler) -> dict[str, str]:
     """:func:`tags` for what an :class:`~ultrares_stream.upscaler.Upscaler` is running now."""
-    return tags(upscaler.model_name, upscaler.alpha if upscaler.is_pair else None, upscaler.scale)
+    return tags(upscaler.model_name, upscaler.alpha if upscaler.is_pair else None, upscaler.scale,
+                upscaler.ensemble)
 
 
 def video_metadata(prov: dict[str, str]) -> dict[str, str]:
     """Container metadata keys FFmpeg's muxers (MP4/MOV, Matroska, ...) write for :func:`tags`."""
     return {"comment": prov["Comment"], "description": prov["Comment"],
             "ultrares_model": prov["ultrares:model"], "ultrares_alpha": prov["ultrares:alpha"],
+            "ultrares_ensemble": prov["ultrares:ensemble"],
             "software": prov["Software"]}

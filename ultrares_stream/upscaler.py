@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from .config import DEFAULT_ALPHA
 from .engine import Engine, pick_device, pick_precision
-from .errors import UserError
 from .engine.select import make_engine
+from .ensemble import check_passes, self_ensemble
+from .errors import UserError
 from .models.checkpoint import infer_arch
 from .models.interpolation import check_alpha, check_compatible, interpolate
 from .models.registry import ResolvedModel, default_model, resolve
@@ -53,6 +54,7 @@ class FrameUpscaler(Protocol):
     model_name: str
     alpha: float
     scale: int
+    ensemble: int  # forward passes averaged per frame (ensemble.self_ensemble)
     device: torch.device
     engine: Engine
 
@@ -146,14 +148,17 @@ class Upscaler:
     None = the network's receptive-field radius for SRVGGNetCompact (tiles then
     reproduce the untiled result exactly), :data:`TILE_PAD` for RRDBNet. ``shapes`` (an
     :class:`~ultrares_stream.engine.cache.ShapeRange`) and ``max_batch``: the inputs a compiled
-    engine is built for (TensorRT, torch.compile); frames outside run eagerly.
+    engine is built for (TensorRT, torch.compile); frames outside run eagerly. ``ensemble``:
+    forward passes per frame, 1 (default), or 2, 4 or 8 orientations averaged
+    (:mod:`~ultrares_stream.ensemble`: more faithful, that many times the work).
     """
 
     def __init__(self, model: str | ResolvedModel | None = None, alpha: float = DEFAULT_ALPHA,
                  device: str | torch.device = "auto", precision: str = "auto",
                  tile: int | None = None, tile_pad: int | None = None,
-                 engine: str = "auto", shapes=None, max_batch: int = 8):
+                 engine: str = "auto", shapes=None, max_batch: int = 8, ensemble: int = 1):
         self.device = pick_device(device)
+        self.ensemble = check_passes(ensemble)
         resolved = model if isinstance(model, ResolvedModel) else resolve(model, device_type=self.device.type)
         self.model_name = resolved.name
         self._psnr, self._gan = resolved.psnr, resolved.gan
@@ -310,7 +315,7 @@ class Upscaler:
         # one network (no GAN twin): every alpha has its weights, so all views pass as one
         alpha = self.alpha if self._gan is not None else self._slot.alpha
         with self._slot.passing(alpha, self._apply, self.engine.concurrent_passes):
-            out = self.engine(x)
+            out = self_ensemble(self.engine, x, self.ensemble)
         return out[..., : h * self.scale, : w * self.scale]
 
     def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "keeping the aspect ratio")
     p.add_argument("--tile", type=int, default=None,
                    help="tile side in input pixels; 0 = never tile (default: automatic from free memory)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="PASSES",
+                   help="average the network over 2, 4 or 8 orientations of each frame (self-ensemble): "
+                        "more faithful, that many times slower (default 1)")
     add_device(p)
     add_precision(p)  # fp32 keeps the full precision of 16-bit images
     p.add_argument("--preset", default="medium",
@@ -175,7 +178,8 @@ def _make_upscaler(args: argparse.Namespace):
 
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile must be 0 (never tile) or a positive number of pixels, not {args.tile}")
-    return Upscaler(args.model, alpha=args.alpha, device=args.device, precision=args.precision, tile=args.tile)
+    return Upscaler(args.model, alpha=args.alpha, device=args.device, precision=args.precision, tile=args.tile,
+                    ensemble=args.ensemble)
 
 
 def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) -> None:

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, action="append", default=None,
                    help="alpha for pair models, 0 = PSNR-oriented, 1 = GAN-oriented (repeatable; default 0, 0.5, 1; "
                         "for --task plates 0, 0.25, 0.5, 1)")
+    p.add_argument("--ensemble", type=int, action="append", default=None, metavar="PASSES",
+                   help="quality and plates tasks: also score each model with a self-ensemble of 2, 4 or 8 "
+                        "orientations (repeatable; 1 = plain, the default)")
     p.add_argument("--bicubic-only", action="store_true", help="score only the bicubic baseline (no model)")
     p.add_argument("--traffic", action="store_true",
                    help="treat every --dataset as video (auto-detected for folders holding only videos)")
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..config import StabiliseConfig
+    from ..ensemble import check_passes
     from ..models.interpolation import check_alpha
     from ..models.registry import DEFAULT_MODEL
     from ..quality.datasets import is_unencoded, is_video_folder, load_pairs, traffic_video_pairs
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames_per_clip < 1:
         raise UserError(f"--frames-per-clip must be >= 1, got {args.frames_per_clip}")
     alphas = [check_alpha(a) for a in (args.alpha or (PLATE_ALPHAS if args.task == "plates" else DEFAULT_ALPHAS))]
+    args.ensemble = [check_passes(n) for n in (args.ensemble or [1])]
     if args.bicubic_only and args.model:
         raise UserError("--bicubic-only and --model exclude each other")
     models = [] if args.bicubic_only else (args.model or [DEFAULT_MODEL])
@@ -150,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
         rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
                                  on_row=on_row, keep=keep, sequences=sequences.get(label),
-                                 stabilise=StabiliseConfig().settings())
+                                 stabilise=StabiliseConfig().settings(), ensembles=args.ensemble)
         for name, shown in tiles.items():
             hr = next(h for n, _, h in pairs if n == name)
             shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
@@ -191,10 +196,11 @@ def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float])
     methods = {}
     for spec in models:
         for a in alphas:
-            up = Upscaler(model=spec, alpha=a, device=args.device, precision="fp32")
-            if up.scale != args.scale:
-                raise UserError(f"model {spec} is x{up.scale}, the evaluation is x{args.scale}")
-            methods[model_label(spec) + (f" a={a:g}" if up.is_pair else "")] = upscaler_fn(up)
+            for n in args.ensemble:
+                up = Upscaler(model=spec, alpha=a, device=args.device, precision="fp32", ensemble=n)
+                if up.scale != args.scale:
+                    raise UserError(f"model {spec} is x{up.scale}, the evaluation is x{args.scale}")
+                methods[model_label(spec, n) + (f" a={a:g}" if up.is_pair else "")] = upscaler_fn(up)
             if not up.is_pair:
                 break
     result = score_plates(photo_samples(plates), methods, rapidocr_reader(), args.scale)

@@ -140,12 +140,15 @@ def stabilised_fn(upscaler, settings) -> UpscaleFn:
 def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence[str] = (),
                      alphas: Sequence[float] = (0.0, 0.5, 1.0), device: str = "auto",
                      on_row: Callable[[Row, dict], None] | None = None, keep: Collection[str] = (),
-                     sequences: Sequence | None = None, stabilise=None) -> list[Row]:
+                     sequences: Sequence | None = None, stabilise=None,
+                     ensembles: Sequence[int] = (1,)) -> list[Row]:
     """Bicubic, then every model (every alpha for pairs) on the same pairs.
 
     ``sequences`` (the pairs with T x h x w x 3 LR clips ending at each scored frame) and
     ``stabilise`` (:class:`~ultrares_stream.temporal.StabiliserSettings`): each model row is
     followed by a ``stabilised`` row, the same model with the temporal stabiliser run over the clip.
+    ``ensembles``: each model is scored once per entry, with that many self-ensemble passes
+    (:mod:`~ultrares_stream.ensemble`; 1 = plain).
 
     Models are built with ``Upscaler(model=spec, alpha=a, device=device, precision="fp32")``;
     a model whose scale is not ``scale`` is a :class:`~ultrares_stream.errors.UserError`.
@@ -179,18 +182,23 @@ def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence
                 if a is not None:
                     up.set_alpha(a)
                 label = "" if a is None else f"{a:g}"
-                add(model_label(spec), label, upscaler_fn(up))
-                if sequences is not None and stabilise is not None:
-                    add(f"{model_label(spec)} stabilised", label, stabilised_fn(up, stabilise), on=sequences)
+                for n in ensembles:
+                    up.ensemble = n
+                    add(model_label(spec, n), label, upscaler_fn(up))
+                    if sequences is not None and stabilise is not None:
+                        add(f"{model_label(spec, n)} stabilised", label, stabilised_fn(up, stabilise), on=sequences)
     return rows
 
 
-def model_label(spec: str) -> str:
-    """Short table label for a model spec: registry names as they are, checkpoint paths by file stem."""
+def model_label(spec: str, ensemble: int = 1) -> str:
+    """Short table label for a model spec: registry names as they are, checkpoint paths by file
+    stem; `` x8 ensemble`` after it for a self-ensemble of 8 passes."""
     parts = str(spec).split("+")
     if any("/" in p or "\\" in p or p.endswith((".pth", ".pt", ".safetensors")) for p in parts):
-        return "+".join(Path(p).stem for p in parts)
-    return str(spec)
+        label = "+".join(Path(p).stem for p in parts)
+    else:
+        label = str(spec)
+    return label if ensemble == 1 else f"{label} x{ensemble} ensemble"
 
 
 def _fmt(v: float, digits: int) -> str:
