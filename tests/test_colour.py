@@ -46,3 +46,21 @@ def test_yuv420p_to_rgb_matches_ffmpeg_and_round_trips():
     ffmpeg = yuv.reformat(format="rgb24").to_ndarray()
     assert np.abs(float_to_uint8(ours)[0].numpy().astype(int) - ffmpeg).max() <= 3
     assert np.abs(float_to_uint8(ours)[0].numpy().astype(int) - rgb).max() <= 3  # 8-bit YUV loses ~1 level
+
+
+def test_rgb_to_yuv420p_averages_chroma_over_2x2_whatever_the_memory_layout():
+    """Random pixels (no 2x2 block is constant) against a float64 reference written the long way:
+    every pixel converted, then U and V averaged over each 2x2 block; the same for channels-last
+    input (the CPU network's output layout)."""
+    rgb = torch.rand(2, 3, 10, 14)
+    m = torch.tensor([[0.256788, 0.504129, 0.097906], [-0.148223, -0.290993, 0.439216],
+                      [0.439216, -0.367788, -0.071427]], dtype=torch.float64) * 255
+    full = torch.einsum("kc,nchw->nkhw", m, rgb.double()) + torch.tensor([16.0, 128.0, 128.0]).view(1, 3, 1, 1).double()
+    want_y = full[:, 0].round().clamp(0, 255)
+    want_uv = torch.nn.functional.avg_pool2d(full[:, 1:], 2).round().clamp(0, 255)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y, u, v = rgb_to_yuv420p(rgb.contiguous(memory_format=layout))
+        assert y.shape == (2, 10, 14) and u.shape == v.shape == (2, 5, 7) and y.dtype == torch.uint8
+        for got, want in ((y, want_y), (u, want_uv[:, 0]), (v, want_uv[:, 1])):
+            diff = (got.double() - want).abs()
+            assert diff.max() <= 1 and (diff > 0).double().mean() < 0.01
