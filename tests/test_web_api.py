@@ -116,6 +116,25 @@ def test_alpha_0_and_1_differ_when_the_two_networks_differ(client):
     assert r1.headers["x-ultrares-alpha"] == "1"
 
 
+def test_an_upscale_with_eight_passes_is_the_averaged_network_and_says_so(client, pair_spec):
+    from ultrares_stream.upscaler import Upscaler
+
+    data = png_bytes(24, 16, seed=3)
+    resp = upscale(client, data, alpha=0, ensemble=8)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-ultrares-ensemble"] == "8"
+    out = decode(resp.content)
+    assert out.text["ultrares:ensemble"] == "8" and "self-ensemble of 8" in out.text["Comment"]
+    direct = Upscaler(pair_spec, alpha=0.0, device="cpu", precision="fp32", tile=0, ensemble=8)
+    x = uint8_to_float(torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()))
+    with torch.inference_mode():
+        expected = float_to_uint8(direct.upscale(x))[0].numpy().astype(int)
+    assert np.abs(np.asarray(out).astype(int) - expected).max() <= 1
+    plain = np.asarray(decode(upscale(client, data, alpha=0).content)).astype(int)
+    assert np.abs(plain - expected).max() > 1  # one pass is not the same picture
+    assert_json_error(upscale(client, data, ensemble=3), 400, "1, 2, 4, 8")
+
+
 @pytest.mark.parametrize("size, source, expected", [
     ("720p", (64, 48), (960, 720)),  # fits inside 1280x720, aspect kept
     ("4k", (40, 40), (2160, 2160)),

@@ -103,6 +103,7 @@ def test_upscale_compare_and_download_in_chromium(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
 
     from tests.test_web_api import FakeService, _tiny_net
     from ultrares_stream.models.checkpoint import save_checkpoint
@@ -150,6 +151,15 @@ def test_upscale_compare_and_download_in_chromium(tmp_path):
         wait_for(lambda: _result_count(driver) not in ("", first), 60, "the alpha=1 result")
         assert "detail 1.00" in find("#result-info").text
         assert _after_checksum(driver) != sum_half
+
+        # eight passes averaged: re-runs, says so, and the picture changes
+        second, sum_one = _result_count(driver), _after_checksum(driver)
+        Select(find("#ensemble")).select_by_value("8")
+        wait_for(lambda: _result_count(driver) not in ("", second), 60, "the 8-pass result")
+        assert "8 passes" in find("#result-info").text
+        assert _after_checksum(driver) != sum_one
+        Select(find("#ensemble")).select_by_value("1")
+        wait_for(lambda: "passes" not in find("#result-info").text, 60, "the 1-pass result")
 
         # the divider: drag it left, the result is uncovered from there on
         assert find("#divider").value_of_css_property("left") == f"{canvas.size['width'] / 2:g}px"

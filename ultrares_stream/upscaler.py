@@ -202,6 +202,14 @@ class Upscaler:
         view.alpha = check_alpha(alpha)
         return view
 
+    def with_ensemble(self, passes: int) -> Upscaler:
+        """This view with ``passes`` self-ensemble passes per frame (the same engine and alpha)."""
+        if passes == self.ensemble:
+            return self
+        view = copy.copy(self)
+        view.ensemble = check_passes(passes)
+        return view
+
     def shares_engine_with(self, other: FrameUpscaler) -> bool:
         return isinstance(other, Upscaler) and other._slot is self._slot
 

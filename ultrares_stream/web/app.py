@@ -34,6 +34,7 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..engine import pick_device
+from ..ensemble import check_passes
 from ..errors import UserError
 from ..metrics import Metrics
 from ..models import registry
@@ -358,10 +359,12 @@ def _add_upscale_route(app: FastAPI, ctx: _Context, require_token: Callable[[Req
                                                              "WIDTHxHEIGHT (aspect ratio kept); empty = "
                                                              "the network's scale")] = "",
         format: Annotated[Literal["png", "jpeg", "webp"], Form(description="output format")] = "png",
+        ensemble: Annotated[int, Form(description="self-ensemble: 1 pass, or 2, 4 or 8 orientations averaged "
+                                                  "(more faithful, that many times the work)")] = 1,
     ) -> Response:
         started = time.perf_counter()
         try:
-            response = await _upscale(ctx, image, model, alpha, size, format)
+            response = await _upscale(ctx, image, model, alpha, size, format, ensemble)
         except Exception as exc:  # counted by the status its handler answers with, then re-raised
             metrics.web_upscales.labels(str(getattr(exc, "status", 400 if isinstance(exc, UserError) else 500))).inc()
             raise
@@ -370,8 +373,10 @@ def _add_upscale_route(app: FastAPI, ctx: _Context, require_token: Callable[[Req
         return response
 
 
-async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, size: str, format: str) -> Response:
+async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, size: str, format: str,
+                   ensemble: int) -> Response:
     """Read, check and upscale one upload on the job queue; the image response, or ApiError/UserError."""
+    check_passes(ensemble)  # a bad count is a 400 before the upload is read
     limits = ctx.limits
     data = await image.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
@@ -384,7 +389,7 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
     upload = uploads.identify(data, limits.max_pixels)
     cancel = threading.Event()
     job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
-                  limits.max_output_pixels, cancel)
+                  limits.max_output_pixels, cancel, ensemble)
     try:
         result = await ctx.jobs.run(job, timeout=limits.request_timeout, cancel=cancel)
     except QueueFull as exc:
@@ -398,6 +403,7 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
     return Response(result.data, media_type=result.media_type, headers={
         "Content-Disposition": f'inline; filename="{stem}-ultrares-{ow}x{oh}.{result.extension}"',
         "X-Ultrares-Model": ctx.public_name(spec), "X-Ultrares-Alpha": f"{result.alpha:g}",
+        "X-Ultrares-Ensemble": str(result.ensemble),
         "X-Ultrares-Input-Size": f"{w}x{h}", "X-Ultrares-Output-Size": f"{ow}x{oh}",
         "X-Ultrares-Seconds": f"{result.seconds:.3f}", "Cache-Control": "no-store",
     })

@@ -64,13 +64,15 @@ class Result:
     model: str
     alpha: float
     seconds: float
+    ensemble: int = 1
 
 
 def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alpha: float,
                    size: str | None, fmt: str, max_output_pixels: int,
-                   cancel: threading.Event | None = None) -> Result:
+                   cancel: threading.Event | None = None, ensemble: int = 1) -> Result:
     """The whole job for one request (blocking; call it from a worker thread). Setting
-    ``cancel`` stops it between tiles (:class:`~ultrares_stream.tiling.Cancelled`)."""
+    ``cancel`` stops it between tiles (:class:`~ultrares_stream.tiling.Cancelled`).
+    ``ensemble``: self-ensemble passes (1, 2, 4 or 8)."""
     start = time.perf_counter()
     picture = uploads.decode(upload)
     w, h = picture.width, picture.height
@@ -78,15 +80,16 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     if out_w * out_h > max_output_pixels:
         raise ApiError(413, f"the result would be {out_w}x{out_h} = {out_w * out_h:,} pixels; the limit is "
                             f"{max_output_pixels:,} (choose a smaller output size)")
-    upscaler = cache.view(spec, alpha)
+    view = cache.view(spec, alpha)
     try:
+        upscaler = view.with_ensemble(ensemble)
         with torch.inference_mode():
             result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
         prov = provenance.for_upscaler(upscaler)
     finally:
-        cache.release(upscaler)
+        cache.release(view)
     data, media_type, ext = uploads.encode(result, fmt, prov)
     seconds = time.perf_counter() - start
     log.info("upscaled %s %s -> %dx%d %s with %s at alpha %.2f in %.2f s", picture.describe(), upload.format,
              out_w, out_h, fmt, upscaler.model_name, alpha, seconds)
-    return Result(data, media_type, ext, (w, h), (out_w, out_h), upscaler.model_name, alpha, seconds)
+    return Result(data, media_type, ext, (w, h), (out_w, out_h), upscaler.model_name, alpha, seconds, ensemble)

@@ -184,6 +184,7 @@ function initSettings() {
   alpha.addEventListener("change", rerun);
   $("model").addEventListener("change", () => { updateModelNote(); rerun(); });
   $("format").addEventListener("change", rerun);
+  $("ensemble").addEventListener("change", rerun);
   $("size").addEventListener("change", () => { show($("custom-size"), $("size").value === "custom"); rerun(); });
   $("custom-w").addEventListener("change", rerun);
   $("custom-h").addEventListener("change", rerun);
@@ -226,6 +227,7 @@ function upscale() {
   form.append("alpha", $("alpha").value);
   form.append("size", sizeValue());
   form.append("format", $("format").value);
+  form.append("ensemble", $("ensemble").value);
   const xhr = new XMLHttpRequest();
   state.xhr = xhr;
   xhr.open("POST", `${API}/upscale`);
@@ -275,6 +277,7 @@ function upscale() {
       name: match ? match[1] : "ultrares.png",
       model: xhr.getResponseHeader("X-Ultrares-Model"),
       alpha: xhr.getResponseHeader("X-Ultrares-Alpha"),
+      passes: Number(xhr.getResponseHeader("X-Ultrares-Ensemble") || 1),
       seconds: Number(xhr.getResponseHeader("X-Ultrares-Seconds") || 0),
       format: $("format").value.toUpperCase(),
     });
@@ -303,7 +306,8 @@ function showResult(result) {
   const sep = '<span class="sep">|</span>';
   const parts = [
     `<b>${result.w}×${result.h}</b> ${result.format}`, fmtBytes(result.bytes), escapeHTML(modelLabel(result.model || "")),
-    ...(single ? [] : [`detail ${Number(result.alpha).toFixed(2)}`]), `${result.seconds.toFixed(2)} s`,
+    ...(single ? [] : [`detail ${Number(result.alpha).toFixed(2)}`]),
+    ...(result.passes > 1 ? [`${result.passes} passes`] : []), `${result.seconds.toFixed(2)} s`,
   ];
   $("result-info").innerHTML = parts.join(sep);
   $("result-info").title = $("result-info").textContent;
