@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 # ITU-R BT.601, limited ("TV") range: what H.264 camera streams and libx264 use by default.
 _YUV_TO_RGB = torch.tensor([[1.164383, 0.0, 1.596027],
