@@ -320,11 +320,16 @@ class Upscaler:
         x = x.to(self.device, non_blocking=True)
         if self._needs_prepare():
             self._commit_for(self.alpha, wait=True)
+        # each orientation of a self-ensemble passes the gate on its own: cameras interleave
+        out = self_ensemble(self._pass, x, self.ensemble)
+        return out[..., : h * self.scale, : w * self.scale]
+
+    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+        """One engine call at this view's alpha, admitted by the engine's gate."""
         # one network (no GAN twin): every alpha has its weights, so all views pass as one
         alpha = self.alpha if self._gan is not None else self._slot.alpha
         with self._slot.passing(alpha, self._apply, self.engine.concurrent_passes):
-            out = self_ensemble(self.engine, x, self.ensemble)
-        return out[..., : h * self.scale, : w * self.scale]
+            return self.engine(x)
 
     def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:
         """0 when ``frames`` frames of ``height x width`` fit whole, else the tile side (input pixels).

@@ -183,10 +183,10 @@ def evaluate_methods(dataset: str, pairs: Sequence, scale: int, models: Sequence
                     up.set_alpha(a)
                 label = "" if a is None else f"{a:g}"
                 for n in ensembles:
-                    up.ensemble = n
-                    add(model_label(spec, n), label, upscaler_fn(up))
+                    view = up.with_ensemble(n)
+                    add(model_label(spec, n), label, upscaler_fn(view))
                     if sequences is not None and stabilise is not None:
-                        add(f"{model_label(spec, n)} stabilised", label, stabilised_fn(up, stabilise), on=sequences)
+                        add(f"{model_label(spec, n)} stabilised", label, stabilised_fn(view, stabilise), on=sequences)
     return rows
 
 
