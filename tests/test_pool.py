@@ -70,7 +70,9 @@ def test_cameras_on_one_model_share_one_engine_and_alphas_are_views_of_it(pair):
     assert pool.built == 1 and select.engines_made() == made + 1
     assert all(isinstance(up, FrameUpscaler) for up in (a, c)), "the pool's views are FrameUpscalers"
     assert (a.alpha, c.alpha) == (0.3, 0.8)
-    for v in (a, b, c):
+    e, e_again = pool.get(pair, 0.3, ensemble=2), pool.get(pair, 0.3, 2)
+    assert e is e_again and e is not a and e.shares_engine_with(a) and (e.alpha, e.ensemble, a.ensemble) == (0.3, 2, 1)
+    for v in (a, b, c, e, e_again):
         pool.release(v)
     assert pool.models() == [pair], "an idle model stays loaded for the next user (keep_idle)"
 

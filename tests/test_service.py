@@ -99,7 +99,7 @@ def test_cameras_are_built_from_their_config_with_the_defaults_filled_in(tmp_pat
     src = make_clip(tmp_path / "c.mp4", frames=3, w=48, h=32)
     cams = [{"name": "a", "input": str(src), "output": str(tmp_path / "a.mkv")},
             {"name": "b", "input": str(src), "output": str(tmp_path / "b.mkv"), "alpha": 1.0, "output_size": "64x44",
-             "queue": {"size": 3}, "encoder": {"crf": 30}, "stabilise": {"enabled": False}}]
+             "queue": {"size": 3}, "encoder": {"crf": 30}, "stabilise": {"enabled": False}, "ensemble": 4}]
     cfg = config(tmp_path, tiny_model, 1, cams)
     a, b = (cfg.resolved_camera(c) for c in cfg.cameras)
     assert (a.model, a.alpha, a.output_size, a.encoder, a.stabilise) == (tiny_model, 0.5, None, cfg.defaults.encoder,
@@ -112,6 +112,8 @@ def test_cameras_are_built_from_their_config_with_the_defaults_filled_in(tmp_pat
     assert sa.queue.policy == "block" and not sa.live  # a file: nothing dropped
     assert (sa.encoder.crf, sb.encoder.crf, sb.encoder.tune) == (23, 30, None)
     assert sa.encoder.resolved_preset() == "ultrafast", "inference on the CPU keeps the encoder light"
+    assert (sa.upscaler.ensemble, sb.upscaler.ensemble, sb.status()["ensemble"]) == (1, 4, 4)
+    assert sb.upscaler.shares_engine_with(sa.upscaler)  # four passes a frame, one engine
     assert sa.sink.watchdog_s == cfg.reconnect.timeout_s
     assert sa.source.reconnect is cfg.reconnect and sa.sink.reconnect is cfg.reconnect  # passed whole
     for s in (sa, sb):
@@ -128,6 +130,10 @@ def test_serve_check_and_config_errors(tmp_path, capsys, tiny_model):
     assert main(["serve", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "cameras[0].alpha" in err and "Traceback" not in err
+    bad.write_text(yaml.safe_dump({"cameras": [{"name": "a", "input": "x", "output": "y", "ensemble": 3}]}))
+    assert main(["serve", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "cameras[0].ensemble" in err and "Traceback" not in err
 
 
 def test_shipped_example_configs_are_valid():

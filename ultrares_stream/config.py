@@ -138,6 +138,8 @@ class CameraConfig(_Strict):
     model: str | None = None
     alpha: float | None = Field(None, ge=0, le=1)
     output_size: str | None = Field(None, description="720p, 1080p, 1440p, 4k or WxH; default: model scale")
+    ensemble: Literal[1, 2, 4, 8] = Field(1, description="self-ensemble: network passes a frame over flips and "
+                                                         "transposes, averaged (GPU hosts; that many times the work)")
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     queue: QueueConfig = QueueConfig()
     encoder: EncoderConfig | None = None

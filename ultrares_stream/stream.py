@@ -112,7 +112,8 @@ class Stream:
         self.model_name = camera.model
         self._route_lock = threading.Lock()
         self.alpha = float(DEFAULT_ALPHA if camera.alpha is None else camera.alpha)
-        self.upscaler: FrameUpscaler = pool.get(self.model_name, self.alpha)
+        self.ensemble = camera.ensemble
+        self.upscaler: FrameUpscaler = pool.get(self.model_name, self.alpha, self.ensemble)
         # after a change, until its weights are ready: (upscaler, model, alpha)
         self._next: tuple[FrameUpscaler, str | None, float] | None = None
         settings = camera.stabilise.settings() if camera.stabilise is not None else None
@@ -180,7 +181,7 @@ class Stream:
         size = self.output_size or self._size_spec
         self.metrics.model.labels(self.name).info({
             "model": str(up.model_name), "alpha": f"{self.alpha:g}", "engine": str(up.engine.name),
-            "device": str(up.device),
+            "device": str(up.device), "ensemble": str(self.ensemble),
             "output_size": f"{size[0]}x{size[1]}" if size else "model scale"})
 
     def drop_ratio(self) -> float:
@@ -366,6 +367,7 @@ class Stream:
             "last_frame_age_s": (time.monotonic() - self.last_frame_at) if self.last_frame_at else None,
             "alpha": self.alpha,
             "model": str(self.upscaler.model_name),
+            "ensemble": self.ensemble,
             "pending": {"model": str(nxt[0].model_name), "alpha": nxt[2]} if nxt is not None else None,
             "error": str(self.error) if self.error else None,
         }
@@ -392,7 +394,7 @@ class Stream:
         slow (a TensorRT refit), the frames keep the current weights until the new ones are
         prepared in the background (:meth:`~ultrares_stream.upscaler.Upscaler.weights_ready`),
         so no frame waits for it; ``status()["pending"]`` says what is being prepared."""
-        new = self.pool.get(model, alpha)
+        new = self.pool.get(model, alpha, self.ensemble)
         with self._route_lock:
             if self._next is not None:  # a change still being prepared is superseded
                 if self._next[0] is not new:

@@ -66,6 +66,8 @@ class FrameUpscaler(Protocol):
 
     def at(self, alpha: float) -> FrameUpscaler: ...
 
+    def with_ensemble(self, passes: int) -> FrameUpscaler: ...
+
     def weights_ready(self) -> bool: ...
 
     def withdraw(self) -> None: ...
@@ -433,8 +435,8 @@ class UpscalerPool:
         self.shapes, self.max_batch, self.keep_idle = shapes, max_batch, keep_idle
         self._factory = factory
         self._models: OrderedDict[str | None, FrameUpscaler] = OrderedDict()  # model -> its upscaler (LRU order)
-        self._views: dict[tuple[str | None, float], FrameUpscaler] = {}
-        self._users: dict[tuple[str | None, float], int] = {}
+        self._views: dict[tuple[str | None, float, int], FrameUpscaler] = {}
+        self._users: dict[tuple[str | None, float, int], int] = {}
         self._lock = threading.Lock()
         self._loading: dict[str | None, threading.Lock] = {}
         self.built = 0
@@ -476,10 +478,11 @@ class UpscalerPool:
                     self._models[model] = up  # pruned only by release(), never before its first user
             return up
 
-    def get(self, model: str | None, alpha: float) -> FrameUpscaler:
-        """The view of ``model`` at ``alpha`` (counted as one more user until :meth:`release`)."""
+    def get(self, model: str | None, alpha: float, ensemble: int = 1) -> FrameUpscaler:
+        """The view of ``model`` at ``alpha`` with ``ensemble`` passes a frame (counted as one more
+        user until :meth:`release`)."""
         model = self.canonical(model)
-        key = (model, round(check_alpha(alpha), 4))
+        key = (model, round(check_alpha(alpha), 4), check_passes(ensemble))
         with self._lock:
             view = self._views.get(key)
             if view is not None:
@@ -491,7 +494,8 @@ class UpscalerPool:
             self._models.setdefault(model, base)  # (a release in between may have unloaded it)
             view = self._views.get(key)
             if view is None:
-                view = self._views[key] = base.at(key[1]) if base.alpha != key[1] else base
+                same = (base.alpha, base.ensemble) == key[1:]
+                view = self._views[key] = base if same else base.at(key[1]).with_ensemble(key[2])
                 self._users[key] = 0
             self._users[key] += 1
             return view
@@ -507,7 +511,7 @@ class UpscalerPool:
             self._prune()
 
     def _in_use(self, model: str | None) -> bool:
-        return any(m == model for m, _ in self._views)
+        return any(key[0] == model for key in self._views)
 
     def models(self) -> list[str | None]:
         """The models loaded now (least recently used first)."""

@@ -43,9 +43,9 @@ class UpscalerCache:
         """``spec``'s upscaler (loaded on first use; may raise ModelError, a UserError)."""
         return self.pool.upscaler(spec)
 
-    def view(self, spec: str, alpha: float) -> Upscaler:
-        """``spec`` at ``alpha``, until :meth:`release`."""
-        return self.pool.get(spec, alpha)
+    def view(self, spec: str, alpha: float, ensemble: int = 1) -> Upscaler:
+        """``spec`` at ``alpha`` with ``ensemble`` passes a frame, until :meth:`release`."""
+        return self.pool.get(spec, alpha, ensemble)
 
     def release(self, view: Upscaler) -> None:
         self.pool.release(view)
@@ -80,14 +80,13 @@ def upscale_upload(cache: UpscalerCache, upload: uploads.Upload, spec: str, alph
     if out_w * out_h > max_output_pixels:
         raise ApiError(413, f"the result would be {out_w}x{out_h} = {out_w * out_h:,} pixels; the limit is "
                             f"{max_output_pixels:,} (choose a smaller output size)")
-    view = cache.view(spec, alpha)
+    upscaler = cache.view(spec, alpha, ensemble)
     try:
-        upscaler = view.with_ensemble(ensemble)
         with torch.inference_mode():
             result = upscale_picture(picture, upscaler, size=(out_w, out_h), cancel=cancel)
         prov = provenance.for_upscaler(upscaler)
     finally:
-        cache.release(view)
+        cache.release(upscaler)
     data, media_type, ext = uploads.encode(result, fmt, prov)
     seconds = time.perf_counter() - start
     log.info("upscaled %s %s -> %dx%d %s with %s at alpha %.2f in %.2f s", picture.describe(), upload.format,
