@@ -206,6 +206,15 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def pipeline_threads(threads: int | None, device_type: str, concurrent_passes: bool) -> int | None:
+    """The ``threads`` to give a :class:`Batcher`: as asked; unset on a CPU whose engine runs one
+    pass at a time (torch.compile), every core for its one batch, since frame-parallel workers
+    would only queue at the engine; else None (:func:`cpu_inference_plan` decides)."""
+    if threads is None and device_type == "cpu" and not concurrent_passes:
+        return cpu_cores()
+    return threads
+
+
 def cpu_inference_plan(threads: int | None = None) -> tuple[int, int]:
     """(batches at once, torch threads each) for the network of a video pipeline on the CPU.
 

@@ -77,11 +77,11 @@ def rgb_to_yuv420p(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     time of per-channel products and ``avg_pool2d`` on a CPU core (docs/benchmarks.md).
     """
     rgb = rgb.float()
-    m = _rgb_to_yuv_on(rgb.device)
-    y = torch.einsum("c,nchw->nhw", m[0], rgb).add_(16.0)
+    to_y, to_uv = _rgb_to_yuv_on(rgb.device)
+    y = torch.einsum("c,nchw->nhw", to_y, rgb).add_(16.0)
     pairs = rgb[..., 0::2, :] + rgb[..., 1::2, :]
     sums = pairs[..., 0::2] + pairs[..., 1::2]
-    uv = torch.einsum("kc,nchw->nkhw", m[1:] / 4.0, sums).add_(128.0)
+    uv = torch.einsum("kc,nchw->nkhw", to_uv, sums).add_(128.0)
     return _to_levels(y), _to_levels(uv[:, 0]), _to_levels(uv[:, 1])
 
 
@@ -90,6 +90,8 @@ def _to_levels(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _rgb_to_yuv_on(device: torch.device) -> torch.Tensor:
-    """BT.601 RGB -> YUV in 0..255 levels, once per device."""
-    return (_RGB_TO_YUV * 255.0).to(device)
+def _rgb_to_yuv_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """BT.601 RGB -> Y in 0..255 levels, and the 2x2 sum of RGB -> U, V (the mean's matrix / 4),
+    once per device."""
+    m = (_RGB_TO_YUV * 255.0).to(device)
+    return m[0], m[1:] / 4.0

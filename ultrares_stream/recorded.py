@@ -32,7 +32,7 @@ import av
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import provenance, remux
-from .batcher import Batcher, Enhanced, cpu_cores, default_max_batch
+from .batcher import Batcher, Enhanced, default_max_batch, pipeline_threads
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for, output_args
@@ -287,8 +287,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     plan = read_plan(src, dst, output_container(dst), upscaler.scale, size)
     encoder = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
     max_batch = max_batch or default_max_batch(upscaler.device.type)
-    if threads is None and upscaler.device.type == "cpu" and not upscaler.engine.concurrent_passes:
-        threads = cpu_cores()  # its passes run one at a time (torch.compile): one batch on every core
+    threads = pipeline_threads(threads, upscaler.device.type, upscaler.engine.concurrent_passes)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(dst)
     job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads,

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from .batcher import Batcher, cpu_cores
+from .batcher import Batcher, pipeline_threads
 from .config import ServiceConfig
 from .errors import UserError
 from .metrics import Metrics
@@ -35,11 +35,9 @@ class Service:
         inf = config.inference
         self.device = pick_device(inf.device)
         self.pool = pool or UpscalerPool.from_config(inf, self.device)
-        threads = inf.threads
-        if threads is None and self.device.type == "cpu" and inf.engine == "compile":
-            threads = cpu_cores()  # compiled passes run one at a time: one batch on every core
-        self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms,
-                               metrics=self.metrics, threads=threads)
+        concurrent = inf.engine != "compile"  # the CPU's engines: eager passes run side by side, compiled ones not
+        self.batcher = Batcher(str(self.device), inf.batch_for(self.device.type), inf.max_wait_ms, metrics=self.metrics,
+                               threads=pipeline_threads(inf.threads, self.device.type, concurrent))
         self.cameras: dict[str, Stream] = {}
         hwaccel = pick_hwaccel(str(self.device), inf.hw_decode)
         log.info("camera decoding: %s", "NVDEC (cuda), software fallback" if hwaccel else "software")
