@@ -8,7 +8,8 @@ import pytest
 from ultrares_stream.config import ReconnectConfig
 from ultrares_stream.errors import UserError
 from ultrares_stream.metrics import Metrics
-from ultrares_stream.sources import Source, backoff_delay, is_live, mask_url, open_args
+from ultrares_stream.sources import Source, backoff_delay, open_args
+from ultrares_stream.urls import is_live, mask_url
 
 
 @pytest.mark.parametrize("url, masked", [

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .sizes import parse_size, parse_size_range
+from .urls import SCHEMES
 
 #: default alpha, chosen from the plate score, PSNR and flicker (docs/model_card.md, "Defaults"):
 #: cameras, recorded footage and the CLI get the faithful end, which reads plates best and adds
@@ -20,9 +21,6 @@ from .sizes import parse_size, parse_size_range
 DEFAULT_ALPHA = 0.0
 WEB_ALPHA = 0.25
 
-#: URL schemes a camera's input or output may use (anything else with '://' is a typo, not a file)
-URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "file",
-                         "v4l2"})
 
 #: input frame sizes (MIN:OPT:MAX) a TensorRT engine is built for unless configured
 DEFAULT_ENGINE_SHAPE = "480x270:960x540:1280x720"  # covers 704x576 (PAL/D1) and 1280x720 cameras
@@ -157,8 +155,8 @@ class CameraConfig(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         scheme, sep, _ = v.partition("://")
-        if sep and scheme.lower() not in URL_SCHEMES:
-            raise ValueError(f"unknown URL scheme {scheme!r} (use {', '.join(sorted(URL_SCHEMES))} or a file path)")
+        if sep and scheme.lower() not in SCHEMES:
+            raise ValueError(f"unknown URL scheme {scheme!r} (use {', '.join(sorted(SCHEMES))} or a file path)")
         return v
 
     @field_validator("output_size")

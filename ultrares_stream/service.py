@@ -16,7 +16,8 @@ from .batcher import Batcher, pipeline_threads
 from .config import ServiceConfig
 from .errors import UserError
 from .metrics import Metrics
-from .sources import mask_url, pick_hwaccel
+from .sources import pick_hwaccel
+from .urls import mask_url
 from .stream import Stream, UpscalerPool
 from .web.app import create_app
 

@@ -19,12 +19,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from .sources import mask_url
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 
-#: output URL schemes published from a child process
-NETWORK_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "tcp"})
 _SPAWN = mp.get_context("spawn")  # no fork: the parent holds threads and torch state
 
 

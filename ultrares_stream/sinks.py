@@ -28,7 +28,8 @@ import numpy as np
 from .config import ReconnectConfig
 from .errors import UserError
 from .frame_queue import FrameQueue
-from .sources import backoff_delay, mask_url
+from .sources import backoff_delay
+from .urls import RTSP, SCHEMES, mask_url, scheme, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +178,13 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
     whole at the close, as fragments cannot carry the edit lists (encoder delay, AAC priming)
     that keep them in sync; Matroska (a recorded job's partial file) closes a cluster a second."""
     text = str(url)
-    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-    if scheme in ("rtsp", "rtsps"):
-        return text, "rtsp", {"rtsp_transport": "tcp", "timeout": str(int(timeout_s * 1e6))}
-    if scheme in ("rtmp", "rtmps"):
-        return text, "flv", {"rw_timeout": str(int(timeout_s * 1e6))}
-    if scheme in ("srt", "udp", "tcp"):
-        return text, "mpegts", {}
-    if scheme in ("http", "https"):
-        raise UserError(f"{mask_url(text)}: publishing over HTTP is not supported; use rtsp://, rtmp://, "
+    row = scheme(text)
+    if row is not None and row.publish_format:
+        options = {row.timeout_option: str(int(timeout_s * 1e6))}
+        return text, row.publish_format, ({"rtsp_transport": "tcp", **options} if row is RTSP else options)
+    if row is not None and row.live:
+        raise UserError(f"{mask_url(text)}: publishing over {scheme_of(text)}:// is not supported; use "
+                        f"{', '.join(f'{k}://' for k, v in SCHEMES.items() if v.publish_format)}, "
                         "a .m3u8 path for HLS or a file")
     suffix = Path(text).suffix.lower()
     if suffix == ".m3u8":
@@ -457,7 +456,7 @@ class SinkWorker:
         server not answering an ``OPTIONS`` request on a side connection for
         ``watchdog_s``. Either one makes the writer drop the connection and reconnect.
         """
-        probe = urlsplit(self.url).scheme.lower() in ("rtsp",)
+        probe = scheme(self.url) is RTSP
         last_ok = time.monotonic()
         while not self._stop.wait(0.5):
             now = time.monotonic()
@@ -479,13 +478,13 @@ class SinkWorker:
                     self.metrics.errors.labels(self.name, "publish").inc()
 
     def _open(self, width: int, height: int) -> Publisher:
-        from .sink_process import NETWORK_SCHEMES, RemotePublisher
+        from .sink_process import RemotePublisher
 
         attempt = 0
         while True:
             args = dict(live=self.live, timeout_s=self.reconnect.timeout_s, name=self.name,
                         metadata=self.metadata_fn() if self.metadata_fn else None)
-            if urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES:
+            if (row := scheme(self.url)) is not None and row.publish_format:  # a network peer: a child process
                 pub = RemotePublisher(self.url, self.settings, **args)
             else:
                 pub = Publisher(self.url, self.settings, keep_times=self.copy_from is not None, **args)

@@ -23,59 +23,21 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from .config import ReconnectConfig
 from .errors import UserError
+from .urls import HTTP, RTSP, SCHEMES, is_live, mask_url, scheme_of
 
 log = logging.getLogger(__name__)
 
 #: seconds of an outage during which a live source is retried every ``reconnect.initial_s``
 QUICK_RETRY_S = 10.0
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 DEFAULT_FPS = Fraction(25)
 #: file suffixes taken for video without sniffing the content (``enhance`` folders, recorded jobs)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".flv",
                             ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv", ".264", ".h264"})
-
-
-#: query-string keys whose values are secrets (``?user=admin&password=...``, ``?token=...``)
-SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass(word|wd)?|pwd|token|access_?token|auth|key|api_?key|secret|sig(nature)?)$")
-
-
-def mask_url(url: str) -> str:
-    """Hide the secrets of a URL: the password of its user info (``rtsp://admin:***@cam/...``, also
-    when the password holds ``/`` or ``@``) and the values of secret query keys (``?password=***``).
-    Safe on non-URLs."""
-    text = str(url)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return text
-    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, query_at)  # user info ends at the last '@' before the query
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        rest = f"{user}{':***' if colon else ''}@{rest[at + 1:]}"
-        query_at = rest.find("?") if "?" in rest else len(rest)
-    if query_at < len(rest) and rest[query_at] == "?":
-        head, query = rest[: query_at + 1], rest[query_at + 1:]
-        query, hash_, frag = query.partition("#")
-        pairs = [(k, v) for k, _, v in (p.partition("=") for p in query.split("&"))]
-        query = "&".join(f"{k}=***" if SECRET_QUERY_KEYS.match(k) and v else (f"{k}={v}" if v else k)
-                         for k, v in pairs)
-        rest = head + query + hash_ + frag
-    return f"{scheme}{sep}{rest}"
-
-
-def is_live(url: str) -> bool:
-    """Network URLs and capture devices are live; local files are not (HLS over http counts as live)."""
-    text = str(url)
-    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-    if scheme in LIVE_SCHEMES:
-        return True
-    return text.startswith("/dev/video") or scheme == "v4l2"
 
 
 def backoff_delay(attempt: int, initial: float = 0.5, cap: float = 30.0, jitter: float = 0.25,
@@ -96,8 +58,11 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
     options: dict[str, str] = {}
     fmt = None
     read_s = timeout_s
-    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-    if scheme in ("rtsp", "rtsps"):
+    name = scheme_of(text)
+    row = SCHEMES.get(name)
+    if row is not None and row.timeout_option:
+        options[row.timeout_option] = us
+    if row is RTSP:
         if transport not in ("tcp", "udp"):
             raise UserError(f"rtsp_transport must be tcp or udp, not {transport!r}")
         # FFmpeg's RTSP demuxer answers the first failed read with the frame its RTP depacketiser
@@ -109,15 +74,11 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
         options["max_delay"] = "500000"
         # stream parameters come in the SDP and the first keyframe: probing longer only delays (re)connects
         options.update(analyzeduration="200000", probesize="65536")
-    elif scheme in ("http", "https"):
-        options.update(rw_timeout=us, reconnect="0")
-    elif scheme in ("rtmp", "rtmps"):
-        options.update(rw_timeout=us)
-    elif scheme in ("udp", "tcp", "srt", "rtp"):
-        options.update(timeout=us)
-    elif text.startswith("/dev/video") or scheme == "v4l2":
+    elif row is HTTP:
+        options["reconnect"] = "0"  # the source's own reconnect loop, with backoff, does that
+    elif name == "v4l2":
         fmt = "v4l2"
-        text = text.split("://", 1)[1] if scheme == "v4l2" else text
+        text = text.split("://", 1)[1] if "://" in text else text
     return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, read_s)}
 
 

@@ -21,7 +21,8 @@ from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkHooks, SinkWorker
 from .sizes import fit_inside, parse_size
-from .sources import DEFAULT_FPS, Source, mask_url
+from .sources import DEFAULT_FPS, Source
+from .urls import mask_url
 from .temporal import Stabiliser
 from .upscaler import FrameUpscaler, UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
 
@@ -90,7 +91,7 @@ class Stream:
     ``camera``: the camera as :meth:`config.ServiceConfig.resolved_camera` gives it, defaults
     filled in; a field left None here means the plain default (the device's default model,
     :data:`config.DEFAULT_ALPHA`, model scale, the default encoder, no stabiliser). Live or not
-    follows the input URL (:func:`sources.is_live`). ``reconnect``: timeouts and backoff of the
+    follows the input URL (:func:`urls.is_live`). ``reconnect``: timeouts and backoff of the
     source and the publisher. ``encoder``: encoder settings to use instead of the camera's
     (``bench`` encodes a file as a live camera would). ``watchdog_s``: how long the publisher
     waits on a server that stopped answering (default ``reconnect.timeout_s``).

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames_per_clip < 1:
         raise UserError(f"--frames-per-clip must be >= 1, got {args.frames_per_clip}")
     alphas = [check_alpha(a) for a in (args.alpha or (PLATE_ALPHAS if args.task == "plates" else DEFAULT_ALPHAS))]
-    args.ensemble = [check_passes(n) for n in (args.ensemble or [1])]
+    ensembles = [check_passes(n) for n in (args.ensemble or [1])]
     if args.bicubic_only and args.model:
         raise UserError("--bicubic-only and --model exclude each other")
     models = [] if args.bicubic_only else (args.model or [DEFAULT_MODEL])
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if not d.exists():
             raise UserError(f"dataset not found: {d}")
     if args.task == "plates":
-        return run_plates(args, models, alphas)
+        return run_plates(args, models, alphas, ensembles)
     if args.task == "flicker":
         return run_flicker(args, models, alphas)
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
         rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
                                  on_row=on_row, keep=keep, sequences=sequences.get(label),
-                                 stabilise=StabiliseConfig().settings(), ensembles=args.ensemble)
+                                 stabilise=StabiliseConfig().settings(), ensembles=ensembles)
         for name, shown in tiles.items():
             hr = next(h for n, _, h in pairs if n == name)
             shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float]) -> int:
+def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float], ensembles: list[int]) -> int:
     """``--task plates``: character accuracy of an OCR on each method's plates (quality.plates)."""
     import csv
 
@@ -196,7 +196,7 @@ def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float])
     methods = {}
     for spec in models:
         for a in alphas:
-            for n in args.ensemble:
+            for n in ensembles:
                 up = Upscaler(model=spec, alpha=a, device=args.device, precision="fp32", ensemble=n)
                 if up.scale != args.scale:
                     raise UserError(f"model {spec} is x{up.scale}, the evaluation is x{args.scale}")
