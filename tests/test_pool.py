@@ -284,3 +284,41 @@ def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
     assert third_ran.wait(5), "the interrupted pass kept its turn: the gate is shut"
     t1.join(5), t3.join(5)
     assert swaps == [0.0, 0.5] and slot.active == 0
+
+
+def test_a_self_ensemble_on_slow_weights_takes_one_turn_so_two_alphas_refit_once_per_call(pair):
+    """On a refit engine, two cameras at two alphas with eight passes each: every orientation
+    taking its own turn would refit up to eight times a call; one turn per call refits at most once."""
+    import threading
+
+    base = Upscaler(pair, alpha=0.0, device="cpu", precision="fp32", engine="eager", tile=0)
+    base.engine = SlowRefit(base.engine, delay=0.0)
+    views = [base.at(0.0).with_ensemble(8), base.at(1.0).with_ensemble(8)]
+    x = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(5))
+    fresh = {a: Upscaler(pair, alpha=a, device="cpu", precision="fp32", engine="eager", tile=0, ensemble=8)
+             for a in (0.0, 1.0)}
+    with torch.inference_mode():
+        want = {a: fresh[a].upscale(x) for a in fresh}
+        tickets = base._slot._tickets
+        views[0].upscale(x)
+        assert base._slot._tickets - tickets == 1  # the eight orientations were admitted as one
+        calls, errors, outs = 20, [], {0.0: [], 1.0: []}
+        swaps = base.weight_swaps
+
+        def camera(view):
+            try:
+                with torch.inference_mode():
+                    for _ in range(calls):
+                        outs[view.alpha].append(view.upscale(x))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=camera, args=(v,)) for v in views]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    assert base.weight_swaps - swaps <= 2 * calls, "an ensemble call refitted more than once"
+    for a, got in outs.items():  # and every call computed its own alpha's ensemble
+        assert len(got) == calls and all(torch.allclose(g, want[a], atol=1e-6) for g in got), a

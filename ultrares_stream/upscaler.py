@@ -322,15 +322,24 @@ class Upscaler:
         x = x.to(self.device, non_blocking=True)
         if self._needs_prepare():
             self._commit_for(self.alpha, wait=True)
-        # each orientation of a self-ensemble passes the gate on its own: cameras interleave
-        out = self_ensemble(self._pass, x, self.ensemble)
+        if self.engine.slow_weights:
+            # each weight change is a refit: the orientations of a self-ensemble take one turn, as
+            # another alpha's pass between two of them would make the next one refit back
+            with self._turn():
+                out = self_ensemble(self.engine, x, self.ensemble)
+        else:  # each orientation passes the gate on its own, so other cameras' batches interleave
+            out = self_ensemble(self._pass, x, self.ensemble)
         return out[..., : h * self.scale, : w * self.scale]
+
+    def _turn(self):
+        """The engine gate's admission of this view (:meth:`_EngineSlot.passing`): its alpha's weights in."""
+        # one network (no GAN twin): every alpha has its weights, so all views pass as one
+        alpha = self.alpha if self._gan is not None else self._slot.alpha
+        return self._slot.passing(alpha, self._apply, self.engine.concurrent_passes)
 
     def _pass(self, x: torch.Tensor) -> torch.Tensor:
         """One engine call at this view's alpha, admitted by the engine's gate."""
-        # one network (no GAN twin): every alpha has its weights, so all views pass as one
-        alpha = self.alpha if self._gan is not None else self._slot.alpha
-        with self._slot.passing(alpha, self._apply, self.engine.concurrent_passes):
+        with self._turn():
             return self.engine(x)
 
     def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:
