@@ -171,3 +171,32 @@ def test_sigkill_leaves_a_playable_partial_file(tmp_path, tiny_model, make_clip)
     assert 1 <= d["frames"] < 600
     assert d["size"] == (320, 240)
     assert d.get("audio_samples", 0) > 0
+
+
+def test_sigterm_during_the_copy_into_mp4_keeps_the_partial_file_and_names_it(tmp_path, upscaler, make_clip,
+                                                                               monkeypatch):
+    """All frames are done and the Matroska partial file is being copied into MP4 when SIGTERM comes:
+    the copy stops, no half-written MP4 is left, and the error names the partial file, which plays."""
+    from ultrares_stream import recorded, remux
+
+    copy = remux.remux
+
+    def sigterm_then_copy(*args, **kwargs):  # the signal arrives as the stream copy starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(remux, "remux", sigterm_then_copy)
+    handler = signal.getsignal(signal.SIGTERM)
+    src = make_clip(tmp_path / "in.mp4", frames=20, audio=True)
+    dst = tmp_path / "out.mp4"
+    partial = tmp_path / ".out.partial.mkv"
+    with pytest.raises(recorded.EnhanceInterrupted) as caught:
+        enhance_video(src, dst, upscaler, progress=False)
+    assert caught.value.stats["output"] == str(partial) and str(partial) in str(caught.value)
+    assert caught.value.stats["frames"] == 20
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [partial.name]
+    kept = describe(partial)
+    # all of the audio too (Matroska keeps the AAC priming samples that MP4's edit list hides)
+    assert kept["frames"] == 20 and kept["audio_samples"] >= describe(src)["audio_samples"]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the job's handler is gone again

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ultrares {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ultrares {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where a command handles it; it may say what was kept
+        print(f"ultrares {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

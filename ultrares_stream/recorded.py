@@ -335,7 +335,10 @@ def _finish(job: RecordedJob, stats: dict, src: Path, tmp: Path, dst: Path) -> d
         if stats["interrupted"]:
             raise EnhanceInterrupted(stats)
         raise UserError(f"{src}: no video frames could be decoded")
-    place_output(job, src, tmp, dst)
+    try:
+        place_output(job, src, tmp, dst)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while copying into dst's container
+        raise EnhanceInterrupted({**stats, "interrupted": True, "output": str(tmp)}) from None
     if stats["interrupted"]:
         log.warning("interrupted: wrote the %d frames done so far to %s", stats["frames"], dst)
         raise EnhanceInterrupted(stats)
