@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import ReconnectConfig
 from .errors import UserError
-from .urls import HTTP, RTSP, SCHEMES, is_live, mask_url, scheme_of
+from .urls import HTTP, RTSP, V4L2, is_live, mask_url, scheme
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
     options: dict[str, str] = {}
     fmt = None
     read_s = timeout_s
-    name = scheme_of(text)
-    row = SCHEMES.get(name)
+    row = scheme(text)
     if row is not None and row.timeout_option:
         options[row.timeout_option] = us
     if row is RTSP:
@@ -76,7 +75,7 @@ def open_args(url: str, transport: str = "tcp", timeout_s: float = 5.0) -> dict:
         options.update(analyzeduration="200000", probesize="65536")
     elif row is HTTP:
         options["reconnect"] = "0"  # the source's own reconnect loop, with backoff, does that
-    elif name == "v4l2":
+    elif row is V4L2:
         fmt = "v4l2"
         text = text.split("://", 1)[1] if "://" in text else text
     return {"file": text, "format": fmt, "options": options, "timeout": (timeout_s, read_s)}

@@ -21,6 +21,7 @@ RTSP = Scheme(live=True, timeout_option="timeout", publish_format="rtsp")
 RTMP = Scheme(live=True, timeout_option="rw_timeout", publish_format="flv")
 HTTP = Scheme(live=True, timeout_option="rw_timeout")  # HLS or a camera's HTTP stream: read only
 SOCKET = Scheme(live=True, timeout_option="timeout", publish_format="mpegts")
+V4L2 = Scheme(live=True)  # a capture device (v4l2:///dev/video0, or the bare /dev/video0 path)
 
 #: every scheme a camera's input or output may use; anything else before '://' is a typo, not a file
 SCHEMES: dict[str, Scheme] = {
@@ -30,7 +31,7 @@ SCHEMES: dict[str, Scheme] = {
     "udp": SOCKET, "tcp": SOCKET, "srt": SOCKET,
     "rtp": Scheme(live=True, timeout_option="timeout"),
     "file": Scheme(live=False),  # a path, as FFmpeg's file protocol
-    "v4l2": Scheme(live=True),  # a capture device (v4l2:///dev/video0, or the bare /dev/video0 path)
+    "v4l2": V4L2,
 }
 
 #: query-string keys whose values are secrets (``?user=admin&password=...``, ``?token=...``)
