@@ -20,6 +20,11 @@ from .urls import SCHEMES
 #: the most PSNR; the web page's slider starts a little towards detail, for people looking at a photo
 DEFAULT_ALPHA = 0.0
 WEB_ALPHA = 0.25
+#: libx264 settings of recorded jobs (``ultrares enhance clip.mp4``): at CRF 18 ``faster`` writes files of
+#: the size ``medium`` does, 0.18 dB below it against the enhanced frames (44.2 against 44.4 dB), with
+#: 1.5x less encoder CPU, which on a CPU is most of a compact job (docs/benchmarks.md)
+RECORDED_PRESET = "faster"
+RECORDED_CRF = 18
 
 
 #: input frame sizes (MIN:OPT:MAX) a TensorRT engine is built for unless configured

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import provenance, remux
 from .batcher import Batcher, Enhanced, default_max_batch, pipeline_threads
+from .config import RECORDED_CRF, RECORDED_PRESET
 from .errors import UserError
 from .frame_queue import FrameQueue, QueueClosed
 from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for, output_args
@@ -285,7 +286,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     if src.resolve() == dst.resolve():
         raise UserError(f"{dst}: output would overwrite the input; choose another name")
     plan = read_plan(src, dst, output_container(dst), upscaler.scale, size)
-    encoder = encoder or EncoderSettings(preset="medium", crf=18, tune=None)
+    encoder = encoder or EncoderSettings(preset=RECORDED_PRESET, crf=RECORDED_CRF, tune=None)
     max_batch = max_batch or default_max_batch(upscaler.device.type)
     threads = pipeline_threads(threads, upscaler.device.type, upscaler.engine.concurrent_passes)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_ALPHA, StabiliseConfig
+from ..config import DEFAULT_ALPHA, RECORDED_CRF, RECORDED_PRESET, StabiliseConfig
 from ..errors import UserError
 from ..models.registry import DEFAULT_MODELS
 from ..sizes import is_decimal, parse_size
@@ -49,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "more faithful, that many times slower (default 1)")
     add_device(p)
     add_precision(p)  # fp32 keeps the full precision of 16-bit images
-    p.add_argument("--preset", default="medium",
-                   help="videos: libx264 preset (default medium; veryfast or ultrafast to go faster)")
-    p.add_argument("--crf", type=_crf, default=18, help="videos: libx264 constant quality, 0-51 (default 18)")
+    p.add_argument("--preset", default=RECORDED_PRESET,
+                   help=f"videos: libx264 preset (default {RECORDED_PRESET}; medium or slow for slightly more quality, "
+                        "veryfast or ultrafast to go faster)")
+    p.add_argument("--crf", type=_crf, default=RECORDED_CRF,
+                   help=f"videos: libx264 constant quality, 0-51 (default {RECORDED_CRF})")
     p.add_argument("--no-stabilise", dest="stabilise", action="store_false",
                    help="videos: turn the temporal stabiliser off (it holds the output where the input is still: "
                         "less flicker, docs/eval.md)")
@@ -233,8 +235,8 @@ def _crf(text: str) -> int:
     return int(text)
 
 
-def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = "medium",
-                   crf: int = 18, threads: int | None = None, stabilise: bool = True):
+def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = RECORDED_PRESET,
+                   crf: int = RECORDED_CRF, threads: int | None = None, stabilise: bool = True):
     from .. import recorded
 
     if scale is not None:
