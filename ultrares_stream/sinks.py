@@ -456,7 +456,7 @@ class SinkWorker:
         server not answering an ``OPTIONS`` request on a side connection for
         ``watchdog_s``. Either one makes the writer drop the connection and reconnect.
         """
-        probe = scheme(self.url) is RTSP
+        probe = scheme_of(self.url) == "rtsp"  # plain RTSP only: an rtsps server expects TLS first
         last_ok = time.monotonic()
         while not self._stop.wait(0.5):
             now = time.monotonic()
