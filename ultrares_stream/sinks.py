@@ -180,7 +180,7 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
     text = str(url)
     row = scheme(text)
     if row is not None and row.publish_format:
-        options = {row.timeout_option: str(int(timeout_s * 1e6))}
+        options = {row.timeout_option: str(int(timeout_s * 1e6))} if row.publish_timeout else {}
         return text, row.publish_format, ({"rtsp_transport": "tcp", **options} if row is RTSP else options)
     if row is not None and row.live:
         raise UserError(f"{mask_url(text)}: publishing over {scheme_of(text)}:// is not supported; use "

@@ -11,14 +11,17 @@ from urllib.parse import urlsplit
 class Scheme:
     #: an input here is a live feed: reconnected when it fails, paced by its source, never seeked
     live: bool
-    #: the FFmpeg protocol option (microseconds) that bounds a blocked read, or a blocked write
+    #: the FFmpeg option (microseconds) that bounds a blocked read
     timeout_option: str | None = None
     #: the muxer that publishes a stream here, from a child process; None: not published over it
     publish_format: str | None = None
+    #: the publishing muxer takes ``timeout_option`` too, bounding a blocked write (RTSP, RTMP; the
+    #: MPEG-TS muxer over a socket does not take it)
+    publish_timeout: bool = False
 
 
-RTSP = Scheme(live=True, timeout_option="timeout", publish_format="rtsp")
-RTMP = Scheme(live=True, timeout_option="rw_timeout", publish_format="flv")
+RTSP = Scheme(live=True, timeout_option="timeout", publish_format="rtsp", publish_timeout=True)
+RTMP = Scheme(live=True, timeout_option="rw_timeout", publish_format="flv", publish_timeout=True)
 HTTP = Scheme(live=True, timeout_option="rw_timeout")  # HLS or a camera's HTTP stream: read only
 SOCKET = Scheme(live=True, timeout_option="timeout", publish_format="mpegts")
 V4L2 = Scheme(live=True)  # a capture device (v4l2:///dev/video0, or the bare /dev/video0 path)
