@@ -6,7 +6,8 @@
         /healthz latency and the other camera's fps before and during the freeze.
     .venv/bin/python scripts/faults.py soak [--minutes 60] [--cameras 4]
         many cameras, random faults (camera server killed and restarted, receiver frozen and
-        thawed) until the time is up; a summary table per camera at the end.
+        thawed) until the time is up; a summary table per camera at the end, and the memory of
+        the service (its process and its publisher children) over the run: a leak shows as a slope.
 
 Both start GStreamer RTSP servers (the demo camera) and `ultrares serve` on 127.0.0.1.
 """
@@ -68,9 +69,36 @@ class Service:
             time.sleep(0.5)
         raise SystemExit("the service did not start publishing")
 
+    def rss_mib(self) -> float:
+        """Resident memory of the service and its direct children (the network publishers), MiB."""
+        pids = [self.proc.pid]
+        try:
+            pids += [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        return total / 1024
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
+
+
+def memory_trend(samples: list[tuple[float, float]], settle_s: float = 120.0) -> str:
+    """First / last / largest RSS after ``settle_s`` (models loaded, queues full) and the
+    least-squares slope in MiB per hour."""
+    kept = [(t, m) for t, m in samples if t >= settle_s] or samples
+    if len(kept) < 2:
+        return "n/a"
+    slope = statistics.linear_regression([t for t, _ in kept], [m for _, m in kept]).slope
+    return (f"{kept[0][1]:.0f} MiB at {kept[0][0] / 60:.1f} min, {kept[-1][1]:.0f} MiB at {kept[-1][0] / 60:.1f} min, "
+            f"max {max(m for _, m in kept):.0f} MiB; slope {3600 * slope:+.1f} MiB/h")
 
 
 def percentiles(values: list[float]) -> str:
@@ -117,14 +145,20 @@ def soak(args) -> int:
                         str(Path(tmp) / f"cam{i}.mkv")) for i, c in enumerate(cameras)], args.model, Path(tmp))
         faults: list[str] = []
         lat: list[float] = []
+        memory: list[tuple[float, float]] = []
         try:
             svc.wait_running(frames=5)
-            end = time.monotonic() + 60 * args.minutes
+            start = time.monotonic()
+            next_sample = start
+            end = start + 60 * args.minutes
             next_fault = time.monotonic() + rng.uniform(5, 20)
             while time.monotonic() < end:
                 d = svc.healthz_s()
                 if d is not None:
                     lat.append(d)
+                if time.monotonic() >= next_sample:
+                    memory.append((time.monotonic() - start, svc.rss_mib()))
+                    next_sample += 15
                 if time.monotonic() >= next_fault:
                     kind = rng.choice(["camera-restart", "receiver-freeze"])
                     if kind == "camera-restart":
@@ -145,6 +179,7 @@ def soak(args) -> int:
             svc.stop()
     print(f"soak: {args.minutes:g} min, {len(faults)} faults ({', '.join(sorted(set(faults)))})")
     print(f"/healthz: {percentiles(lat)} ({len(lat)} probes)")
+    print(f"memory (service + publishers): {memory_trend(memory)} ({len(memory)} samples)")
     print(f"{'camera':8s} {'state':16s} {'in':>7s} {'out':>7s} {'drops':>6s} {'reconnects':>10s} {'pub. reconn.':>12s}")
     for name, s in final.items():
         print(f"{name:8s} {s['state']:16s} {s['frames_in']:7d} {s['frames_out']:7d} {s['drops']:6d} "
