@@ -235,8 +235,8 @@ def _crf(text: str) -> int:
     return int(text)
 
 
-def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str = RECORDED_PRESET,
-                   crf: int = RECORDED_CRF, threads: int | None = None, stabilise: bool = True):
+def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, preset: str, crf: int,
+                   threads: int | None = None, stabilise: bool = True):
     from .. import recorded
 
     if scale is not None:
