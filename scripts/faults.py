@@ -97,8 +97,10 @@ def memory_trend(samples: list[tuple[float, float]], settle_s: float = 120.0) ->
     if len(kept) < 2:
         return "n/a"
     slope = statistics.linear_regression([t for t, _ in kept], [m for _, m in kept]).slope
+    every_5_min = {int(t // 300): m for t, m in kept}  # the last sample of each 5 minutes
     return (f"{kept[0][1]:.0f} MiB at {kept[0][0] / 60:.1f} min, {kept[-1][1]:.0f} MiB at {kept[-1][0] / 60:.1f} min, "
-            f"max {max(m for _, m in kept):.0f} MiB; slope {3600 * slope:+.1f} MiB/h")
+            f"max {max(m for _, m in kept):.0f} MiB; slope {3600 * slope:+.1f} MiB/h; by 5 minutes: "
+            + ", ".join(f"{m:.0f}" for m in every_5_min.values()))
 
 
 def percentiles(values: list[float]) -> str:
