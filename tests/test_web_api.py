@@ -4,6 +4,7 @@ realesr-animevideov3 weights when the shared data is present)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -412,37 +413,36 @@ def test_a_cancelled_upload_stops_before_its_tiles_and_releases_the_model(pair_s
     assert result.output_size == (1200, 1120)
 
 
-def test_full_queue_is_429_with_retry_after_and_timeout_is_503(pair_spec):
-    app = create_app(default_model=pair_spec, device="cpu", workers=1, queue_size=0)
-    jobs = app.state.ultrares.jobs
+@contextlib.contextmanager
+def held_worker(jobs):
+    """The job queue's only worker busy (a job waiting on an event) until the block ends."""
     release = threading.Event()
     blocker = threading.Thread(target=lambda: asyncio.run(jobs.run(lambda: release.wait(10))), daemon=True)
-    with TestClient(app) as c:
-        blocker.start()
-        deadline = time.monotonic() + 5
-        while jobs.admitted == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        resp = upscale(c, png_bytes(8, 8))
-        assert_json_error(resp, 429, "busy")
-        assert int(resp.headers["retry-after"]) >= 1
+    blocker.start()
+    deadline = time.monotonic() + 5
+    while jobs.admitted == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
         release.set()
         blocker.join(5)
+
+
+def test_full_queue_is_429_with_retry_after_and_timeout_is_503(pair_spec):
+    app = create_app(default_model=pair_spec, device="cpu", workers=1, queue_size=0)
+    with TestClient(app) as c:
+        with held_worker(app.state.ultrares.jobs):
+            resp = upscale(c, png_bytes(8, 8))
+        assert_json_error(resp, 429, "busy")
+        assert int(resp.headers["retry-after"]) >= 1
         assert upscale(c, png_bytes(8, 8)).status_code == 200
     # a request still waiting for the worker when its time is up gets 503 (the worker is held, so
     # the outcome does not depend on how fast an 8x8 upscale is: 0.1 ms was once fast enough)
     app = create_app(default_model=pair_spec, device="cpu", workers=1, queue_size=1, request_timeout=0.2)
-    jobs, release = app.state.ultrares.jobs, threading.Event()
-    blocker = threading.Thread(target=lambda: asyncio.run(jobs.run(lambda: release.wait(10))), daemon=True)
     with TestClient(app) as c:
-        blocker.start()
-        deadline = time.monotonic() + 5
-        while jobs.admitted == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        try:
+        with held_worker(app.state.ultrares.jobs):
             resp = upscale(c, png_bytes(8, 8))
-        finally:
-            release.set()
-            blocker.join(5)
         assert_json_error(resp, 503, "longer than")
         assert "retry-after" in resp.headers
         assert upscale(c, png_bytes(8, 8)).status_code == 200  # and its slot was given back
