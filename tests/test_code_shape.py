@@ -65,3 +65,17 @@ def test_no_constructor_takes_over_the_limit():
     big = {f"{path.relative_to(root)}:{name}": n for path in sorted(root.rglob("*.py"))
            for name, n in constructor_sizes(path.read_text()).items() if n > MAX_PARAMS}
     assert not big, f"constructors over {MAX_PARAMS} parameters (pass config objects whole): {big}"
+
+
+def test_help_does_not_import_torch():
+    """``ultrares COMMAND --help`` answers without importing torch (seconds on a loaded machine)."""
+    import subprocess
+    import sys
+
+    from ultrares_stream.cli import COMMANDS
+
+    code = ("import sys; from ultrares_stream.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", (out.stdout, out.stderr[-500:])
+    assert COMMANDS  # every command module is imported by build_parser

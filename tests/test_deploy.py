@@ -256,9 +256,23 @@ def test_real_service_exports_what_the_dashboard_needs(tmp_path, exported_names)
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
 
 
+def _prometheus_config_with_token_file(tmp_path: Path) -> Path:
+    """The shipped prometheus.yml with its bearer-token file pointed at a real file (promtool and
+    Prometheus open it) and its rules beside it."""
+    prom = _yaml(PROM / "prometheus.yml")
+    token = tmp_path / "api-token"
+    token.write_text("test-token\n")
+    for job in prom["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
+    shutil.copy(PROM / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    return tmp_path / "prometheus.yml"
+
+
 @needs_promtool
-def test_promtool_checks_config_and_rules():
-    r = _run([PROMTOOL, "check", "config", str(PROM / "prometheus.yml")])
+def test_promtool_checks_config_and_rules(tmp_path):
+    r = _run([PROMTOOL, "check", "config", str(_prometheus_config_with_token_file(tmp_path))])
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run([PROMTOOL, "check", "rules", str(PROM / "alerts.yml")])
     assert r.returncode == 0 and "SUCCESS: 8 rules found" in r.stdout, r.stdout + r.stderr
@@ -422,7 +436,7 @@ def test_compose_files_follow_the_compose_spec():
         project = compose_spec.PyCompose.from_yaml(yaml.safe_dump(load_compose(path)))
         project.validate()
     services = compose_spec.PyCompose.from_yaml(yaml.safe_dump(load_compose(COMPOSE / "compose.yaml"))).service_names()
-    assert set(services) == {"mediamtx", "camera", "ultrares", "prometheus", "grafana"}
+    assert set(services) == {"api-token", "mediamtx", "camera", "ultrares", "prometheus", "grafana"}
     # The parser is strict: a misspelt key or a bad duration is rejected.
     data = load_compose(COMPOSE / "compose.yaml")
     bad = copy.deepcopy(data)
@@ -606,6 +620,11 @@ SERVICEMONITOR_SCHEMA = {
                     "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
                     "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
                     "honorLabels": {"type": "boolean"},
+                    "authorization": {"type": "object", "additionalProperties": False, "required": ["credentials"],
+                                      "properties": {"type": {"type": "string"}, "credentials": {
+                                          "type": "object", "required": ["name", "key"], "additionalProperties": False,
+                                          "properties": {"name": {"type": "string"}, "key": {"type": "string"},
+                                                         "optional": {"type": "boolean"}}}}},
                     "relabelings": {"type": "array", "items": {"type": "object", "additionalProperties": False,
                                                                "properties": {
                                                                    "sourceLabels": {"type": "array"},
@@ -728,3 +747,118 @@ def test_reprocess_job_gives_each_index_one_file(tmp_path):
 def test_base_config_and_compose_config_load():
     for path in (K8S / "base" / "config.yaml", COMPOSE / "ultrares.yaml"):
         assert load_config(path).cameras
+
+
+# --------------------------------------------------------------------------------------------
+# The API token: every shipped deployment binds 0.0.0.0, so each must give the service a token
+
+
+def _token_script(token_dir: Path) -> str:
+    """The compose api-token service's script, writing into ``token_dir`` instead of the volume."""
+    service = load_compose(COMPOSE / "compose.yaml")["services"]["api-token"]
+    assert service["command"][:2] == ["sh", "-c"]
+    return service["command"][2].replace("/run/ultrares", str(token_dir))
+
+
+def test_compose_gives_ultrares_and_prometheus_one_api_token(tmp_path):
+    from ultrares_stream.errors import UserError
+    from ultrares_stream.service import check_exposure
+
+    services = load_compose(COMPOSE / "compose.yaml")["services"]
+    ultrares, prometheus = services["ultrares"], services["prometheus"]
+    assert ultrares["depends_on"]["api-token"]["condition"] == "service_completed_successfully"
+    token_file = ultrares["environment"]["ULTRARES_API_TOKEN_FILE"]
+    mount = next(v for v in ultrares["volumes"] if v.startswith("api-token:"))
+    assert token_file.startswith(mount.split(":")[1] + "/") and mount.endswith(":ro")
+    assert "ULTRARES_API_TOKEN" not in ultrares["environment"], "the token travels as a file, not in the env"
+    assert "api-token:/run/ultrares" in services["api-token"]["volumes"]
+    # Prometheus scrapes /metrics with the same file, mounted from the same volume.
+    job = next(j for j in _yaml(PROM / "prometheus.yml")["scrape_configs"] if j["job_name"] == "ultrares")
+    assert job["authorization"]["credentials_file"] == token_file
+    assert any(v.startswith("api-token:/run/ultrares") for v in prometheus["volumes"])
+    # The script for real: a random token made once and kept; ULTRARES_API_TOKEN chosen by the operator wins.
+    token_dir = tmp_path / "run"
+    token_dir.mkdir()
+    script, path = _token_script(token_dir), token_dir / "api-token"
+    env = {"PATH": "/usr/bin:/bin"}
+    assert _run(["/bin/sh", "-c", script], env=env, timeout=20).returncode == 0
+    first = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", first), first
+    assert _run(["/bin/sh", "-c", script], env=env, timeout=20).returncode == 0
+    assert path.read_text() == first, "a restart must keep the token"
+    assert _run(["/bin/sh", "-c", script], env={**env, "ULTRARES_API_TOKEN": "chosen-token"}, timeout=20).returncode == 0
+    assert path.read_text() == "chosen-token"
+    # The service config binds 0.0.0.0: with the file it serves, without it it refuses to.
+    server = load_config(COMPOSE / "ultrares.yaml").server
+    token = server.resolve_token({"ULTRARES_API_TOKEN_FILE": str(path)})
+    assert token == "chosen-token"
+    check_exposure(server.host, token, insecure=False, how="-")
+    with pytest.raises(UserError, match="without an API token"):
+        check_exposure(server.host, server.resolve_token({}), insecure=False, how="-")
+    assert "ultrares" in server.allowed_hosts, "Prometheus reaches it as ultrares:8080"
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu"])
+def test_kubernetes_pods_and_servicemonitor_use_the_token_secret(overlay):
+    docs = _by_kind(_built(overlay))
+    sts, sm = docs["StatefulSet"], docs["ServiceMonitor"]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert "ULTRARES_API_TOKEN" not in env, "the token travels as a mounted Secret, not in the pod spec"
+    token_file = env["ULTRARES_API_TOKEN_FILE"]["value"]
+    mount = next(m for m in c["volumeMounts"] if token_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    secret = volume["secret"]
+    item = next(i for i in secret["items"] if token_file == f"{mount['mountPath']}/{i['path']}")
+    assert mount["readOnly"] is True and secret["defaultMode"] & 0o007 == 0, "not world-readable"
+    # Prometheus (ServiceMonitor) sends the same Secret key as a bearer token.
+    (endpoint,) = sm["spec"]["endpoints"]
+    credentials = endpoint["authorization"]["credentials"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert (credentials["name"], credentials["key"]) == (secret["secretName"], item["key"])
+    # The probes stay unauthenticated: /healthz and /readyz are exempt from the token and Host checks.
+    assert {c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]} == {"/healthz", "/readyz"}
+    config = parse_config(yaml.safe_load(docs["ConfigMap"]["data"]["config.yaml"]))
+    assert config.server.resolve_token({}) is None, "no token in the ConfigMap"
+    assert config.server.api_token is None and config.server.api_token_file is None
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus server not installed (Debian package prometheus)")
+def test_a_real_prometheus_scrapes_the_protected_metrics_with_the_shipped_job(tmp_path):
+    """The shipped scrape job's authorization block, run by Prometheus against the real app with a
+    token: it scrapes; the same job without the block is refused (up == 0)."""
+    import httpx
+
+    from ultrares_stream.service import HttpServer
+    from ultrares_stream.web.app import create_app
+
+    config_path = _prometheus_config_with_token_file(tmp_path)
+    token = (tmp_path / "api-token").read_text().strip()
+    http = HttpServer(create_app(api_token=token, allowed_hosts=["127.0.0.1"], device="cpu"), port=free_port()).start()
+    prom = _yaml(config_path)
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "ultrares")
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{http.port}"]}]
+    anonymous = {k: v for k, v in job.items() if k != "authorization"} | {"job_name": "anonymous"}
+    prom.update({"global": {"scrape_interval": "1s"}, "scrape_configs": [job, anonymous], "rule_files": []})
+    config_path.write_text(yaml.safe_dump(prom))
+    prom_port = free_port()
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        up: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        while len(up) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                result = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": "up"},
+                                   timeout=5).json()["data"]["result"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                assert proc.poll() is None, f"prometheus exited: {proc.stderr.read()}"
+                continue
+            up = {r["metric"]["job"]: r["value"][1] for r in result}
+        assert up == {"ultrares": "1", "anonymous": "0"}, up
+    finally:
+        _stop(proc, 20)
+        http.stop()

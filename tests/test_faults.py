@@ -14,6 +14,7 @@ from conftest import free_port, wait_for
 from ultrares_stream.batcher import Batcher
 from ultrares_stream.config import CameraConfig, ReconnectConfig
 from ultrares_stream.metrics import Metrics
+from ultrares_stream.recording import list_segments
 from ultrares_stream.stream import Stream, UpscalerPool
 
 pytestmark = [pytest.mark.faults, pytest.mark.rtsp, pytest.mark.timeout(180)]
@@ -128,12 +129,13 @@ def test_a_frozen_receiver_stalls_nothing_else(gst_rtsp, rtsp_server, tiny_model
             finally:
                 os.kill(receiver.pid, signal.SIGCONT)
         assert reconnects >= 1, "the frozen receiver was not noticed"
-        assert probe.worst < 0.5, f"a thread was stalled {probe.worst:.2f} s (the interpreter lock was held)"
-        # the bound catches a stall (5 s per publisher retry before the fix); the 100 ms target is
-        # measured by scripts/faults.py hung-receiver, not asserted on a shared machine
-        assert web.failures == 0 and len(web.latencies) > 100 and web.p99() < 1.0, (web.failures, web.p99())
-        assert gaps and max(gaps) < 1.0, f"the local camera stopped for {max(gaps):.2f} s"
-        assert len(gaps) > 12 * 25 * 0.5, f"{len(gaps)} frames in 12 s: it did not keep most of its 25 fps"
+        assert probe.worst < 1.5, f"a thread was stalled {probe.worst:.2f} s (the interpreter lock was held)"
+        # the bounds catch the stall this guards against (the whole process held for the 5 s socket
+        # timeout at each publisher retry) with margins that hold on a 2-core machine at load 10;
+        # the 100 ms target is measured by scripts/faults.py hung-receiver, not asserted here
+        assert web.failures == 0 and len(web.latencies) > 50 and web.p99() < 2.5, (web.failures, web.p99())
+        assert gaps and max(gaps) < 2.5, f"the local camera stopped for {max(gaps):.2f} s"
+        assert len(gaps) > 12 * 25 * 0.25, f"{len(gaps)} frames in 12 s: the local camera nearly stopped"
     finally:
         for s in streams:
             s.stop(5)
@@ -231,8 +233,10 @@ def test_sigkill_of_serve_loses_at_most_a_gop(gst_rtsp, rtsp_server, tiny_model,
     finally:
         if proc.poll() is None:
             proc.kill()
-    with av.open(str(out)) as c:
-        frames = sum(1 for _ in c.decode(video=0))
+    frames = 0
+    for segment in list_segments(out):  # a live camera records segments (recording.py)
+        with av.open(str(segment)) as c:
+            frames += sum(1 for _ in c.decode(video=0))
     assert frames >= done - 10 - 3, (frames, done)  # one GOP, and frames between the query and the kill
 
 

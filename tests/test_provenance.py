@@ -77,3 +77,28 @@ def test_live_file_output_carries_provenance(tmp_path):
     pub.close()
     with av.open(str(dst)) as c:
         assert "alpha 0.3" in c.metadata.get("comment", "")
+
+
+def test_live_outputs_say_they_are_machine_enhanced(tmp_path):
+    """HLS segments (MPEG-TS service) carry the marking, not only files."""
+    dst = tmp_path / "hls" / "live.m3u8"
+    pub = Publisher(str(dst), live=True, metadata=provenance.video_metadata(provenance.tags("m", 0.3, 4)))
+    pub.open(64, 48, 10)
+    for i in range(25):
+        pub.write(np.full((72, 64), 128, np.uint8), i)
+    pub.close()
+    for segment in sorted(dst.parent.glob("*.ts")):  # the service descriptor (SDT) of every segment
+        assert provenance.LIVE_TITLE.encode() in segment.read_bytes(), segment.name
+
+
+def test_snapshots_carry_a_jpeg_comment():
+    from io import BytesIO
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from ultrares_stream.stream import Stream
+
+    fake = SimpleNamespace(_jpeg=None, _latest=SimpleNamespace(data=np.full((72, 64), 128, np.uint8)))
+    jpeg = Stream.snapshot_jpeg(fake)
+    assert b"Machine-enhanced" in Image.open(BytesIO(jpeg)).info.get("comment", b"")

@@ -138,17 +138,48 @@ def test_logs_never_show_the_password(caplog):
     assert "topsecret" not in caplog.text
 
 
-def test_frame_clock_falls_back_to_the_frame_rate():
+def test_frame_clock_bridges_backward_steps_and_keeps_the_sources_spacing():
     from fractions import Fraction
 
     from ultrares_stream.sources import FrameClock
 
     c = FrameClock(Fraction(25))
     assert [c.time(t) for t in (1.0, 1.04, 1.08)] == [1.0, 1.04, 1.08]
-    assert c.time(1.0) == pytest.approx(1.12)  # went backwards: timed from the rate from now on
-    assert c.time(5.0) == pytest.approx(1.16)
+    assert c.time(1.0) == pytest.approx(1.12)  # went backwards: bridged by one frame
+    assert c.time(1.08) == pytest.approx(1.20)  # and the source's spacing is kept from there
+    assert c.time(5.0) == pytest.approx(5.12)  # a file's gap (an outage in the recording) is kept
+    assert c.bridges == 1
     avi = FrameClock(Fraction(25), synthetic=True)
     assert [round(avi.time(t), 3) for t in (0.04, 0.16, 0.24)] == [0.0, 0.04, 0.08]
+
+
+def test_frame_clock_a_missing_first_time_does_not_switch_to_the_nominal_rate():
+    """RTSP's first decoded frame often has no time: the camera's own (RTP) times must still be
+    used for the rest of the connection. A camera advertising 25 fps and sending 12."""
+    from fractions import Fraction
+
+    from ultrares_stream.sources import FrameClock
+
+    c = FrameClock(Fraction(25))
+    rtp = [None] + [5000.0 + i / 12 for i in range(1, 25)]
+    received = [100.0 + i / 12 for i in range(25)]
+    times = [c.time(t, r) for t, r in zip(rtp, received)]
+    assert times[-1] - times[0] == pytest.approx(24 / 12, abs=1e-6)  # 2 s of video, not 24 frames at 25
+
+
+def test_frame_clock_bridges_a_live_clock_jump_but_keeps_a_stall():
+    from fractions import Fraction
+
+    from ultrares_stream.sources import FrameClock
+
+    c = FrameClock(Fraction(25))
+    assert [c.time(t, r) for t, r in ((10.0, 0.0), (10.04, 0.04))] == [10.0, 10.04]
+    assert c.time(3610.08, 0.08) == pytest.approx(10.08)  # +1 h on the camera's clock: bridged
+    assert c.time(3610.12, 0.12) == pytest.approx(10.12)
+    assert c.time(3613.12, 3.12) == pytest.approx(13.12)  # 3 s without frames, seen on both clocks: kept
+    assert c.time(3613.16, 3.125) == pytest.approx(13.16)  # a burst after a network stall: source times
+    assert c.time(3600.0, 3.2) == pytest.approx(13.235)  # backwards: bridged by the time that passed
+    assert c.bridges == 2
 
 
 def test_nvdec_is_picked_only_for_cuda_models_with_a_working_decoder():
@@ -211,3 +242,54 @@ def test_file_frames_carry_the_copied_streams_packets(tmp_path, make_clip):
     finally:
         src.close()
     assert all(not f.packets for f in Source(str(clip), "g").frames())  # nothing copied unless asked
+
+
+def test_reconnect_backoff_grows_from_where_the_quick_retries_end():
+    """Before: after the quick retries, the next wait jumped straight to reconnect.max_s (30 s)."""
+    from ultrares_stream.config import ReconnectConfig
+    from ultrares_stream.sources import QUICK_RETRY_S, Source
+
+    src = Source("rtsp://127.0.0.1:9/cam", "cam", live=True, reconnect=ReconnectConfig(initial_s=0.5, max_s=30))
+    quick = [src._reconnect_delay(t) for t in (0.0, QUICK_RETRY_S / 2, QUICK_RETRY_S - 0.1)]
+    slow = [src._reconnect_delay(QUICK_RETRY_S + i) for i in range(8)]
+    assert all(0.375 <= d <= 0.625 for d in quick)
+    assert 0.75 <= slow[0] <= 1.25 and 1.5 <= slow[1] <= 2.5  # 1 s, 2 s, ... with jitter
+    assert all(b > a * 1.1 for a, b in zip(slow[:5], slow[1:6])) and max(slow) <= 30
+
+
+def test_an_ended_hls_playlist_is_a_finished_source_not_a_looping_camera(tmp_path):
+    """Before: a camera pointed at an HLS playlist that had ended (#EXT-X-ENDLIST) replayed it
+    in a loop at several times real time, every pass 'reconnecting'. Now it ends once, with
+    its cause."""
+    import functools
+    import http.server
+
+    import av
+    import numpy as np
+
+    from ultrares_stream.sources import Source
+
+    c = av.open(str(tmp_path / "vod.m3u8"), "w", format="hls", options={"hls_time": "1", "hls_list_size": "0"})
+    s = c.add_stream("libx264", rate=25)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    for i in range(50):
+        frame = av.VideoFrame.from_ndarray(np.full((72, 64), i * 5, np.uint8), format="yuv420p")
+        frame.pts = i
+        c.mux(s.encode(frame))
+    c.mux(s.encode(None))
+    c.close()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = Source(f"http://127.0.0.1:{server.server_address[1]}/vod.m3u8", "cam", live=True,
+                     reconnect=ReconnectConfig(timeout_s=3, initial_s=0.1))
+        got = []
+        t = threading.Thread(target=lambda: got.extend(src.frames()), daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the finished playlist was replayed"
+        assert src.state == "ended" and "has ended" in src.cause and src.reconnects == 0
+    finally:
+        server.shutdown()

@@ -300,6 +300,21 @@ def test_api_docs_need_no_internet(client):
         assert client.get(f"/docs-assets/{asset}").status_code == 200
 
 
+def test_docs_read_an_openapi_30_rewrite_of_the_schema(client):
+    """Swagger UI 4.15 renders OpenAPI 3.0 only (tests/test_web_browser.py loads the page)."""
+    assert "url: '/docs/openapi.json'" in client.get("/docs").text
+    full, docs = client.get("/openapi.json").json(), client.get("/docs/openapi.json").json()
+    assert full["openapi"].startswith("3.1") and docs["openapi"] == "3.0.3"
+    assert set(docs["paths"]) == set(full["paths"])
+    text = json.dumps(docs)
+    assert '"type": "null"' not in text and '"examples": [' not in text and "contentMediaType" not in text
+    info = docs["components"]["schemas"]["ModelInfo"]["properties"]
+    assert info["scale"] == {"type": "integer", "title": "Scale", "nullable": True}
+    image = docs["components"]["schemas"]["Body_upscale_api_v1_upscale_post"]["properties"]["image"]
+    assert image["type"] == "string" and image["format"] == "binary"  # a file picker in Swagger UI
+    assert docs["components"]["schemas"]["StreamPatch"]["example"] == {"alpha": 0.3}
+
+
 def test_page_slider_starts_at_the_web_default_alpha(client):
     from ultrares_stream.config import WEB_ALPHA
 
@@ -338,7 +353,7 @@ def test_oversized_upload_and_result_are_413(pair_spec):
         assert upscale(c, png_bytes(40, 40), size="200x200").status_code == 200
 
 
-def test_api_token_protects_writes(pair_spec):
+def test_api_token_protects_reads_and_writes(pair_spec):
     service = FakeService()
     with TestClient(create_app(service, default_model=pair_spec, device="cpu", api_token="s3cret")) as c:
         assert_json_error(upscale(c, png_bytes(8, 8)), 401, "token")
@@ -351,8 +366,9 @@ def test_api_token_protects_writes(pair_spec):
         assert ok.status_code == 200
         assert_json_error(c.patch("/api/v1/streams/north", json={"alpha": 0.1}), 401, "token")
         assert c.patch("/api/v1/streams/north", json={"alpha": 0.1}, headers={"X-API-Token": "s3cret"}).json()["alpha"] == 0.1
-        assert c.get("/api/v1/streams").status_code == 200  # reads stay open
-        assert c.get("/api/v1/info").json()["token_required"] is True
+        assert_json_error(c.get("/api/v1/streams"), 401, "token")  # reads too (tests/test_control_plane.py)
+        assert c.get("/api/v1/streams", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/api/v1/info", headers={"Authorization": "Bearer s3cret"}).json()["token_required"] is True
 
 
 # ----------------------------------------------------------------------------- busy and slow
@@ -498,7 +514,8 @@ def test_streams_list_patch_and_snapshot(pair_spec):
         assert resp.status_code == 200 and resp.json()["alpha"] == 0.3
         assert service.cameras["north"].alpha == 0.3
         resp = c.patch("/api/v1/streams/north", json={"model": pair_spec, "alpha": 1})
-        assert resp.json()["model"] == pair_spec and service.cameras["north"].alpha == 1.0
+        assert service.cameras["north"].model == pair_spec and service.cameras["north"].alpha == 1.0
+        assert resp.json()["model"] == "default"  # the server's own checkpoints: never their path
         assert_json_error(c.patch("/api/v1/streams/north", json={"alpha": 1.5}), 422, "alpha")
         assert_json_error(c.patch("/api/v1/streams/north", json={}), 422, "nothing to change")
         assert_json_error(c.patch("/api/v1/streams/north", json={"model": "../x.pth"}), 400, "unknown model")

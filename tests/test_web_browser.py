@@ -6,6 +6,7 @@ readable error, and steer a camera's alpha from the cameras view.
 (with the best model present: the shipped pair, else realesr-animevideov3)."""
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import sys
@@ -204,6 +205,66 @@ def test_upscale_compare_and_download_in_chromium(tmp_path):
         north.find_element(By.CSS_SELECTOR, ".camera-alpha").send_keys(Keys.HOME)
         wait_for(lambda: service.cameras["north"].alpha == 0.0, 15, "PATCH alpha=0 to reach the camera")
         wait_for(lambda: "detail set to 0.00" in north.text, 10, "the confirmation")
+
+
+def _docs_operations(driver) -> list[str]:
+    """The operation paths Swagger UI lists (its rendered DOM, not the schema)."""
+    from selenium.webdriver.common.by import By
+
+    return [e.text.replace("\u200b", "") for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+
+
+def test_api_docs_render_the_operations_in_chromium(tmp_path):
+    """/docs as a person sees it: Swagger UI lists every operation (no "Unable to render this
+    definition"); with a token, the browser's Basic prompt (token as password) opens it."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_web_api import FakeService
+    from ultrares_stream.web.app import create_app
+
+    expected = {"/api/v1/upscale", "/api/v1/models", "/api/v1/info", "/api/v1/streams", "/api/v1/streams/{name}",
+                "/api/v1/streams/{name}/snapshot.jpg"}
+    for token in (None, "docs-token"):
+        app = create_app(FakeService(), device="cpu", api_token=token, allowed_hosts=["127.0.0.1"])
+        with serve(app) as base, chromium(tmp_path) as driver:
+            if token:  # what the browser sends once its Basic prompt (401 on /docs) is answered
+                basic = base64.b64encode(f"user:{token}".encode()).decode()
+                driver.execute_cdp_cmd("Network.enable", {})
+                driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}})
+            driver.get(base + "/docs")
+            listed = wait_for(lambda: expected <= set(_docs_operations(driver)) and _docs_operations(driver), 60,
+                              f"Swagger UI to list the operations (token {token is not None})")
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert "Unable to render" not in body and "Upscale one image" in body, body[:500]
+            assert set(listed) == expected, listed
+            driver.find_element(By.CSS_SELECTOR, ".opblock-summary-path").click()  # an operation opens
+            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".opblock-body"), 15, "the operation's details")
+
+
+def test_page_asks_for_the_token_and_then_shows_the_cameras(tmp_path):
+    """With a token, the page's API calls (models, streams, snapshots, PATCH) carry it once entered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.test_web_api import FakeService
+    from ultrares_stream.web.app import create_app
+
+    service = FakeService()
+    app = create_app(service, device="cpu", api_token="page-token", allowed_hosts=["127.0.0.1"])
+    with serve(app) as base, chromium(tmp_path) as driver:
+        find = lambda css: driver.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+        driver.get(base + "/#cameras")
+        wait_for(lambda: find("#token-panel").is_displayed(), 15, "the token field")
+        find("#token-input").send_keys("page-token")
+        find("#token-save").click()
+        wait_for(lambda: driver.execute_script("return document.body.dataset.ready"), 30, "the models list")
+        north = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '.camera[data-camera="north"]'), 15, "cards")[0]
+        wait_for(lambda: driver.execute_script(
+            "return document.querySelector('.camera[data-camera=\"north\"] .preview img').naturalWidth") == 32,
+            15, "the north preview, fetched with the token")
+        north.find_element(By.CSS_SELECTOR, ".camera-alpha").send_keys(Keys.HOME)
+        wait_for(lambda: service.cameras["north"].alpha == 0.0, 15, "PATCH alpha=0 with the token")
+        assert driver.execute_script("return sessionStorage.getItem('ultrares-token')") == "page-token"
 
 
 def make_screenshot(dest: Path) -> None:

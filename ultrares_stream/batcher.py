@@ -59,6 +59,7 @@ class Enhanced:
     queue_s: float = 0.0
     inference_s: float = 0.0
     batch_size: int = 1
+    made_by: object = None  # the upscaler (model view: model, alpha, passes) that made it: its provenance
 
 
 class BatchClient(Protocol):
@@ -510,8 +511,8 @@ class Batcher:
             self._count(items, dt, out.device)
             per_frame = dt + (time.perf_counter() - t0)
             oh, ow = packed.shape[1] * 2 // 3, packed.shape[2]
-            for (client, frame, wait, _, _), data in zip(items, packed):
-                results.append((client, Enhanced(frame, data, ow, oh, wait, per_frame, len(items))))
+            for (client, frame, wait, upscaler, _), data in zip(items, packed):
+                results.append((client, Enhanced(frame, data, ow, oh, wait, per_frame, len(items), upscaler)))
                 if self.metrics is not None:
                     self.metrics.observe_stage(client.name, "queue", wait)
                     self.metrics.observe_stage(client.name, "inference", per_frame)

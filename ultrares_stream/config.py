@@ -11,7 +11,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .admission import DEFAULT_MAX_OUTPUT_PIXELS, path_clash, size_over_limit
 from .errors import UserError
+from .recording import RetentionPolicy
 from .sizes import parse_size, parse_size_range
 from .urls import SCHEMES
 
@@ -36,14 +38,71 @@ class _Strict(BaseModel):
 
 
 class ServerConfig(_Strict):
+    """The HTTP side of ``ultrares serve``: where it listens and who may use it (docs/operations.md,
+    "Security"). The API token comes from ``ULTRARES_API_TOKEN`` / ``ULTRARES_API_TOKEN_FILE`` when
+    either is set, else from ``api_token`` / ``api_token_file``."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    api_token: str | None = Field(None, description="required for write endpoints when set")
+    api_token: str | None = Field(None, min_length=1, description=(
+        "when set, every endpoint but /healthz and /readyz needs 'Authorization: Bearer TOKEN'"))
+    api_token_file: str | None = Field(None, min_length=1, description=(
+        "file holding the token (a mounted Kubernetes Secret, a compose secret); a trailing newline is ignored"))
+    metrics_public: bool = Field(False, description=(
+        "serve /metrics without the token (for a Prometheus on a trusted scraping network)"))
+    allowed_hosts: list[str] = Field(default_factory=list, description=(
+        "host names accepted in the Host header besides localhost, IP addresses and the bind host; "
+        "'.example.com' accepts the domain and its subdomains, '*' any name"))
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"\*|\.?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[?[0-9A-Fa-f:.]+\]?", name):
+                raise ValueError(f"{name!r} is not a host name (use e.g. cameras.example.com, .example.com or *)")
+        return [name.lower().strip("[]") for name in v]
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> ServerConfig:
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set api_token or api_token_file, not both")
+        return self
+
+    def resolve_token(self, environ: dict[str, str] | None = None) -> str | None:
+        """The API token, or None: the environment first (``ULTRARES_API_TOKEN``, or the file named
+        by ``ULTRARES_API_TOKEN_FILE``), else this config. Raises UserError naming the setting."""
+        import os
+
+        env = os.environ if environ is None else environ
+        value, path = env.get("ULTRARES_API_TOKEN") or None, env.get("ULTRARES_API_TOKEN_FILE") or None
+        if value and path:
+            raise UserError("set ULTRARES_API_TOKEN or ULTRARES_API_TOKEN_FILE, not both")
+        if value:
+            return value.strip()
+        if path:
+            return self.read_token_file(path, "ULTRARES_API_TOKEN_FILE")
+        if self.api_token_file:
+            return self.read_token_file(self.api_token_file, "server.api_token_file")
+        return self.api_token.strip() if self.api_token else None
+
+    @staticmethod
+    def read_token_file(path: str, setting: str) -> str:
+        """The token in ``path`` (surrounding whitespace and the trailing newline removed)."""
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise UserError(f"{setting}: cannot read the API token file {path} ({reason})") from None
+        if not token:
+            raise UserError(f"{setting}: the API token file {path} is empty")
+        if any(c.isspace() for c in token):
+            raise UserError(f"{setting}: the API token in {path} contains whitespace; put the token alone in it")
+        return token
 
 
 class InferenceConfig(_Strict):
     device: str = "auto"
-    engine: Literal["auto", "tensorrt", "compile", "eager"] = "auto"
+    engine: Literal["auto", "tensorrt", "compile", "openvino", "eager"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     max_batch: int | None = Field(None, ge=1, le=64, description=(
         "frames per inference batch, across cameras; default 1 on the CPU (batching is slower per "
@@ -134,6 +193,20 @@ class StabiliseConfig(_Strict):
                                   cut=self.cut)
 
 
+class RecordingConfig(_Strict):
+    """A live camera's file output: a series of segments (:mod:`ultrares_stream.recording`)."""
+
+    segment_s: float = Field(600.0, ge=1, le=86400, description="a new segment at least this often (seconds)")
+    keep_hours: float | None = Field(None, gt=0, description="remove segments older than this; default: keep all")
+    max_gb: float | None = Field(None, gt=0, description="remove the oldest segments beyond this total; default: "
+                                                         "no limit")
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(segment_s=self.segment_s,
+                               keep_s=None if self.keep_hours is None else self.keep_hours * 3600,
+                               max_bytes=None if self.max_gb is None else int(self.max_gb * 1e9))
+
+
 class CameraConfig(_Strict):
     name: str
     input: str
@@ -147,6 +220,11 @@ class CameraConfig(_Strict):
     queue: QueueConfig = QueueConfig()
     encoder: EncoderConfig | None = None
     stabilise: StabiliseConfig | None = Field(None, description="default: defaults.stabilise")
+    max_output_pixels: int | None = Field(None, ge=0, description="default: defaults.max_output_pixels")
+    recording: RecordingConfig | None = Field(None, description="default: defaults.recording")
+    min_publish_share: float = Field(0.5, ge=0, le=1, description=(
+        "a live camera that publishes less than this share of the frames it receives (over 10 s) is "
+        "'degraded' in the API and /readyz"))
     enabled: bool = True
 
     @field_validator("name")
@@ -182,6 +260,10 @@ class Defaults(_Strict):
     output_size: str | None = None
     encoder: EncoderConfig = EncoderConfig()
     stabilise: StabiliseConfig = StabiliseConfig()
+    max_output_pixels: int = Field(DEFAULT_MAX_OUTPUT_PIXELS, ge=0, description=(
+        "largest output frame a camera is admitted with, in pixels (default 3840x2160; 0: no limit): a "
+        "camera over it is refused, naming its output_size (admission.admit_output_size)"))
+    recording: RecordingConfig = RecordingConfig()
 
 
 class ServiceConfig(_Strict):
@@ -199,6 +281,21 @@ class ServiceConfig(_Strict):
                 raise ValueError(f"cameras[{i}].name: duplicate camera name {cam.name!r}")
             seen.add(cam.name)
         return self
+
+    @model_validator(mode="after")
+    def _admitted(self) -> ServiceConfig:
+        """No output written by two cameras or over an input file; no output_size over the budget."""
+        clash = path_clash([(i, c.input, c.output) for i, c in enumerate(self.cameras) if c.enabled])
+        if clash:
+            raise ValueError(clash)
+        for i, cam in enumerate(self.cameras):
+            why = size_over_limit(cam.output_size or self.defaults.output_size, self.camera_max_output_pixels(cam))
+            if why:
+                raise ValueError(f"cameras[{i}].output_size: {why}")
+        return self
+
+    def camera_max_output_pixels(self, cam: CameraConfig) -> int:
+        return self.defaults.max_output_pixels if cam.max_output_pixels is None else cam.max_output_pixels
 
     def camera_model(self, cam: CameraConfig) -> str | None:
         """The camera's model, or None: the inference device's default pair."""
@@ -219,7 +316,9 @@ class ServiceConfig(_Strict):
         return cam.model_copy(update={"model": self.camera_model(cam), "alpha": self.camera_alpha(cam),
                                       "output_size": cam.output_size or self.defaults.output_size,
                                       "encoder": self.camera_encoder(cam),
-                                      "stabilise": cam.stabilise or self.defaults.stabilise})
+                                      "stabilise": cam.stabilise or self.defaults.stabilise,
+                                      "max_output_pixels": self.camera_max_output_pixels(cam),
+                                      "recording": cam.recording or self.defaults.recording})
 
 
 def _field_path(loc: tuple) -> str:
@@ -233,7 +332,8 @@ def parse_config(data: object, source: str = "config") -> ServiceConfig:
     try:
         return ServiceConfig.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        lines = [f"{source}: {_field_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{source}: {_field_path(e['loc'])}: {e['msg']}" if e["loc"] or not e["msg"].startswith("Value error")
+                 else f"{source}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise UserError("invalid configuration\n  " + "\n  ".join(lines)) from None
 
 

@@ -14,7 +14,14 @@ folder, renamed on success).
 * 16-bit PNGs (grey, grey+alpha, RGB, RGBA) are read and written at 16 bits with
   PyAV's PNG codec (Pillow reads 16-bit colour PNGs as 8-bit); processing is in
   float. 16-bit grey TIFFs stay 16-bit through Pillow.
-* Decompression bombs (more than Pillow's ``MAX_IMAGE_PIXELS``) are refused.
+* Admission before any pixel is decoded: the size the header declares is checked against
+  ``max_pixels`` (default :data:`MAX_INPUT_PIXELS`) and, in :func:`enhance_image`, the output
+  it would make against :data:`MAX_OUTPUT_PIXELS`; files of more than :data:`MAX_FRAMES`
+  pages or frames are refused without walking them all (:func:`count_frames`); decoding stops
+  at its next read of the file once ``deadline_s`` have passed (:class:`DecodeTimeout`).
+* Truncated files are refused, Pillow's ``LOAD_TRUNCATED_IMAGES`` kept off; so are JPEGs whose
+  scan data ends before the image does (an end-of-image marker after a cut: libjpeg would
+  fill the rest with one flat colour, :func:`jpeg_is_complete`).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import os
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import provenance
 from .errors import UserError
@@ -45,6 +53,12 @@ SUPPORTED_FORMATS = tuple(FORMAT_SUFFIX)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".tif", ".tiff"})
 #: largest output written (pixels): 16384 x 16384
 MAX_OUTPUT_PIXELS = 16384 * 16384
+#: largest input decoded (pixels, as declared by the header): a 40-megapixel photo, 480 MB as float RGB
+MAX_INPUT_PIXELS = 40_000_000
+#: most pages (TIFF) or frames (GIF, WebP, APNG) a file may have; only the first is enhanced
+MAX_FRAMES = 1000
+#: seconds a decode may take before it is stopped (at its next read of the file)
+DECODE_DEADLINE_S = 30.0
 #: BT.601 luma weights (what Real-ESRGAN's cv2 RGB2GRAY uses)
 _LUMA = (0.299, 0.587, 0.114)
 _ALPHA_MODES = ("model", "bicubic")
@@ -85,29 +99,53 @@ class Picture:
 # ---------------------------------------------------------------- reading
 
 
+class DecodeTimeout(UserError):
+    """Decoding an image took longer than its deadline and was stopped."""
+
+
+class _Deadline(io.BytesIO):
+    """A file's bytes as Pillow reads them: a read after the deadline raises :class:`DecodeTimeout`,
+    so a slow decode stops at its next read (Pillow reads compressed data 64 KB at a time, and
+    TIFF pages one header at a time). One libtiff or 16-bit PNG decode is a single call, which
+    the pixel limit bounds instead."""
+
+    def __init__(self, data: bytes, seconds: float | None, label: str):
+        super().__init__(data)
+        self.seconds, self.label = seconds, label
+        self.until = None if seconds is None else time.monotonic() + seconds
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.until is not None and time.monotonic() > self.until:
+            raise DecodeTimeout(f"{self.label}: decoding took longer than {self.seconds:g} s; stopped and refused")
+        return super().read(size)
+
+
 def read_image(source: str | Path | bytes, name: str | None = None,
-               formats: tuple[str, ...] = SUPPORTED_FORMATS) -> Picture:
+               formats: tuple[str, ...] = SUPPORTED_FORMATS, max_pixels: int | None = MAX_INPUT_PIXELS,
+               deadline_s: float | None = DECODE_DEADLINE_S) -> Picture:
     """Read an image file, or a whole file's bytes; the type comes from the content, not the name.
 
     Raises :class:`UserError` naming the file (``name`` for bytes) for anything that is not
-    a complete image in one of ``formats`` (Pillow names) of an acceptable size.
+    a complete image in one of ``formats`` (Pillow names) of at most ``max_pixels`` (declared
+    by its header, checked before decoding) and :data:`MAX_FRAMES` frames, decoded within
+    ``deadline_s`` seconds (:class:`DecodeTimeout`; None: no deadline).
     """
     label = name or ("image" if isinstance(source, bytes) else str(source))
+    _truncated_images_refused()
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format or "?"
-                if fmt not in formats:
-                    raise UserError(f"{label}: {fmt} images are not supported (supported: {', '.join(formats)})")
-                if getattr(im, "n_frames", 1) > 1:
-                    log.warning("%s: has %d frames; only the first is enhanced", label, im.n_frames)
+            with Image.open(_Deadline(data, deadline_s, label)) as im:
+                fmt = _admit(im, data, formats, max_pixels, label)
                 if fmt == "PNG" and _png_bit_depth(data) == 16:
                     pic = _read_png16(data, label)
                     pic.icc_profile = im.info.get("icc_profile")
                     return pic
                 im.load()
+                if fmt == "JPEG" and not jpeg_is_complete(data):
+                    raise UserError(f"{label}: the JPEG is truncated (its image data ends before the "
+                                    f"{im.width}x{im.height} picture does); refused")
                 return _from_pillow(ImageOps.exif_transpose(im), fmt, label)
     except UserError:
         raise
@@ -122,6 +160,140 @@ def read_image(source: str | Path | bytes, name: str | None = None,
                         "refused as a possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise UserError(f"{label}: cannot decode the image (corrupt or truncated: {exc})") from None
+
+
+def _truncated_images_refused() -> None:
+    """Keep Pillow's ``LOAD_TRUNCATED_IMAGES`` off (it would fill the missing part of a cut file)."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("Pillow's LOAD_TRUNCATED_IMAGES was turned on in this process; turned off again: "
+                    "truncated images are refused")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _admit(im: Image.Image, data: bytes, formats: tuple[str, ...], max_pixels: int | None, label: str) -> str:
+    """``im``'s format once its header passes: a supported format, at most ``max_pixels`` declared
+    and :data:`MAX_FRAMES` frames (counted without walking more). UserError otherwise."""
+    fmt = im.format or "?"
+    if fmt not in formats:
+        raise UserError(f"{label}: {fmt} images are not supported (supported: {', '.join(formats)})")
+    w, h = im.size
+    if max_pixels and w * h > max_pixels:
+        raise UserError(f"{label}: image is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,}; "
+                        "refused before decoding (downscale or crop it first)")
+    frames = count_frames(im, data)
+    if frames > MAX_FRAMES:
+        raise UserError(f"{label}: has more than {MAX_FRAMES} pages or frames; refused (only the first would be "
+                        "enhanced: save that one alone)")
+    if frames > 1:
+        log.warning("%s: has %d frames; only the first is enhanced", label, frames)
+    return fmt
+
+
+def count_frames(im: Image.Image, data: bytes, cap: int = MAX_FRAMES) -> int:
+    """Frames (pages) in ``im``, counted up to ``cap + 1`` at most: Pillow's ``n_frames`` walks every
+    TIFF page and GIF frame (seconds for 225,000 tiny pages); WebP and APNG declare theirs."""
+    if im.format == "GIF":
+        return gif_frames(data, cap)
+    if im.format != "TIFF":
+        return getattr(im, "n_frames", 1)
+    count = 1
+    try:
+        while count <= cap:  # one page header read per step
+            im.seek(count)
+            count += 1
+    except EOFError:
+        pass
+    im.seek(0)
+    return count
+
+
+def gif_frames(data: bytes, cap: int = MAX_FRAMES) -> int:
+    """Image descriptors in a GIF's blocks, counted up to ``cap + 1``."""
+    pos, count, end = 13, 0, len(data)
+    if end > 10 and data[10] & 0x80:  # global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos < end and count <= cap:
+        kind = data[pos]
+        if kind == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        elif kind == 0x2C and pos + 10 <= end:  # image: descriptor, local colour table, LZW size, sub-blocks
+            count += 1
+            flags = data[pos + 9]
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0)
+            pos = _skip_sub_blocks(data, pos + 1)
+        else:  # trailer, or damage (the decoder will say)
+            break
+    return max(count, 1)
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    while pos < len(data) and data[pos]:
+        pos += data[pos] + 1
+    return pos + 1
+
+
+#: bytes inserted before a JPEG's end marker by :func:`jpeg_is_complete` (no 0xFF: no marker)
+_JPEG_FILLER = bytes(range(1, 255)) * 8
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True when the JPEG's scan data covers the whole picture.
+
+    libjpeg fills the blocks after a premature end-of-image marker with zero bits and only warns
+    (Pillow ignores the warning), so a cut file that still ends in a marker decodes as a flat
+    colour. Bits inserted before the marker are ignored after a complete scan and decoded into
+    the missing blocks of an incomplete one: the two decodes (at 1/8 scale: the DC terms,
+    which a cut changes) differ exactly when data is missing. Progressive JPEGs: only a cut in
+    the last scan that reaches the DC terms shows (later scans refine a complete picture)."""
+    end = _jpeg_end(data)
+    if end is None:
+        return False
+    try:
+        return _jpeg_thumbnail(data) == _jpeg_thumbnail(data[:end] + _JPEG_FILLER + data[end:])
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _jpeg_thumbnail(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft(im.mode, ((im.width + 7) // 8, (im.height + 7) // 8))
+        im.load()
+        return im.tobytes()
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset of the end-of-image marker after the first image's scans; None when it has none."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return pos
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # a scan: entropy-coded data up to the next real marker
+                pos = _scan_end(data, pos)
+    return pos if data[pos:pos + 2] == b"\xff\xd9" else None
+
+
+def _scan_end(data: bytes, pos: int) -> int:
+    """The first marker at or after ``pos`` that is not a stuffed 0xFF or a restart marker."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        nxt = data[pos + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+            pos += 2
+        elif nxt == 0xFF:
+            pos += 1
+        else:
+            return pos
 
 
 def _from_pillow(im: Image.Image, fmt: str, path: str) -> Picture:
@@ -224,9 +396,7 @@ def upscale_picture(pic: Picture, upscaler, size: tuple[int, int] | None = None,
     if alpha_mode not in _ALPHA_MODES:
         raise UserError(f"alpha mode must be one of {', '.join(_ALPHA_MODES)}, not {alpha_mode!r}")
     size = size or (pic.width * upscaler.scale, pic.height * upscaler.scale)
-    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
-        raise UserError(f"output would be {size[0]}x{size[1]} pixels, more than the limit of "
-                        f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels; choose a smaller --size or --scale")
+    check_output_size(size)
     batch = [_as_rgb(pic.colour)]
     if pic.alpha is not None and alpha_mode == "model":
         batch.append(_as_rgb(pic.alpha))
@@ -240,6 +410,13 @@ def upscale_picture(pic: Picture, upscaler, size: tuple[int, int] | None = None,
             alpha = F.interpolate(pic.alpha, size=(size[1], size[0]), mode="bicubic", align_corners=False,
                                   antialias=size[0] < pic.width or size[1] < pic.height).clamp_(0, 1)
     return Picture(colour.contiguous(), alpha, pic.bits, pic.format, pic.icc_profile)
+
+
+def check_output_size(size: tuple[int, int], label: str | None = None) -> None:
+    """UserError when an output of ``size`` would be over :data:`MAX_OUTPUT_PIXELS`."""
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise UserError(f"{label + ': ' if label else ''}output would be {size[0]}x{size[1]} pixels, more than the "
+                        f"limit of {MAX_OUTPUT_PIXELS // 1_000_000} megapixels; choose a smaller --size or --scale")
 
 
 def _as_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -406,8 +583,13 @@ def enhance_image(src: str | Path, dst: str | Path, upscaler, scale: float | Non
                   fmt: str | None = None) -> dict:
     """Read ``src``, upscale it, write ``dst`` (format ``fmt``, else from ``dst``'s name).
 
-    Returns what was done: input/output sizes and the output path.
+    Returns what was done: input/output sizes and the output path. The output size is checked
+    against :data:`MAX_OUTPUT_PIXELS` from the header's declared size, before decoding.
     """
+    declared = declared_size(src)  # (an input over MAX_INPUT_PIXELS: read_image refuses it, saying so)
+    if declared is not None and declared[0] * declared[1] <= MAX_INPUT_PIXELS:
+        # EXIF rotation keeps the area; a --size box bounds it anyway
+        check_output_size(output_size(*declared, upscaler.scale, scale=scale, size=size), str(src))
     pic = read_image(src)
     out_size = output_size(pic.width, pic.height, upscaler.scale, scale=scale, size=size)
     result = upscale_picture(pic, upscaler, size=out_size, alpha_mode=alpha_mode)
@@ -421,6 +603,18 @@ def output_name(src: Path, fmt: str) -> str:
     if Image.registered_extensions().get(src.suffix.lower()) == fmt:
         return src.name
     return src.stem + FORMAT_SUFFIX[fmt]
+
+
+def declared_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, nothing decoded; None when Pillow cannot
+    open it (:func:`read_image` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def detect_format(path: str | Path) -> str | None:

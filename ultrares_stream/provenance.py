@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import metadata
 
 SOFTWARE = "UltraRes Stream"
+#: the name a live output (RTSP session, MPEG-TS service) and a snapshot carry
+LIVE_TITLE = "Machine-enhanced video (UltraRes Stream super-resolution, not an original recording)"
 
 
 def version() -> str:
@@ -45,4 +47,6 @@ def video_metadata(prov: dict[str, str]) -> dict[str, str]:
     return {"comment": prov["Comment"], "description": prov["Comment"],
             "ultrares_model": prov["ultrares:model"], "ultrares_alpha": prov["ultrares:alpha"],
             "ultrares_ensemble": prov["ultrares:ensemble"],
-            "software": prov["Software"]}
+            "software": prov["Software"],
+            # what live containers carry: the RTSP session name (SDP s=), the MPEG-TS service of HLS segments
+            "title": LIVE_TITLE, "service_provider": SOFTWARE, "service_name": LIVE_TITLE}

@@ -17,6 +17,7 @@ frames read so far are finished into a playable file at ``dst`` the same way and
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ import av
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import provenance, remux
+from .admission import same_file
 from .batcher import Batcher, Enhanced, default_max_batch, pipeline_threads
 from .config import RECORDED_CRF, RECORDED_PRESET
 from .errors import UserError
@@ -188,7 +190,7 @@ class RecordedJob:
         # a slow frame is no hung server: a file output never reconnects (watchdog off)
         self.sink = SinkWorker(str(tmp), encoder, lambda: self.source.fps or plan.fps, self.out_queue,
                                name=src.name, live=False, watchdog_s=math.inf,
-                               hooks=SinkHooks(metadata=lambda: self.metadata,
+                               hooks=SinkHooks(metadata=lambda _made_by: self.metadata,
                                                copy_from=lambda: self.source.copied_streams))
         self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads)
         self.batcher.on_error = lambda _name, exc: self._fail(exc)
@@ -283,16 +285,20 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise UserError(f"{src}: no such file")
-    if src.resolve() == dst.resolve():
-        raise UserError(f"{dst}: output would overwrite the input; choose another name")
+    check_not_own_input(src, dst)
     plan = read_plan(src, dst, output_container(dst), upscaler.scale, size)
     encoder = encoder or EncoderSettings(preset=RECORDED_PRESET, crf=RECORDED_CRF, tune=None)
     max_batch = max_batch or default_max_batch(upscaler.device.type)
     threads = pipeline_threads(threads, upscaler.device.type, upscaler.engine.concurrent_passes)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(dst)
-    job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads,
-                      Stabiliser(stabilise) if stabilise is not None else None)
+    with writer_lock(tmp, dst):
+        job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads,
+                          Stabiliser(stabilise) if stabilise is not None else None)
+        return _run_job(job, plan, src, tmp, dst, progress)
+
+
+def _run_job(job: RecordedJob, plan: Plan, src: Path, tmp: Path, dst: Path, progress: bool) -> dict:
     log.info("enhancing %s -> %s (%s%s)", src, dst, f"about {plan.total} frames at {float(plan.fps):.3g} fps"
              if plan.total else f"{float(plan.fps):.3g} fps",
              f", copying {len(plan.copy)} audio/subtitle stream(s)" if plan.copy else "")
@@ -352,6 +358,58 @@ def partial_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}.partial.mkv")
 
 
+def staged_path(dst: Path) -> Path:
+    """Where the partial file is copied into ``dst``'s container before it is renamed into place."""
+    return dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+
+
+def written_paths(dst: Path) -> list[tuple[str, Path]]:
+    """Every file a job writing ``dst`` writes, and what each is."""
+    return [("the output", dst), ("the partial file of the output", partial_path(dst)),
+            ("the staging file of the output", staged_path(dst))]
+
+
+def check_not_own_input(src: Path, dst: Path) -> None:
+    """UserError, before anything is written, when ``src`` is ``dst`` or a file a job writing ``dst``
+    writes (its partial or staging file), links resolved: the job would destroy its own input."""
+    for what, path in written_paths(dst):
+        if same_file(src, path):
+            raise UserError(f"{src}: the input is {what} {dst} (a job writing {dst} would overwrite it); "
+                            "copy or rename the input first, or choose another output")
+
+
+@contextmanager
+def writer_lock(tmp: Path, dst: Path):
+    """Hold an exclusive lock on ``dst``'s partial file ``tmp`` (created empty, not truncated) while
+    a job writes it: a second job with the same output stops with a UserError before writing."""
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"another job is writing {dst} (it holds {tmp.name}); wait for it to finish "
+                            "or choose another output") from None
+        if _names(fd, tmp):
+            break
+        os.close(fd)  # a job that finished removed or renamed the file we opened: lock the new one
+    try:
+        yield
+    finally:
+        if _names(fd, tmp) and os.fstat(fd).st_size == 0:
+            tmp.unlink(missing_ok=True)  # nothing was written (the job failed before its first packet)
+        os.close(fd)
+
+
+def _names(fd: int, path: Path) -> bool:
+    """True while ``path`` is the file open as ``fd``."""
+    try:
+        st, here = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
 def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
     """Put the finished partial file ``tmp`` at ``dst``: renamed for Matroska, else stream-copied
     into ``dst``'s container beside it, renamed into place, and ``tmp`` removed. If the copy
@@ -360,7 +418,7 @@ def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
     if fmt == "matroska":
         os.replace(tmp, dst)
         return
-    staged = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    staged = staged_path(dst)
     try:
         with _on_sigterm(_interrupt_main):  # SIGTERM while copying: as Ctrl-C, the partial file stays
             shift = remux.muxer_shift(remux.first_times(tmp), remux.first_times(src), sorted(job.plan.copy))

@@ -4,7 +4,8 @@
 :class:`config.ServiceConfig`, sharing one :class:`batcher.Batcher` and one
 :class:`upscaler.UpscalerPool` (the web page uses it too). :class:`HttpServer` serves the web app
 (``ultrares_stream.web.app.create_app``: ``/metrics``, ``/healthz``,
-``/readyz``, ``/api/v1/streams`` ...) with uvicorn in a background thread.
+``/readyz``, ``/api/v1/streams`` ...) with uvicorn in a background thread;
+:func:`check_exposure` refuses to serve it beyond loopback without an API token.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from .sources import pick_hwaccel
 from .urls import mask_url
 from .stream import Stream, UpscalerPool
 from .web.app import create_app
+from .web.guard import is_loopback
 
 log = logging.getLogger(__name__)
+
+#: camera states that make the service not ready (/readyz 503)
+NOT_READY = frozenset({"degraded", "failed", "ended", "output-error", "disk-full"})
 
 
 class Service:
@@ -74,8 +79,10 @@ class Service:
         log.info("service stopped")
 
     def ready(self) -> bool:
-        """Every camera has published at least once (file inputs: or finished)."""
-        return bool(self.cameras) and all(s.first_output.is_set() or s.finished for s in self.cameras.values())
+        """Every camera has published at least once (file inputs: or finished), and none is degraded
+        (publishing under its ``min_publish_share``) or failed."""
+        return bool(self.cameras) and all((s.first_output.is_set() or s.finished) and s.state not in NOT_READY
+                                          for s in self.cameras.values())
 
     def healthy(self) -> bool:
         """The inference worker and every camera's publisher thread are alive."""
@@ -100,9 +107,29 @@ class Service:
 
 
 def make_app(service: Service, api_token: str | None = None):
-    """The web app for ``service`` (:func:`ultrares_stream.web.app.create_app`)."""
+    """The web app for ``service`` (:func:`ultrares_stream.web.app.create_app`), with the Host
+    allow-list and ``/metrics`` setting of its ``server`` config."""
+    server = service.config.server
     return create_app(service=service, metrics=service.metrics, api_token=api_token,
+                      allowed_hosts=[*server.allowed_hosts, server.host], metrics_public=server.metrics_public,
                       default_model=service.config.defaults.model, device=str(service.device))
+
+
+def check_exposure(host: str, token: str | None, insecure: bool, how: str) -> None:
+    """Refuse (UserError, one line) to serve HTTP on ``host`` beyond loopback without an API token,
+    unless ``insecure``; then warn loudly. ``how``: how this command is given a token."""
+    if token or is_loopback(host):
+        return
+    where = host or "every interface"
+    if not insecure:
+        raise UserError(f"refusing to serve HTTP on {where} without an API token: {how}; or bind 127.0.0.1; "
+                        f"or pass --insecure to serve it to the network unprotected")
+    log.warning("INSECURE: HTTP on %s with NO API token (--insecure): anyone who can reach this port can "
+                "watch the cameras' frames, change their settings and upload images", where)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class HttpServer:
@@ -120,8 +147,14 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        """Where a client on this machine reaches the server (a wildcard bind: loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{_url_host(host)}:{self.port}"
+
+    @property
+    def bind_url(self) -> str:
+        """The address actually listened on (``http://0.0.0.0:8080`` for every interface)."""
+        return f"http://{_url_host(self.host or '0.0.0.0')}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> HttpServer:
         self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
@@ -133,8 +166,16 @@ class HttpServer:
             if time.monotonic() > end:
                 raise UserError(f"HTTP server on {self.host}:{self.port} did not start within {timeout:g} s")
             time.sleep(0.05)
-        log.info("HTTP on %s (metrics at %s/metrics)", self.url, self.url)
+        log.info("HTTP listening on %s%s", self.bind_url, self.scope())
         return self
+
+    def scope(self) -> str:
+        """Who can reach the server, for the startup log."""
+        if is_loopback(self.host):
+            return " (this machine only)"
+        if self.host in ("0.0.0.0", "::", ""):
+            return f" (every interface; from this machine: {self.url})"
+        return " (reachable from the network)"
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True

@@ -12,8 +12,10 @@
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -28,6 +30,7 @@ import numpy as np
 from .config import ReconnectConfig
 from .errors import UserError
 from .frame_queue import FrameQueue
+from .recording import SegmentedOutput
 from .sources import backoff_delay
 from .urls import RTSP, SCHEMES, mask_url, scheme, scheme_of
 
@@ -151,6 +154,7 @@ def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], in
             opts["crf"] = str(s.crf)
         if s.codec == "libx264":
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        opts["forced-idr"] = "1"  # a keyframe asked for by time is an IDR: a point to start playing from
     elif s.codec.endswith("_nvenc"):
         opts["preset"] = preset if preset and re.fullmatch(r"p[1-7]", preset) else "p4"
         if s.tune:
@@ -158,6 +162,7 @@ def codec_options(s: EncoderSettings, fps: Fraction) -> tuple[dict[str, str], in
         if bit_rate is None and s.crf is not None:
             opts.update(rc="vbr", cq=str(s.crf))
         opts["bf"] = "0"
+        opts["forced-idr"] = "1"
     return opts, bit_rate, gop
 
 
@@ -188,8 +193,10 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
                         "a .m3u8 path for HLS or a file")
     suffix = Path(text).suffix.lower()
     if suffix == ".m3u8":
-        return text, "hls", {"hls_time": "2", "hls_list_size": "6" if live else "0",
-                             "hls_flags": "delete_segments+independent_segments" if live else "independent_segments"}
+        # append_list: a reopened output (a new size, a restart) continues the playlist's media sequence
+        # and segment numbers after a discontinuity tag, instead of starting over at 0 on old segments
+        flags = "delete_segments+independent_segments+append_list" if live else "independent_segments+append_list"
+        return text, "hls", {"hls_time": "2", "hls_list_size": "6" if live else "0", "hls_flags": flags}
     fmt = OUTPUT_CONTAINERS.get(suffix)
     if fmt in ("mp4", "mov") and keep_times:
         return text, fmt, {"movflags": "+faststart+use_metadata_tags"}
@@ -198,13 +205,21 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
         # killed job leaves a file that plays up to about a second before the kill
         return text, fmt, {"cluster_time_limit": "1000", "flush_packets": "1"}
     if fmt in ("mp4", "mov"):
-        # fragmented at every keyframe and flushed with each packet, live or not: a killed service
-        # leaves a file that plays up to the last GOP. use_metadata_tags keeps the provenance tags.
+        # fragmented at every keyframe and at least every second, flushed with each packet, live or not: a
+        # killed service or a full disk loses at most the last second (a failed write is cut back to the
+        # last whole fragment). use_metadata_tags keeps the provenance tags.
         return text, fmt, {"movflags": "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags",
-                           "flush_packets": "1"}
+                           "frag_duration": "1000000", "flush_packets": "1"}
     if fmt is not None:
         return text, fmt, {}
     raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .avi, .ts or .m3u8 path")
+
+
+def keyframe_due(last_key: int | None, pts: int, gop: int) -> bool:
+    """Whether the frame at ``pts`` must be a keyframe: the first, or ``gop`` ticks of output time
+    after the last one. The encoder counts frames, so when frames are dropped (a camera faster
+    than its model) a GOP of frames spans more time; this keeps keyframes ``gop`` ticks apart."""
+    return last_key is None or (gop > 0 and pts - last_key >= gop)
 
 
 def rtsp_server_answers(url: str, timeout_s: float = 2.0) -> bool:
@@ -277,6 +292,9 @@ class Publisher:
         self.copied = 0  # packets of copied (audio/subtitle) streams muxed
         self._copies: dict[int, object] = {}  # input stream index -> output stream
         self.width = self.height = 0
+        self.gop = 0  # ticks (1/fps) between keyframes at most, whatever the frames' spacing
+        self._last_key: int | None = None  # pts of the last keyframe asked for
+        self.good_size = 0  # a local file's size after its last complete write (a fragment boundary)
         self.target, self.format, self.options = output_args(self.url, live, timeout_s, keep_times)
 
     @property
@@ -299,8 +317,7 @@ class Publisher:
                                     timeout=self.timeout_s)
             except av.error.FFmpegError as exc:
                 raise ConnectionError(f"cannot open output {self.masked_url}: {exc}") from None
-            if "://" not in self.target:
-                container.metadata.update(self.metadata)
+            container.metadata.update(self.metadata)  # files, RTSP (session name) and HLS (MPEG-TS service)
         self.container = container
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
@@ -317,6 +334,7 @@ class Publisher:
         self._copies = {s.index: container.add_stream_from_template(s) for s in copy_from}
         self.width, self.height = width, height
         self.fps = fps
+        self.gop = gop
         log.info("%s: publishing %dx%d at %.3g fps with %s to %s", self.name, width, height, float(fps),
                  codec, self.masked_url)
         return self
@@ -328,6 +346,9 @@ class Publisher:
         frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
         frame.pts = pts
         frame.time_base = self.stream.codec_context.time_base
+        if keyframe_due(self._last_key, pts, self.gop):
+            frame.pict_type = av.video.frame.PictureType.I
+            self._last_key = pts
         return self.stream.encode(frame)
 
     def mux(self, packets) -> None:
@@ -353,6 +374,24 @@ class Publisher:
         self.send(data, pts)
         self.frames += 1
 
+    def mark_good(self) -> None:
+        """Remember a local file's size after a complete write: a write that fails later (a full
+        disk) is cut back to it, so the file ends on a whole fragment and decodes to its end."""
+        if "://" not in self.target:
+            try:
+                self.good_size = os.path.getsize(self.target)
+            except OSError:
+                pass
+
+    def cut_back(self) -> None:
+        """After a failed write to a local file: drop the partial fragment at its end."""
+        if "://" in self.target or not os.path.exists(self.target):
+            return
+        try:
+            os.truncate(self.target, self.good_size)
+        except OSError as exc:
+            log.warning("%s: could not cut %s back to its last whole fragment: %s", self.name, self.target, exc)
+
     def close(self, flush: bool = True) -> None:
         container, self.container = self.container, None
         if container is None:
@@ -374,15 +413,31 @@ class SinkHooks:
     """What a :class:`SinkWorker` asks of its pipeline, all optional.
 
     ``on_published(enhanced, seconds)`` is called after each frame is written. ``metadata``:
-    a callable returning a file output's container tags, read when the output is opened.
-    ``copy_from`` (file outputs): a callable returning the input streams whose packets ride
-    along with the frames (``Frame.packets``); they are copied into the output after their
-    frame, and video keeps the source's timestamps.
+    a callable taking the upscaler that made a frame (``Enhanced.made_by``, or None) and
+    returning a file output's container tags; a file output whose frames start coming from
+    another upscaler (an alpha or model change) continues in a new file or segment, tagged
+    from its first frame. ``copy_from`` (file outputs): a callable returning the input streams
+    whose packets ride along with the frames (``Frame.packets``); they are copied into the
+    output after their frame, and video keeps the source's timestamps. ``segments``: where
+    each open of a camera's file output writes (:class:`~ultrares_stream.recording.SegmentedOutput`).
     """
 
     on_published: Callable | None = None
-    metadata: Callable[[], dict[str, str]] | None = None
+    metadata: Callable[[object], dict[str, str]] | None = None
     copy_from: Callable[[], list] | None = None
+    segments: SegmentedOutput | None = None
+
+
+#: why a write failed -> the state a file output is in until a write succeeds again
+WRITE_FAILURES = {errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EROFS: "output-error",
+                  errno.EACCES: "output-error", errno.EPERM: "output-error", errno.ENOTDIR: "output-error",
+                  errno.EISDIR: "output-error", errno.ENOENT: "output-error"}
+
+
+def failure_state(exc: BaseException) -> str:
+    """The sink state a failed open or write leaves: ``disk-full``, ``output-error`` (a file that
+    cannot be written) or ``reconnecting`` (a network peer gone)."""
+    return WRITE_FAILURES.get(getattr(exc, "errno", None) or 0, "reconnecting")
 
 
 class SinkWorker:
@@ -392,7 +447,8 @@ class SinkWorker:
     the output is (re)opened. ``reconnect``: the connect/write timeout and the reconnect
     backoff (default ``ReconnectConfig()``); ``watchdog_s``: how long a write may block or an
     RTSP server stay silent before the connection is dropped (default ``reconnect.timeout_s``).
-    ``hooks``: the callbacks of :class:`SinkHooks`.
+    ``hooks``: the callbacks of :class:`SinkHooks`. ``state`` and ``cause`` say what the output
+    is doing and, when it is not publishing, why.
     """
 
     def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
@@ -403,18 +459,17 @@ class SinkWorker:
         self.reconnect = reconnect or ReconnectConfig()
         self.watchdog_s = self.reconnect.timeout_s if watchdog_s is None else watchdog_s
         self.metrics = metrics
-        hooks = hooks or SinkHooks()
-        self.on_published = hooks.on_published
-        self.metadata_fn = hooks.metadata  # file outputs' container tags, read when the output is opened
-        self.copy_from = hooks.copy_from
+        self.hooks = hooks or SinkHooks()
         output_args(url, live, self.reconnect.timeout_s)  # validate the URL early (UserError)
         self.published = 0
         self.copied = 0  # packets of copy_from streams muxed
         self.reconnects = 0
         self._failures = 0  # consecutive dropped connections: the reconnect backoff grows with them
         self.state = "idle"
+        self.cause: str | None = None  # why the output is not publishing (None while it is)
         self.mapper: TimestampMapper | None = None
         self._pub: Publisher | None = None
+        self._made_by = None  # the upscaler whose provenance the open file carries
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_started: float | None = None
@@ -454,15 +509,20 @@ class SinkWorker:
 
         Two signs: a write blocked longer than ``watchdog_s``; or, for RTSP, the
         server not answering an ``OPTIONS`` request on a side connection for
-        ``watchdog_s``. Either one makes the writer drop the connection and reconnect.
+        ``watchdog_s`` since the output was opened or last answered. Either one makes the
+        writer drop the connection and reconnect. Opening is not watched: it has its own
+        timeout (the connect timeout, and the publisher process's start).
         """
         probe = scheme_of(self.url) == "rtsp"  # plain RTSP only: an rtsps server expects TLS first
-        last_ok = time.monotonic()
+        last_ok, watched = time.monotonic(), None
         while not self._stop.wait(0.5):
             now = time.monotonic()
             started = self._write_started
             stuck = started is not None and now - started > self.watchdog_s
-            if probe and self._pub is not None and self._pub.container is not None:
+            pub = self._pub
+            if probe and pub is not None and pub.container is not None:
+                if pub is not watched:  # a new connection: its silence counts from now
+                    watched, last_ok = pub, now
                 if rtsp_server_answers(self.url, timeout_s=min(2.0, self.watchdog_s)):
                     last_ok = time.monotonic()
                 elif time.monotonic() - last_ok > self.watchdog_s:
@@ -471,45 +531,59 @@ class SinkWorker:
                 last_ok = now
             if stuck and not self._hung.is_set():
                 self._hung.set()
-                self.state = "hung"
+                self._set_state("hung", f"the receiver did not answer for {self.watchdog_s:.0f} s")
                 log.warning("%s: publisher %s is not responding (for %.0f s); reconnecting", self.name,
                             mask_url(self.url), self.watchdog_s)
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
 
-    def _open(self, width: int, height: int) -> Publisher:
+    def _set_state(self, state: str, cause: str | None = None) -> None:
+        self.state, self.cause = state, cause
+
+    def _publisher(self, made_by) -> Publisher:
+        """A new, unopened publisher for the next connection or segment."""
         from .sink_process import RemotePublisher
 
+        metadata = self.hooks.metadata(made_by) if self.hooks.metadata else None
+        args = dict(live=self.live, timeout_s=self.reconnect.timeout_s, name=self.name, metadata=metadata)
+        if (row := scheme(self.url)) is not None and row.publish_format:  # a network peer: a child process
+            return RemotePublisher(self.url, self.settings, **args)
+        target = self.hooks.segments.next_path() if self.hooks.segments is not None else self.url
+        return Publisher(target, self.settings, keep_times=self.hooks.copy_from is not None, **args)
+
+    def _open(self, width: int, height: int, made_by=None) -> Publisher:
         attempt = 0
         while True:
-            args = dict(live=self.live, timeout_s=self.reconnect.timeout_s, name=self.name,
-                        metadata=self.metadata_fn() if self.metadata_fn else None)
-            if (row := scheme(self.url)) is not None and row.publish_format:  # a network peer: a child process
-                pub = RemotePublisher(self.url, self.settings, **args)
-            else:
-                pub = Publisher(self.url, self.settings, keep_times=self.copy_from is not None, **args)
+            pub = None
             try:
-                self._write_started = time.monotonic()
-                if self.copy_from is not None:
-                    pub.open(width, height, self.fps_fn(), copy_from=self.copy_from())
+                pub = self._publisher(made_by)
+                if self.hooks.copy_from is not None:
+                    pub.open(width, height, self.fps_fn(), copy_from=self.hooks.copy_from())
                 else:
                     pub.open(width, height, self.fps_fn())
+                self._made_by = made_by
                 return pub
-            except ConnectionError as exc:
+            except (ConnectionError, OSError) as exc:
                 if not self.live:
                     raise UserError(str(exc)) from None
+                if pub is not None:
+                    self._forget(pub)
                 attempt += 1
                 delay = backoff_delay(attempt, self.reconnect.initial_s, self.reconnect.max_s)
+                self._set_state(failure_state(exc.__context__ or exc), str(exc))
                 log.warning("%s: %s; retrying in %.1f s", self.name, exc, delay)
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "publish").inc()
                 if self._stop.wait(delay):
                     raise
-            finally:
-                self._write_started = None
+
+    def _forget(self, pub: Publisher) -> None:
+        """A segment that holds no frame (its open or first write failed) is removed."""
+        if self.hooks.segments is not None and pub.frames == 0:
+            self.hooks.segments.discard_last()
 
     def _run(self) -> None:
-        self.state = "waiting"
+        self._set_state("waiting")
         try:
             while True:
                 got = self.queue.get_with_wait(0.25)
@@ -521,67 +595,96 @@ class SinkWorker:
                 self._publish(enhanced)
         except Exception as exc:  # noqa: BLE001
             self.error = exc
-            self.state = "failed"
+            self._set_state("failed", str(exc))
             log.error("%s: publisher stopped: %s", self.name, exc)
         finally:
             if self._pub is not None:
-                self._pub.close()
-                self._pub = None
+                self._close(self._pub)
             if self.state != "failed":
-                self.state = "stopped"
+                self._set_state("stopped")
 
-    def _drop_connection(self, pub: Publisher, why: str) -> None:
-        log.warning("%s: %s: %s; reconnecting", self.name, mask_url(self.url), why)
-        pub.close(flush=False)
+    def _close(self, pub: Publisher, flush: bool = True) -> None:
+        pub.close(flush=flush)
         self._pub = None
+        if self.hooks.segments is not None:
+            self.hooks.segments.prune()
+
+    def _drop_connection(self, pub: Publisher, why: str, exc: BaseException | None = None) -> None:
+        log.warning("%s: %s: %s; reconnecting", self.name, mask_url(self.url), why)
+        self._close(pub, flush=False)
+        if isinstance(pub, Publisher):
+            pub.cut_back()
+        self._forget(pub)
         self.reconnects += 1
         self._failures += 1
+        self._set_state(failure_state(exc) if exc is not None else "reconnecting", why)
         if self.metrics is not None:
             self.metrics.reconnects.labels(self.name, "sink").inc()
 
+    def _reopen_reason(self, pub: Publisher, enhanced) -> str | None:
+        """Why the open output cannot take this frame: its size changed, the file's provenance
+        (the upscaler that makes the frames) changed, or its segment ran its length."""
+        if (pub.width, pub.height) != (enhanced.width, enhanced.height):
+            return f"output size changed to {enhanced.width}x{enhanced.height}"
+        if self.hooks.metadata is not None and enhanced.made_by is not None and enhanced.made_by is not self._made_by:
+            return "model or alpha changed"
+        if self.hooks.segments is not None and self.hooks.segments.due():
+            return "segment length reached"
+        return None
+
     def _publish(self, enhanced) -> None:
         if self.mapper is None:
-            self.mapper = TimestampMapper(self.fps_fn(), rebase=self.copy_from is None)
+            self.mapper = TimestampMapper(self.fps_fn(), rebase=self.hooks.copy_from is None)
         pts = self.mapper.map(enhanced.source.time_s, enhanced.source.epoch)
         for attempt in range(2):
             pub = self._pub
-            if pub is not None and (pub.width, pub.height) != (enhanced.width, enhanced.height):
-                log.info("%s: output size changed to %dx%d; reopening", self.name, enhanced.width, enhanced.height)
-                pub.close()
-                pub = self._pub = None
+            if pub is not None and (why := self._reopen_reason(pub, enhanced)) is not None:
+                log.info("%s: %s; continuing in a new output%s", self.name, why,
+                         " segment" if self.hooks.segments is not None else "")
+                self._close(pub)
+                pub = None
             if pub is not None and self._hung.is_set():
                 self._drop_connection(pub, "server not responding")
                 pub = None
                 if self._stop.wait(backoff_delay(self._failures, self.reconnect.initial_s, self.reconnect.max_s)):
                     return
             if pub is None:
-                pub = self._pub = self._open(enhanced.width, enhanced.height)
+                pub = self._pub = self._open(enhanced.width, enhanced.height, enhanced.made_by)
                 self._hung.clear()
-                self.state = "running"
-            self._write_started = time.monotonic()
-            try:
-                encode_s, mux_s = pub.send(enhanced.data, pts)
-                pub.frames += 1
-                if self.copy_from is not None:
-                    pub.copy(enhanced.source.packets)
-                    self.copied += len(enhanced.source.packets)
-            except Exception as exc:  # noqa: BLE001 - server gone or hung (socket timeout)
-                self._write_started = None
-                if not self.live:
-                    raise
-                self._drop_connection(pub, f"publishing failed ({exc if str(exc) else type(exc).__name__})")
-                if self.metrics is not None:
-                    self.metrics.errors.labels(self.name, "publish").inc()
-                if self._stop.wait(backoff_delay(self._failures, self.reconnect.initial_s, self.reconnect.max_s)):
-                    return
-                continue
-            finally:
-                self._write_started = None
-            self.published += 1
-            self._failures = 0
+            if self._write(pub, enhanced, pts):
+                return
+            if self._stop.wait(backoff_delay(self._failures, self.reconnect.initial_s, self.reconnect.max_s)):
+                return
+
+    def _write(self, pub: Publisher, enhanced, pts: int) -> bool:
+        """Encode and mux one frame (and its copied packets); False when the output failed and was
+        dropped (live outputs: reconnect with a new connection or segment)."""
+        self._write_started = time.monotonic()
+        try:
+            encode_s, mux_s = pub.send(enhanced.data, pts)
+            pub.frames += 1
+            if self.hooks.copy_from is not None:
+                pub.copy(enhanced.source.packets)
+                self.copied += len(enhanced.source.packets)
+        except Exception as exc:  # noqa: BLE001 - server gone or hung (socket timeout), disk full
+            self._write_started = None
+            if not self.live:
+                raise
+            self._drop_connection(pub, f"publishing failed ({exc if str(exc) else type(exc).__name__})", exc)
             if self.metrics is not None:
-                self.metrics.observe_stage(self.name, "encode", encode_s)
-                self.metrics.observe_stage(self.name, "publish", mux_s)
-            if self.on_published is not None:
-                self.on_published(enhanced, encode_s + mux_s)
-            return
+                self.metrics.errors.labels(self.name, "publish").inc()
+            return False
+        finally:
+            self._write_started = None
+        if isinstance(pub, Publisher):
+            pub.mark_good()
+        self.published += 1
+        self._failures = 0
+        if self.state != "running":
+            self._set_state("running")
+        if self.metrics is not None:
+            self.metrics.observe_stage(self.name, "encode", encode_s)
+            self.metrics.observe_stage(self.name, "publish", mux_s)
+        if self.hooks.on_published is not None:
+            self.hooks.on_published(enhanced, encode_s + mux_s)
+        return True

@@ -32,12 +32,18 @@ from .urls import HTTP, RTSP, V4L2, is_live, mask_url, scheme
 
 log = logging.getLogger(__name__)
 
-#: seconds of an outage during which a live source is retried every ``reconnect.initial_s``
-QUICK_RETRY_S = 10.0
 DEFAULT_FPS = Fraction(25)
 #: file suffixes taken for video without sniffing the content (``enhance`` folders, recorded jobs)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".flv",
                             ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv", ".264", ".h264"})
+
+
+#: seconds of an outage during which a live source is retried every ``reconnect.initial_s``
+QUICK_RETRY_S = 10.0
+
+
+class FinishedSource(UserError):
+    """A live input that turned out to be a finished recording: it is not retried."""
 
 
 def backoff_delay(attempt: int, initial: float = 0.5, cap: float = 30.0, jitter: float = 0.25,
@@ -189,7 +195,9 @@ class Source:
         self.copied_streams: list = []  # the input streams of ``copy``, known once connected
         self.bad_packets = 0  # undecodable packets a file skipped
         self.state = "starting"
+        self.cause: str | None = None  # why the source is not delivering frames (None while it is)
         self.reconnects = 0
+        self._slow_attempts = 0  # reconnect attempts past the quick retries of an outage
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._index = 0
@@ -209,10 +217,13 @@ class Source:
         return self._stop.is_set()
 
     def frames(self) -> Iterator[Frame]:
-        """Decoded frames; for live sources this only ends when :meth:`stop` is called.
+        """Decoded frames; for live sources this only ends when :meth:`stop` is called, or when the
+        input turns out to be a finished recording (an HLS playlist that has ended).
 
         Reconnects: every ``reconnect.initial_s`` for the first :data:`QUICK_RETRY_S` of an outage
-        (a camera that restarts is back within about that), then with exponential backoff.
+        (a camera that restarts is back within about that), then twice as long at each failed
+        attempt from there (``2 * initial_s``, ``4 * initial_s``...) up to ``reconnect.max_s``,
+        with jitter; a connection that delivered frames starts over.
         """
         attempt = 0
         outage_since: float | None = None
@@ -222,21 +233,29 @@ class Source:
                 for frame in self._read_once():
                     got_any = True
                     attempt = 0
+                    self.cause = None
                     yield frame
                     if self._stop.is_set():
                         return
                 if not self.live:
                     self.state = "finished"
                     return
+                self.cause = "the stream ended"
                 log.warning("%s: stream from %s ended; reconnecting", self.name, self.masked_url)
+            except FinishedSource as exc:
+                self.state, self.cause = "ended", str(exc)
+                log.error("%s: %s", self.name, exc)
+                return
             except UserError as exc:
                 if not self.live:
                     raise
+                self.cause = str(exc)
                 log.warning("%s: %s", self.name, exc)
             except Exception as exc:  # av.error.* and OSError: the camera is gone or hung
                 if not self.live:
                     raise UserError(f"{self.masked_url}: cannot decode: {describe_error(exc)}") from None
-                log.warning("%s: source %s: %s", self.name, self.masked_url, describe_error(exc))
+                self.cause = describe_error(exc)
+                log.warning("%s: source %s: %s", self.name, self.masked_url, self.cause)
                 if self.metrics is not None:
                     self.metrics.errors.labels(self.name, "decode").inc()
             finally:
@@ -246,8 +265,7 @@ class Source:
             attempt = 1 if got_any else attempt + 1
             if got_any or outage_since is None:
                 outage_since = time.monotonic()
-            quick = time.monotonic() - outage_since < QUICK_RETRY_S
-            delay = backoff_delay(1 if quick else attempt, self.reconnect.initial_s, self.reconnect.max_s)
+            delay = self._reconnect_delay(time.monotonic() - outage_since)
             self.state = "reconnecting"
             log.info("%s: reconnecting to %s in %.1f s (attempt %d)", self.name, self.masked_url, delay, attempt)
             if self._stop.wait(delay):
@@ -255,6 +273,15 @@ class Source:
             self.reconnects += 1
             if self.metrics is not None:
                 self.metrics.reconnects.labels(self.name, "source").inc()
+
+    def _reconnect_delay(self, outage_s: float) -> float:
+        """The wait before the next reconnect, ``outage_s`` into an outage: quick retries, then
+        exponential backoff that starts where they end."""
+        if outage_s < QUICK_RETRY_S:
+            self._slow_attempts = 0
+            return backoff_delay(1, self.reconnect.initial_s, self.reconnect.max_s)
+        self._slow_attempts += 1
+        return backoff_delay(self._slow_attempts + 1, self.reconnect.initial_s, self.reconnect.max_s)
 
     def _set_down(self) -> None:
         self.connected.clear()
@@ -283,6 +310,9 @@ class Source:
         try:
             if not container.streams.video:
                 raise UserError(f"{self.masked_url}: has no video stream")
+            if self.live and container.format.name == "hls" and container.duration:
+                raise FinishedSource(f"{self.masked_url} is an HLS playlist that has ended (a recording, not a live "
+                                     "camera): enhance it with 'ultrares enhance', or give the live playlist")
             stream = container.streams.video[0]
             stream.thread_type = "SLICE" if self.live else "AUTO"
             stream.codec_context.thread_count = self.decode_threads
@@ -306,8 +336,8 @@ class Source:
                                     self.name, self.hwaccel)
                 data, w, h = frame_to_yuv420p(frame)
                 t1 = time.perf_counter()
-                out = Frame(data, w, h, self._index, clock.time(frame.time), decode_s=t1 - t0, epoch=self._epoch,
-                            packets=packets)
+                out = Frame(data, w, h, self._index, clock.time(frame.time, time.monotonic() if self.live else None),
+                            decode_s=t1 - t0, epoch=self._epoch, packets=packets)
                 self._index += 1
                 if self.metrics is not None:
                     self.metrics.frames_in.labels(self.name).inc()
@@ -377,26 +407,55 @@ def _close_quietly(container) -> None:
         log.debug("closing a dead input: %s", exc)
 
 
+#: a step of a live source's clock this much ahead of the time that passed is a clock jump, not video
+CLOCK_JUMP_S = 2.0
+
+
 class FrameClock:
-    """Frame times in seconds: the container's while they increase; after the first
-    non-increasing or missing one (broken cameras) the rest of the connection is timed
-    from the frame rate instead. AVI has no presentation times at all (only decode
-    order), so it is timed from the frame rate from the start."""
+    """Frame times in seconds from the source's own clock (RTP, MPEG-TS or container times), made
+    safe for a recording:
 
-    def __init__(self, fps: Fraction, synthetic: bool = False):
+    * a frame without a time (the first frame from RTSP often has none) is one nominal frame
+      after the last; the source's own times take over again from the next frame that has one;
+    * a step backwards, or (live sources, given ``received`` times) a step more than
+      :data:`CLOCK_JUMP_S` ahead of the time that passed between the two frames' arrival (a
+      camera's clock set forward), is bridged: the clock is re-anchored so the frame follows
+      the last by the time that passed (at least one frame), and later frames keep the source's
+      spacing from there;
+    * AVI has no presentation times at all (only decode order): timed from the frame rate.
+    """
+
+    def __init__(self, fps: Fraction, synthetic: bool = False, jump_s: float = CLOCK_JUMP_S):
         self.fps = fps
-        self.last: float | None = None
         self.synthetic = synthetic
+        self.jump_s = jump_s
+        self.last: float | None = None
+        self.offset = 0.0  # added to the source's times since the last bridge
+        self.bridges = 0  # clock jumps and backward steps bridged
+        self._received: float | None = None
 
-    def time(self, t: float | None) -> float:
-        if not self.synthetic and t is not None and (self.last is None or t > self.last):
-            self.last = t
-            return t
-        if not self.synthetic:
-            self.synthetic = True
-            log.debug("timestamps not increasing; timing frames from the frame rate")
-        self.last = 0.0 if self.last is None else self.last + 1.0 / float(self.fps)
-        return self.last
+    def time(self, t: float | None, received: float | None = None) -> float:
+        """The time of a frame whose source time is ``t`` (None: unknown), received (monotonic
+        clock, live sources) at ``received``."""
+        frame = 1.0 / float(self.fps)
+        passed = None if received is None or self._received is None else received - self._received
+        self._received = received
+        if self.synthetic or t is None or self.last is None:
+            out = (0.0 if t is None or self.synthetic else t) if self.last is None else self.last + frame
+            if t is not None and not self.synthetic:
+                self.offset = out - t
+            self.last = out
+            return out
+        out = t + self.offset
+        step = out - self.last
+        if step <= 0 or (passed is not None and step - passed > self.jump_s):
+            bridged = self.last + max(frame, passed or 0.0)
+            log.info("source clock %s by %.3f s; bridged", "jumped" if step > 0 else "went back", step)
+            self.bridges += 1
+            self.offset += bridged - out
+            out = bridged
+        self.last = out
+        return out
 
 
 def describe_error(exc: BaseException) -> str:

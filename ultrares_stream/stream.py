@@ -16,13 +16,15 @@ from collections import deque
 from fractions import Fraction
 
 from . import provenance
+from .admission import DEFAULT_MAX_OUTPUT_PIXELS, admit_output_size
 from .batcher import Batcher, Enhanced
-from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig
+from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig, RecordingConfig
 from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkHooks, SinkWorker
+from .recording import SegmentedOutput
+from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for
 from .sizes import fit_inside, parse_size
 from .sources import DEFAULT_FPS, Source
-from .urls import mask_url
+from .urls import mask_url, scheme
 from .temporal import Stabiliser
 from .upscaler import FrameUpscaler, UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
 
@@ -34,6 +36,19 @@ log = logging.getLogger(__name__)
 DROP_WINDOW_S = 10.0
 DROP_WARN_RATIO = 0.1
 DROP_WARN_EVERY_S = 30.0
+
+
+#: a publisher's state -> the camera's, while it is not publishing
+SINK_PROBLEMS = {"hung": "publisher-hung", "reconnecting": "publisher-reconnecting", "disk-full": "disk-full",
+                 "output-error": "output-error"}
+
+
+def segmented_output(camera: CameraConfig, live: bool) -> SegmentedOutput | None:
+    """Where a camera's file output writes each time it opens (None: a network or HLS output)."""
+    if scheme(camera.output) is not None or container_for(camera.output) is None:
+        return None
+    return SegmentedOutput(camera.output, live=live,
+                           policy=(camera.recording or RecordingConfig()).policy())
 
 
 class _Rate:
@@ -121,8 +136,8 @@ class Stream:
         self.stabiliser = Stabiliser(settings) if settings is not None else None  # batcher applies it
         self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(), live=self.live,
                                                               cpu_inference=_on_cpu(batcher.device))
-        hooks = SinkHooks(on_published=self._on_published,
-                          metadata=lambda: provenance.video_metadata(provenance.for_upscaler(self.upscaler)))
+        hooks = SinkHooks(on_published=self._on_published, metadata=self._provenance,
+                          segments=segmented_output(camera, self.live))
         self.sink = SinkWorker(camera.output, self.encoder, self._fps, self.out_queue, name=camera.name,
                                live=self.live, reconnect=rc, watchdog_s=watchdog_s or rc.timeout_s, metrics=metrics,
                                hooks=hooks)
@@ -136,10 +151,12 @@ class Stream:
         self.started_at: float | None = None
         self.last_frame_at: float | None = None
         self.input_size: tuple[int, int] | None = None
+        self._admitted: tuple[int, int] | None = None  # the input size last admitted (_admit)
         self.output_size: tuple[int, int] | None = None
         self._latencies: deque[float] = deque(maxlen=512)
         self._rate_in, self._rate_out = _Rate(), _Rate()
         self._window_in, self._window_drop = _Rate(DROP_WINDOW_S), _Rate(DROP_WINDOW_S)
+        self._window_out = _Rate(DROP_WINDOW_S)
         self._drops_warned_at = -math.inf
         self._latest: Enhanced | None = None
         self._jpeg: tuple[float, bytes] | None = None
@@ -148,6 +165,10 @@ class Stream:
         self.first_output = threading.Event()
         if metrics is not None:
             self._bind_metrics(metrics)
+
+    def _provenance(self, made_by) -> dict[str, str]:
+        """A file output's container tags for frames made by ``made_by`` (default: the live upscaler)."""
+        return provenance.video_metadata(provenance.for_upscaler(made_by or self.upscaler))
 
     def _queues(self, size: int, policy: str) -> tuple[FrameQueue, FrameQueue]:
         """The camera's input queue (``policy`` auto: drop the oldest frame live, block for files) and
@@ -231,6 +252,7 @@ class Stream:
             self.first_published_at = now
         self.last_published_at = now
         self._rate_out.tick(now)
+        self._window_out.tick(now)
         latency = now - out.source.received
         self._latencies.append(latency)
         self._latest = out
@@ -252,9 +274,19 @@ class Stream:
         log.info("%s: %s -> %s", self.name, mask_url(self.input_url), mask_url(self.output_url))
         return self
 
+    def _admit(self, width: int, height: int) -> None:
+        """Refuse an input whose output frames would be over the camera's pixel budget
+        (``max_output_pixels``), before any of its frames reaches the shared batcher: one heavy
+        camera must not starve the others. Checked again when the input's size changes."""
+        if (width, height) != self._admitted:
+            limit = DEFAULT_MAX_OUTPUT_PIXELS if self.camera.max_output_pixels is None else self.camera.max_output_pixels
+            admit_output_size(self.name, width, height, int(self.upscaler.scale), self.camera.output_size, limit)
+            self._admitted = (width, height)
+
     def _read(self) -> None:
         try:
             for frame in self.source.frames():
+                self._admit(frame.width, frame.height)
                 self.frames_in += 1
                 self.last_frame_at = time.monotonic()
                 self.input_size = (frame.width, frame.height)
@@ -267,8 +299,9 @@ class Stream:
                 except QueueClosed:
                     return
                 self.enqueued += 1
-        except Exception as exc:  # noqa: BLE001 - a file that cannot be read
+        except Exception as exc:  # noqa: BLE001 - a file that cannot be read, an input over budget
             self.error = exc
+            self.source.stop()
             log.error("%s: %s", self.name, exc)
         finally:
             self.queue.close()
@@ -331,17 +364,49 @@ class Stream:
     # --- the Stream contract --------------------------------------------------
     @property
     def state(self) -> str:
-        if self.error is not None:
-            return "failed"
-        if self.sink.state == "failed":
+        """What the camera is doing; :meth:`cause` says why when it is not ``running``."""
+        if self.error is not None or self.sink.state == "failed":
             return "failed"
         if self.finished:
             return "finished"
-        if self.source.state in ("reconnecting", "connecting", "starting"):
+        if self.source.state in ("reconnecting", "connecting", "starting", "ended"):
             return self.source.state
-        if self.sink.state == "hung":
-            return "publisher-hung"
-        return "running" if self.first_output.is_set() else "starting"
+        if self.sink.state in SINK_PROBLEMS:
+            return SINK_PROBLEMS[self.sink.state]
+        if not self.first_output.is_set():
+            return "starting"
+        return "degraded" if self.degraded() else "running"
+
+    def cause(self) -> str | None:
+        """Why the camera is not publishing as it should (None when it is)."""
+        if self.error is not None:
+            return str(self.error)
+        state = self.state
+        if state in ("running", "finished"):
+            return None
+        if state == "degraded":
+            return (f"publishing {self._window_out.count()} of {self._window_in.count()} frames received over "
+                    f"{DROP_WINDOW_S:.0f} s (below min_publish_share {self.camera.min_publish_share:g}): "
+                    "inference cannot keep up")
+        if self.sink.state in SINK_PROBLEMS or self.sink.state == "failed":
+            return self.sink.cause
+        if self.source.cause:
+            return self.source.cause
+        return "waiting for the first enhanced frame" if state == "starting" else None
+
+    def _segment(self) -> str | None:
+        """The file name of the segment being recorded (None: not a segmented output)."""
+        segments = self.sink.hooks.segments
+        return segments.paths[-1].name if segments is not None and segments.paths else None
+
+    def degraded(self) -> bool:
+        """A live camera publishing under ``min_publish_share`` of the frames it received over the
+        last :data:`DROP_WINDOW_S` (once it has run that long)."""
+        published = self.first_published_at
+        if not self.live or published is None or time.monotonic() - published < DROP_WINDOW_S:
+            return False
+        received = self._window_in.count()
+        return received >= 5 and self._window_out.count() < self.camera.min_publish_share * received
 
     def status(self) -> dict:
         lat = percentiles(self._latencies)
@@ -371,6 +436,8 @@ class Stream:
             "ensemble": self.ensemble,
             "pending": {"model": str(nxt[0].model_name), "alpha": nxt[2]} if nxt is not None else None,
             "error": str(self.error) if self.error else None,
+            "cause": self.cause(),
+            "segment": self._segment(),
         }
 
     def set_alpha(self, alpha: float) -> None:
@@ -436,6 +503,6 @@ class Stream:
 
         img = av.VideoFrame.from_ndarray(latest.data, format="yuv420p").to_image()
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
+        img.save(buf, format="JPEG", quality=quality, comment=provenance.LIVE_TITLE.encode())
         self._jpeg = (now, buf.getvalue())
         return self._jpeg[1]

@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--port", type=int, default=8554, help="RTSP port (default 8554; 0 = any free port)")
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port for /metrics and the page (default 8080)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve RTSP and HTTP on (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve RTSP and HTTP on (default 127.0.0.1); another address needs an API token "
+                        "in ULTRARES_API_TOKEN or ULTRARES_API_TOKEN_FILE, or --insecure")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve HTTP beyond 127.0.0.1 without an API token (anyone on the network can use it)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default: ultrares-compact-x4)")
     p.add_argument("--alpha", type=float, default=None, help="0 = faithful, 1 = detailed (default 0: reads plates best, docs/model_card.md)")
     p.add_argument("--video", default=None, help="play this clip as the camera instead of the default scene")
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import parse_config
     from ..demo.server import RtspServer
-    from ..service import HttpServer, Service, make_app
+    from ..service import HttpServer, Service, check_exposure, make_app
     from .serve import run_until_stopped
 
     camera = {"name": "demo", "input": "rtsp://placeholder/cam", "output": "rtsp://placeholder/push/enhanced",
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         data["defaults"] = {"model": args.model}
     cfg = parse_config(data, "demo options")  # validates alpha/size with the same messages as the YAML
+    token = cfg.server.resolve_token()
+    check_exposure(args.host, token, args.insecure, "set ULTRARES_API_TOKEN or ULTRARES_API_TOKEN_FILE")
     console = Console()
     from ..engine import pick_device
     from ..stream import UpscalerPool
@@ -65,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.cameras[0].output = srv.record_url("enhanced")
         service = Service(cfg, pool=pool)  # the camera shares the preloaded model
         pool.release(preloaded)
-        http = HttpServer(make_app(service), args.host, args.http_port).start()
+        http = HttpServer(make_app(service, token), args.host, args.http_port).start()
         service.start()
         console.print(f"[bold]camera[/]    {srv.camera_url}")
         console.print(f"[bold green]watch[/]     ffplay -rtsp_transport tcp {srv.watch_url('enhanced')}   "
                       f"(or open it in VLC)")
-        console.print(f"[bold]page[/]      {http.url}/")
+        console.print(f"[bold]page[/]      {http.url}/" + ("   (API token required)" if token else ""))
         console.print(f"[bold]metrics[/]   {http.url}/metrics")
         console.print("Ctrl-C to stop" + (f" (stops by itself after {args.duration:g} s)" if args.duration else ""))
         run_until_stopped(service, http, args.duration)

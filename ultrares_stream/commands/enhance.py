@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_ALPHA, RECORDED_CRF, RECORDED_PRESET, StabiliseConfig
@@ -122,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args.inputs, args.output)
     for job in jobs:
         job.kind = _kind(job.src)
+    seen = Claims.of(jobs)
     upscaler = _make_upscaler(args)
     failures = 0
-    seen: set[Path] = set()
     progress = _progress(len(jobs))
     with progress:
         task = progress.add_task("enhancing", total=len(jobs))
@@ -184,13 +184,13 @@ def _make_upscaler(args: argparse.Namespace):
                     ensemble=args.ensemble)
 
 
-def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) -> None:
+def _one(job: Job, upscaler, args, size, seen: Claims, video_progress: bool) -> None:
     from ..images import detect_format, enhance_image, format_for_path, output_name
 
     start = time.perf_counter()
     if job.kind == "video":
         dst = job.dst / job.src.name if job.to_folder else job.dst
-        _check_dst(job.src, dst, seen)
+        seen.claim(job.src, dst, video=True)
         info = _enhance_video(job.src, dst, upscaler, size, args.scale, video_progress, args.preset, args.crf,
                               args.threads, args.stabilise)
         info = info or {}
@@ -212,7 +212,7 @@ def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) 
         dst, out_fmt = job.dst / output_name(job.src, fmt), fmt
     else:
         dst, out_fmt = job.dst, format_for_path(job.dst)
-    _check_dst(job.src, dst, seen)
+    seen.claim(job.src, dst)
     info = enhance_image(job.src, dst, upscaler, scale=args.scale, size=size,
                          alpha_mode=args.alpha_upsampler, fmt=out_fmt)
     (w, h), (ow, oh) = info["in_size"], info["out_size"]
@@ -220,13 +220,42 @@ def _one(job: Job, upscaler, args, size, seen: set[Path], video_progress: bool) 
              time.perf_counter() - start)
 
 
-def _check_dst(src: Path, dst: Path, seen: set[Path]) -> None:
-    resolved = dst.resolve()
-    if resolved == src.resolve():
-        raise UserError(f"{src}: the output would overwrite the input; choose another output")
-    if resolved in seen:
-        raise UserError(f"{src}: its output {dst} is also the output of an earlier input; skipped")
-    seen.add(resolved)
+@dataclass
+class Claims:
+    """The files of one run: every input's identity (:func:`admission.file_target`: links resolved)
+    and the outputs claimed so far. No job may write an input of the run or another job's output."""
+
+    inputs: dict[str, Path]
+    outputs: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, jobs: list[Job]) -> Claims:
+        from ..admission import file_target
+
+        return cls({file_target(job.src).key: job.src for job in jobs})
+
+    def claim(self, src: Path, dst: Path, video: bool = False) -> None:
+        """Claim ``dst`` for ``src``'s job, or UserError (before anything is written)."""
+        from ..admission import file_target
+
+        if file_target(dst).key == file_target(src).key:
+            raise UserError(f"{src}: the output would overwrite the input; choose another output")
+        if video:
+            from ..recorded import check_not_own_input, written_paths
+
+            check_not_own_input(src, dst)
+            paths = [path for _, path in written_paths(dst)]
+        else:
+            paths = [dst]
+        for path in paths:
+            other = self.inputs.get(file_target(path).key)
+            if other is not None:
+                raise UserError(f"{src}: its output would overwrite {other}, another input of this run; "
+                                "choose another output")
+        key = file_target(dst).key
+        if key in self.outputs:
+            raise UserError(f"{src}: its output {dst} is also the output of an earlier input; skipped")
+        self.outputs.add(key)
 
 
 def _crf(text: str) -> int:

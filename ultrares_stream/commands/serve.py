@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "batches on the device and publish them (RTSP push, file or HLS). Serves /metrics, /healthz, "
                     "/readyz and the API (PATCH /api/v1/streams/NAME to change alpha) on server.host:port. "
                     "SIGTERM or Ctrl-C stops gracefully, flushing every output.",
-        epilog="Example: ultrares serve --config configs/cameras.yaml")
+        epilog="Example: ultrares serve --config configs/cameras.yaml. Beyond 127.0.0.1 it needs an API token "
+               "(server.api_token_file, ULTRARES_API_TOKEN or ULTRARES_API_TOKEN_FILE): every endpoint but "
+               "/healthz and /readyz then asks for 'Authorization: Bearer TOKEN' (docs/operations.md, Security).")
     p.add_argument("--config", "-c", required=True, metavar="YAML", help="service config (see configs/cameras.yaml)")
     p.add_argument("--host", help="HTTP host (overrides server.host)")
     p.add_argument("--port", type=int, help="HTTP port (overrides server.port)")
@@ -24,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-index", type=int, default=0, metavar="I",
                    help="serve only shard I of --shard-count (a StatefulSet pod's ordinal; see `ultrares shard`)")
     p.add_argument("--shard-count", type=int, default=1, metavar="N", help="number of shards (replicas), default 1")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve HTTP beyond 127.0.0.1 without an API token (anyone on the network can watch the "
+                        "cameras and change them); refused otherwise")
     p.add_argument("--check", action="store_true", help="only validate the config and exit")
     p.set_defaults(func=run)
 
@@ -56,13 +61,16 @@ def run_until_stopped(service, http=None, duration: float | None = None) -> None
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..service import HttpServer, Service, describe, make_app
+    from ..service import HttpServer, Service, check_exposure, describe, make_app
 
     cfg = load_config(args.config)
     if args.host:
         cfg.server.host = args.host
     if args.port:
         cfg.server.port = args.port
+    token = cfg.server.resolve_token()
+    check_exposure(cfg.server.host, token, args.insecure,
+                   "set server.api_token_file (or ULTRARES_API_TOKEN / ULTRARES_API_TOKEN_FILE)")
     from ..shard import shard_of
 
     enabled = shard_of(cfg, args.shard_index, args.shard_count)
@@ -79,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid ({len(enabled)} enabled camera(s) of {len(cfg.cameras)})")
         return 0
     service = Service(cfg)
-    http = HttpServer(make_app(service, cfg.server.api_token), cfg.server.host, cfg.server.port).start()
+    http = HttpServer(make_app(service, token), cfg.server.host, cfg.server.port).start()
     service.start()
     for line in describe(service):
         print(line)
-    print(f"metrics: {http.url}/metrics   API: {http.url}/api/v1/streams   (Ctrl-C to stop)")
+    print(f"HTTP on {http.bind_url}: /metrics, /api/v1/streams, token {'required' if token else 'off'}"
+          f"{'' if http.url == http.bind_url else f' (this machine: {http.url})'}   (Ctrl-C to stop)")
     run_until_stopped(service, http, args.duration)
     failed = [name for name, s in service.cameras.items() if s.state == "failed"]
     if failed:

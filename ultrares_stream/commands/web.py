@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
-import os
 
 from ..errors import UserError
 from .options import add_device
@@ -18,12 +16,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the web page (upload an image, choose alpha and output size, compare before/after, "
                     "download) and the HTTP API (/api/v1/..., schema at /docs), plus /metrics, /healthz and "
                     "/readyz. For cameras too, use `ultrares serve`, which serves the same app.",
-        epilog="Binds 127.0.0.1 by default. Before binding another address, set a token (--token or "
-               "ULTRARES_API_TOKEN): upload and camera changes then need 'Authorization: Bearer TOKEN'.")
+        epilog="Binds 127.0.0.1 by default. Another address needs an API token (--token, --token-file, "
+               "ULTRARES_API_TOKEN or ULTRARES_API_TOKEN_FILE), or --insecure: with a token every endpoint but "
+               "/healthz and /readyz asks for 'Authorization: Bearer TOKEN'.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--token", default=os.environ.get("ULTRARES_API_TOKEN"),
-                   help="API token required for uploads and changes (default: $ULTRARES_API_TOKEN, else none)")
+    p.add_argument("--token", default=None,
+                   help="API token every endpoint but the probes then needs (default: $ULTRARES_API_TOKEN, "
+                        "else the file $ULTRARES_API_TOKEN_FILE, else none); --token-file keeps it out of `ps`")
+    p.add_argument("--token-file", default=None, metavar="FILE", help="read the API token from FILE")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use to reach this server (Host header), besides localhost and IP "
+                        "addresses; '.example.com' for a domain and its subdomains; repeatable")
+    p.add_argument("--metrics-public", action="store_true", help="serve /metrics without the token")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve beyond 127.0.0.1 without a token (anyone on the network can use it); refused otherwise")
     p.add_argument("--model", default=None,
                    help="default model: a registry name (see `ultrares models`) or checkpoint path(s), "
                         "'psnr.pth+gan.pth' for a pair (default ultrares-compact-x4)")
@@ -42,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a TCP port (1-65535)")
     if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.workers < 1 or args.queue < 0 or args.timeout <= 0:
         raise UserError("--max-upload-mb, --max-pixels, --workers and --timeout must be positive, --queue >= 0")
-    if not _is_loopback(args.host) and not args.token:
-        log.warning("binding %s without an API token: anyone who can reach it can upload images "
-                    "(set --token or ULTRARES_API_TOKEN)", args.host)
+    token = _token(args)
+    from ..service import check_exposure
+
+    check_exposure(args.host, token, args.insecure, "pass --token-file (or set ULTRARES_API_TOKEN_FILE)")
     import uvicorn
 
     from ..web import slow_clients
@@ -54,20 +62,39 @@ def run(args: argparse.Namespace) -> int:
         from ..models.registry import resolve
 
         resolve(args.model)  # a bad --model is a one-line error now, not on the first upload
-    app = create_app(api_token=args.token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    app = create_app(api_token=token, allowed_hosts=_allowed_hosts(args),
+                     metrics_public=args.metrics_public, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_pixels=args.max_pixels, default_model=args.model, device=args.device,
                      workers=args.workers, queue_size=args.queue, request_timeout=args.timeout)
-    log.info("web page on http://%s:%d/ (API docs at /docs, token %s)", args.host, args.port,
-             "required for changes" if args.token else "off")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("web page on http://%s:%d/ (API docs at /docs, token %s)", host, args.port,
+             "required" if token else "off")
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
                 access_log=False, http=slow_clients.protocol())
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else --token-file, else the environment (ULTRARES_API_TOKEN, ULTRARES_API_TOKEN_FILE)."""
+    from ..config import ServerConfig
+
+    if args.token and args.token_file:
+        raise UserError("give --token or --token-file, not both")
+    if args.token:
+        return args.token.strip() or None
+    if args.token_file:
+        return ServerConfig.read_token_file(args.token_file, "--token-file")
+    return ServerConfig().resolve_token()
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """--allowed-host names (checked as server.allowed_hosts is) and the bind host."""
+    from pydantic import ValidationError
+
+    from ..config import ServerConfig
+
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        names = ServerConfig(allowed_hosts=args.allowed_host).allowed_hosts
+    except ValidationError as exc:
+        raise UserError(f"--allowed-host: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return [*names, args.host]

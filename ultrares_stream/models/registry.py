@@ -25,7 +25,10 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..settings import SHIPPED_WEIGHTS_DIR, cache_dir, data_dir, weights_dir
-from .checkpoint import StateDict, read_checkpoint
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported when a checkpoint is read, not for ``ultrares --help``
+    from .checkpoint import StateDict
 
 DEFAULT_MODEL = "ultrares-compact-x4"  # the CPU's default, and the default of `ultrares eval`
 #: the default pair per device type (docs/model_card.md, "Defaults"): in real time on a 2-core CPU,
@@ -185,7 +188,7 @@ def verify_download(entry: ModelEntry, path: Path, sha256: str) -> None:
     size = path.stat().st_size
     if entry.size_bytes and not 0.9 * entry.size_bytes <= size <= 1.1 * entry.size_bytes:
         raise ModelError(f"{entry.filename}: {size} bytes, expected about {entry.size_bytes}")
-    from .checkpoint import infer_arch
+    from .checkpoint import infer_arch, read_checkpoint
 
     spec = infer_arch(read_checkpoint(path), entry.filename)
     if spec.arch != entry.arch or spec.scale != entry.scale:
@@ -199,6 +202,8 @@ def default_model(device_type: str = "cpu") -> str:
 
 def resolve(spec: str | None = None, download: bool | None = None, device_type: str = "cpu") -> ResolvedModel:
     """Turn a model spec into state dicts (see the module docstring); no spec: the device's default."""
+    from .checkpoint import read_checkpoint
+
     spec = spec or default_model(device_type)
     if spec in PAIRS:
         a, b = PAIRS[spec]

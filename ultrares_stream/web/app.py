@@ -6,11 +6,11 @@ next to the cameras (same port as ``/metrics``); ``ultrares web`` runs it alone
 
 Routes: ``/`` (the page), ``/static/...``, ``/metrics`` (Prometheus), ``/healthz``,
 ``/readyz``, and ``/api/v1/...`` (described by ``/openapi.json``, browsable at ``/docs``).
-Every bad request gets a 4xx with ``{"error": "<what to fix>"}``.
+Every bad request gets a 4xx with ``{"error": "<what to fix>"}``. Who may call what (token,
+Host allow-list, same-origin rule) is :mod:`.guard`'s; no answer carries a server file path.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import threading
@@ -19,10 +19,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,8 +39,9 @@ from ..errors import UserError
 from ..metrics import Metrics
 from ..models import registry
 from ..sizes import PRESETS, is_decimal
-from . import uploads
+from . import api_docs, uploads
 from .errors import ApiError
+from .guard import AccessPolicy, Guard
 from .jobs import JobQueue, JobTimeout, QueueFull
 from ..config import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
@@ -149,8 +150,13 @@ class _Context:
         return self.default_model not in registry.PAIRS and self.default_model not in registry.ENTRIES
 
     def public_name(self, spec: str) -> str:
-        """The name clients see: server file paths never leave the server."""
-        return CUSTOM_MODEL if spec == self.default_model and self.custom_default else spec
+        """The name clients see: server file paths never leave the server (the operator's default
+        checkpoint(s) are ``default``, any other checkpoint its file name)."""
+        if spec == self.default_model and self.custom_default:
+            return CUSTOM_MODEL
+        if "/" not in spec and "\\" not in spec:
+            return spec  # a registry name, or a stream's model named by its file stems
+        return "+".join(Path(p).name for p in spec.split("+"))
 
     def label(self, spec: str) -> str:
         if spec == self.default_model and self.custom_default:
@@ -231,17 +237,42 @@ class _Context:
             log.exception("status of camera %s failed", stream.name)
             status = {"state": "error", "error": f"{exc.__class__.__name__}: {exc}"}
         status["name"] = stream.name
-        return StreamStatus(**status)
+        return StreamStatus(**self.public_status(status))
+
+    def public_status(self, status: dict) -> dict:
+        """A camera's status without server paths: file inputs/outputs by file name, models by
+        their public name, paths in messages by file name."""
+        out = {}
+        for key, value in status.items():
+            if key in ("input", "output") and isinstance(value, str) and "://" not in value:
+                value = Path(value).name
+            elif key == "model" and isinstance(value, str):
+                value = self.public_name(value)
+            else:
+                value = self._public_value(value)
+            out[key] = value
+        return out
+
+    def _public_value(self, value):
+        if isinstance(value, dict):
+            return self.public_status(value)
+        if isinstance(value, list):
+            return [self._public_value(v) for v in value]
+        return hide_paths(value) if isinstance(value, str) else value
 
 
 def create_app(service=None, metrics: Metrics | None = None, *, api_token: str | None = None,
+               allowed_hosts: Iterable[str] | None = None, metrics_public: bool = False,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS, default_model: str | None = None,
                device: str = "auto", workers: int = 1, queue_size: int = 4,
                request_timeout: float = 120.0) -> FastAPI:
     """Build the app. ``service`` (optional) provides the cameras (``cameras``, ``ready()``,
     ``healthy()``); ``metrics`` defaults to ``service.metrics`` or a fresh :class:`Metrics`.
-    ``api_token``: when set, upscale and PATCH need ``Authorization: Bearer <token>``.
+    ``api_token``: when set, every endpoint but ``/healthz``, ``/readyz`` and the page's static
+    files needs ``Authorization: Bearer <token>`` (``/metrics`` too unless ``metrics_public``).
+    ``allowed_hosts``: Host names accepted besides localhost and IP addresses (None: no Host check;
+    the commands always pass the bind host and ``server.allowed_hosts``). See :mod:`.guard`.
     At most ``workers`` upscales run at once and ``queue_size`` wait; more get 429."""
     if metrics is None:
         metrics = getattr(service, "metrics", None) or Metrics()
@@ -260,42 +291,33 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
                     "watch and steer the live cameras. Errors are JSON: `{\"error\": \"...\"}`.",
     )
     app.state.ultrares = ctx
-    _install_api_docs(app)
+    api_docs.install(app, {"type": "http", "scheme": "bearer"} if ctx.api_token else None)
 
     def count_refused(path: str) -> None:
         if path == f"{API}/upscale":
             metrics.web_upscales.labels("413").inc()
 
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES, on_refused=count_refused)
+    app.add_middleware(Guard, policy=AccessPolicy.build(ctx.api_token, allowed_hosts, metrics_public))
     app.add_middleware(NoSniff)
     _install_error_handlers(app, on_invalid_upscale=lambda: metrics.web_upscales.labels("422").inc())
-    require_token = _token_check(ctx)
     _add_page_and_probes(app, ctx)
     _add_info_routes(app, ctx)
-    _add_upscale_route(app, ctx, require_token)
-    _add_stream_routes(app, ctx, require_token)
+    _add_upscale_route(app, ctx)
+    _add_stream_routes(app, ctx)
     log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
     return app
 
 
 #: error answers the API documents (their body is ``ApiErrorBody``)
 ERROR_RESPONSES = {code: {"model": ApiErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+#: an absolute file path (not a URL's path: no ':', '/' or word character before it; not this API's)
+_ABS_PATH = re.compile(r"""(?<![\w:/.~-])/(?!(?:api|static|docs|docs-assets)/)(?:[^\s'"/,;()\[\]]+/)+([^\s'"/,;()\[\]]+)""")
 
 
-def _token_check(ctx: _Context) -> Callable[[Request], None]:
-    """The dependency of the routes that change things: 401 unless the request carries the API
-    token (``Authorization: Bearer`` or ``X-Api-Token``), when the server has one."""
-
-    def require_token(request: Request) -> None:
-        if ctx.api_token is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-token", "")
-        if not given or not hmac.compare_digest(given.encode(), ctx.api_token.encode()):
-            raise ApiError(401, "this server needs an API token for changes: send 'Authorization: Bearer <token>'",
-                           {"WWW-Authenticate": "Bearer"})
-
-    return require_token
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute file path cut to its file name (for answers to clients)."""
+    return _ABS_PATH.sub(lambda m: m.group(1), text)
 
 
 def _add_page_and_probes(app: FastAPI, ctx: _Context) -> None:
@@ -329,7 +351,7 @@ def _add_info_routes(app: FastAPI, ctx: _Context) -> None:
 
     @app.get(f"{API}/info", response_model=ServerInfo, tags=["server"], summary="Limits and options of this server")
     def info() -> ServerInfo:
-        return ServerInfo(version=__version__, default_model=ctx.default_model,
+        return ServerInfo(version=__version__, default_model=ctx.public_name(ctx.default_model),
                           max_upload_bytes=ctx.limits.max_upload_bytes, max_pixels=ctx.limits.max_pixels,
                           max_output_pixels=ctx.limits.max_output_pixels, sizes={k: list(v) for k, v in PRESETS.items()},
                           formats=list(uploads.OUTPUT_FORMATS), token_required=ctx.api_token is not None,
@@ -340,13 +362,12 @@ def _add_info_routes(app: FastAPI, ctx: _Context) -> None:
         return ctx.models()
 
 
-def _add_upscale_route(app: FastAPI, ctx: _Context, require_token: Callable[[Request], None]) -> None:
+def _add_upscale_route(app: FastAPI, ctx: _Context) -> None:
     """POST /upscale: one image through the job queue (:func:`_upscale`), counted by its answer's status."""
     metrics = ctx.metrics
 
     @app.post(
-        f"{API}/upscale", tags=["images"], summary="Upscale one image",
-        dependencies=[Depends(require_token)], response_class=Response,
+        f"{API}/upscale", tags=["images"], summary="Upscale one image", response_class=Response,
         responses={200: {"description": "the upscaled image",
                          "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **ERROR_RESPONSES},
     )
@@ -409,7 +430,7 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
     })
 
 
-def _add_stream_routes(app: FastAPI, ctx: _Context, require_token: Callable[[Request], None]) -> None:
+def _add_stream_routes(app: FastAPI, ctx: _Context) -> None:
     """The cameras: list, one camera's stats, PATCH its alpha/model, its latest frame."""
     errors = ERROR_RESPONSES
 
@@ -424,7 +445,7 @@ def _add_stream_routes(app: FastAPI, ctx: _Context, require_token: Callable[[Req
         return ctx.stream_status(ctx.stream(name))
 
     @app.patch(f"{API}/streams/{{name}}", response_model=StreamStatus, tags=["cameras"], responses=errors,
-               dependencies=[Depends(require_token)], summary="Change a camera's alpha and/or model while it runs")
+               summary="Change a camera's alpha and/or model while it runs")
     def patch_stream(name: CameraName, patch: StreamPatch) -> StreamStatus:
         cam = ctx.stream(name)
         if patch.alpha is None and patch.model is None:
@@ -449,22 +470,6 @@ def _add_stream_routes(app: FastAPI, ctx: _Context, require_token: Callable[[Req
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-def _install_api_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI served from the swagger-ui-bundle package, not a CDN, so the API docs
-    work on an air-gapped camera network."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> Response:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
-
-
 # ----------------------------------------------------------------------------- errors and limits
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
@@ -479,7 +484,7 @@ def _install_error_handlers(app: FastAPI, on_invalid_upscale: Callable[[], None]
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        return _error(400, str(exc))
+        return _error(400, hide_paths(str(exc)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

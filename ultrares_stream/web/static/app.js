@@ -41,7 +41,10 @@ async function errorText(resp) {
 
 async function getJSON(path) {
   const resp = await fetch(path, { headers: authHeaders(), cache: "no-store" });
-  if (!resp.ok) throw new Error(await errorText(resp));
+  if (!resp.ok) {
+    const message = await errorText(resp);
+    throw new Error(resp.status === 401 ? needToken(message) : message);
+  }
   return resp.json();
 }
 
@@ -76,6 +79,7 @@ function initToken() {
     sessionStorage.setItem("ultrares-token", $("token-input").value.trim());
     show($("token-panel"), false);
     showError("");
+    if (!state.info) loadServerInfo(); // the first load was refused for want of the token
   };
   $("token-save").addEventListener("click", save);
   $("token-input").addEventListener("keydown", (e) => { if (e.key === "Enter") save(); });
@@ -574,15 +578,24 @@ const Cameras = {
     if (!this.running || !document.body.contains(card.el)) return;
     const img = card.el.querySelector("img");
     const next = () => { card.snapTimer = setTimeout(() => this.refreshSnapshot(card), 1000); };
-    const probe = new Image();
-    probe.onload = () => {
-      img.src = probe.src;
-      show(img, true);
-      show(card.el.querySelector(".waiting"), false);
-      next();
-    };
-    probe.onerror = next; // no frame yet: keep the last one and try again
-    probe.src = `${API}/streams/${encodeURIComponent(card.name)}/snapshot.jpg?t=${Date.now()}`;
+    // fetched (not <img src>) so that the request carries the API token
+    fetch(`${API}/streams/${encodeURIComponent(card.name)}/snapshot.jpg`, { headers: authHeaders(), cache: "no-store" })
+      .then((resp) => (resp.ok ? resp.blob() : null))
+      .then((blob) => {
+        if (!blob) return; // no frame yet (or no token): keep the last one and try again
+        const url = URL.createObjectURL(blob);
+        const probe = new Image();
+        probe.onload = () => {
+          if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+          img.src = url;
+          show(img, true);
+          show(card.el.querySelector(".waiting"), false);
+        };
+        probe.onerror = () => URL.revokeObjectURL(url);
+        probe.src = url;
+      })
+      .catch(() => { /* the server is unreachable for now: try again */ })
+      .finally(next);
   },
 };
 
