@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Does the temporal stabiliser, set to average rather than hold, add PSNR on traffic video?
-(docs/model_card.md, "Temporal stability").
+(docs/experiments.md, "Several frames, temporal filtering"; docs/models/ultrares-traffic-x4.md).
 
     .venv/bin/python scripts/stabiliser_sweep.py [--model ultrares-traffic-x4] [--history 16]
 

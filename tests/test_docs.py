@@ -1,0 +1,94 @@
+"""The documentation's relative links resolve: every ``[text](target)`` in README.md and
+docs/**/*.md that is not a URL names a file or folder of the repository, and a ``#anchor`` names
+a heading of the Markdown file it points to (GitHub's heading slugs). The model cards state what
+the product is now, not when each part was done."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+MODEL_CARDS = sorted([ROOT / "docs" / "model_card.md", *(ROOT / "docs" / "models").glob("*.md"),
+                      *(ROOT / "ultrares_stream" / "models" / "weights").glob("*.md")])
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
+_EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # http:, https:, mailto: ...
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks and inline code, where links are not links."""
+    return _CODE.sub("", _FENCE.sub("", text))
+
+
+def links(path: Path) -> list[str]:
+    return _LINK.findall(_prose(path.read_text(encoding="utf-8")))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading keeps its text
+    text = re.sub(r"[^\w\- ]", "", text.lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor a Markdown file defines (repeated headings get -1, -2 ... as on GitHub)."""
+    seen: dict[str, int] = {}
+    out: set[str] = set()
+    for heading in _HEADING.findall(re.sub(_FENCE, "", path.read_text(encoding="utf-8"))):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    out |= set(re.findall(r"<a\s+(?:name|id)=\"([^\"]+)\"", path.read_text(encoding="utf-8")))
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    problems = []
+    for target in links(path):
+        if _EXTERNAL.match(target):
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if not dest.exists():
+            problems.append(f"{target}: no such file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            problems.append(f"{target}: no heading with anchor #{anchor} in {dest.relative_to(ROOT)}")
+    return problems
+
+
+def test_slugs_follow_github():
+    assert slug("Self-ensemble (`--ensemble`)") == "self-ensemble---ensemble"
+    assert slug("Degradations (`ultrares_stream/train/degradations.py`)") == \
+        "degradations-ultrares_streamtraindegradationspy"
+    assert slug("Defaults, and why") == "defaults-and-why"
+
+
+def test_links_outside_code_are_found_and_code_is_skipped(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("See [a](a.md) and ![pic](img/p.png 'x').\n\n```\n[not](b.md)\n```\n"
+                    "and `[no](c.md)` and [site](https://example.com).\n")
+    assert links(page) == ["a.md", "img/p.png", "https://example.com"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    assert broken_links(path) == []
+
+
+_DIARY = re.compile(r"\b(first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|this|"
+                    r"earlier|previous|last|next|same|one)\s+session|\bsessions?\b|\(issue \d+\)|"
+                    r"\bbefore the fix\b|\bafter the fix\b", re.I)
+
+
+@pytest.mark.parametrize("path", MODEL_CARDS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_model_cards_carry_no_diary(path):
+    hits = [line for line in path.read_text(encoding="utf-8").splitlines() if _DIARY.search(line)]
+    assert hits == []
