@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.stages import DEVICE_STAGES, Route
 from ultrares_stream.colour import pack_yuv420p, split_yuv420p
 from ultrares_stream.frame_queue import FrameQueue
 from ultrares_stream.metrics import Metrics
@@ -65,6 +66,7 @@ def test_enhance_batch_output_size(upscaler):
 
 class Client:
     stabiliser = None
+    stages = DEVICE_STAGES
 
     def __init__(self, name, size, upscaler):
         self.name, self.upscaler = name, upscaler
@@ -74,7 +76,7 @@ class Client:
         self.done = threading.Event()
 
     def route(self):
-        return self.upscaler, None
+        return Route(self.upscaler)
 
     def deliver(self, out):
         self.got.append(out)
@@ -240,7 +242,7 @@ def test_inference_time_is_counted_once_per_batch_after_it_finished(upscaler):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_download_on_the_side_stream_matches_the_cpu():
-    from ultrares_stream.batcher import to_packed_yuv
+    from ultrares_stream.stages import to_packed_yuv
 
     rgb = torch.rand(3, 3, 64, 96)
     ref = to_packed_yuv(rgb)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ultrares_stream import images, provenance
 from ultrares_stream.recorded import enhance_video
-from ultrares_stream.sinks import Publisher
+from ultrares_stream.publisher import Publisher
 from ultrares_stream.upscaler import Upscaler
 
 

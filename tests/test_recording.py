@@ -20,8 +20,10 @@ from ultrares_stream.batcher import Enhanced
 from ultrares_stream.frame_queue import FrameQueue
 from ultrares_stream.recording import (RetentionPolicy, SegmentedOutput, expired, list_segments, segment_folder,
                                        segment_name)
-from ultrares_stream.sinks import EncoderSettings, Publisher, SinkHooks, SinkWorker
+from ultrares_stream.publisher import EncoderSettings, Publisher
+from ultrares_stream.sinks import SinkHooks, SinkWorker
 from ultrares_stream.sources import Frame
+from ultrares_stream.stages import Route
 
 FPS = Fraction(25)
 
@@ -31,7 +33,7 @@ def enhanced(i: int, w: int, h: int, made_by=None, noise: bool = False, t: float
     data = (rng.integers(0, 255, (h * 3 // 2, w), dtype=np.uint8) if noise
             else np.full((h * 3 // 2, w), (i * 7) % 255, np.uint8))
     src = Frame(data[:2, :2], 2, 2, i, i / float(FPS) if t is None else t)
-    return Enhanced(src, data, w, h, made_by=made_by)
+    return Enhanced(src, data, w, h, route=Route(made_by) if made_by is not None else None)
 
 
 def sink_for(out: Path, hooks: SinkHooks, live: bool = True) -> tuple[SinkWorker, FrameQueue]:

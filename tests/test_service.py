@@ -85,7 +85,7 @@ def test_set_alpha_applies_without_restarting(tmp_path, tiny_model, make_clip):
     cam.set_alpha(0.5)
     assert cam.upscaler is up  # same model and alpha: nothing reloaded
     cam.set_alpha(0.9)
-    assert cam.alpha == 0.9 and cam.route()[0] is not up
+    assert cam.alpha == 0.9 and cam.route().upscaler is not up
     from ultrares_stream.errors import UserError
 
     with pytest.raises(UserError):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ultrares_stream.errors import UserError
-from ultrares_stream.sinks import (EncoderSettings, Publisher, TimestampMapper, codec_options, output_args,
-                                   parse_bitrate, pick_codec, rtsp_server_answers)
+from ultrares_stream.publisher import (EncoderSettings, Publisher, codec_options, output_args, parse_bitrate,
+                                       pick_codec)
+from ultrares_stream.sinks import TimestampMapper, rtsp_server_answers
 
 
 def test_timestamps_keep_source_spacing_and_stay_monotonic_across_reconnects():
@@ -56,7 +57,7 @@ def test_output_kinds():
 def test_auto_codec_uses_nvenc_only_where_it_opens():
     import torch
 
-    from ultrares_stream.sinks import encoder_problem
+    from ultrares_stream.publisher import encoder_problem
 
     assert encoder_problem("libx264") is None
     assert encoder_problem("no_such_encoder") == "no_such_encoder is not in this FFmpeg build"
@@ -64,7 +65,7 @@ def test_auto_codec_uses_nvenc_only_where_it_opens():
         assert pick_codec("auto") == ("libx264" if encoder_problem("h264_nvenc") else "h264_nvenc")
     else:  # no GPU: NVENC, even when built into FFmpeg as here, cannot open
         assert pick_codec("auto") == "libx264"
-        from ultrares_stream.sinks import codec_available
+        from ultrares_stream.publisher import codec_available
 
         if codec_available("h264_nvenc"):
             assert encoder_problem("h264_nvenc")
@@ -125,7 +126,7 @@ def test_files_can_keep_the_source_timestamps():
 
 def test_one_suffix_table_for_every_file_output():
     from ultrares_stream.recorded import output_container
-    from ultrares_stream.sinks import OUTPUT_CONTAINERS, container_for
+    from ultrares_stream.publisher import OUTPUT_CONTAINERS, container_for
 
     for suffix, fmt in OUTPUT_CONTAINERS.items():
         assert output_args(f"/tmp/a{suffix}")[1] == fmt == container_for(f"/tmp/A{suffix.upper()}")
@@ -144,12 +145,12 @@ def test_hardware_encoders_are_probed_at_the_output_size_and_fall_back_once(capl
 
     import torch
 
-    from ultrares_stream.sinks import codec_available, encoder_problem
+    from ultrares_stream.publisher import codec_available, encoder_problem
 
     assert encoder_problem("libx264", 5120, 2880) is None  # software: the size is no problem
     if not codec_available("h264_nvenc") or (torch.cuda.is_available() and not encoder_problem("h264_nvenc")):
         pytest.skip("needs an FFmpeg with h264_nvenc that cannot open it (a machine without a GPU)")
-    with caplog.at_level(logging.WARNING, logger="ultrares_stream.sinks"):
+    with caplog.at_level(logging.WARNING, logger="ultrares_stream.publisher"):
         picks = [pick_codec("h264_nvenc", (5120, 2880)) for _ in range(3)]
         picks.append(pick_codec("h264_nvenc", (1280, 720)))
     assert picks == ["libx264"] * 4
@@ -160,7 +161,7 @@ def test_hardware_encoders_are_probed_at_the_output_size_and_fall_back_once(capl
 @pytest.mark.gpu
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs CUDA")
 def test_nvenc_is_used_below_its_size_limit_and_not_above():
-    from ultrares_stream.sinks import encoder_problem
+    from ultrares_stream.publisher import encoder_problem
 
     if encoder_problem("h264_nvenc", 1920, 1080):
         pytest.skip(f"NVENC unusable here: {encoder_problem('h264_nvenc', 1920, 1080)}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.stages import DEVICE_STAGES, Route
 from ultrares_stream.colour import rgb_to_yuv420p
 from ultrares_stream.config import StabiliseConfig, parse_config
 from ultrares_stream.errors import UserError
@@ -121,12 +122,14 @@ def _yuv(lr: np.ndarray) -> np.ndarray:
 
 
 class _Client:
+    stages = DEVICE_STAGES
+
     def __init__(self, upscaler, settings):
         self.name, self.queue = "cam", FrameQueue(4)
         self.up, self.stabiliser, self.out = upscaler, Stabiliser(settings), []
 
     def route(self):
-        return self.up, None
+        return Route(self.up)
 
     def deliver(self, out):
         self.out.append(out.data)

@@ -4,7 +4,7 @@ import pytest
 
 from ultrares_stream.config import CameraConfig
 from ultrares_stream.errors import UserError
-from ultrares_stream.sinks import output_args
+from ultrares_stream.publisher import output_args
 from ultrares_stream.sources import open_args
 from ultrares_stream.urls import SCHEMES, is_live, scheme_of
 

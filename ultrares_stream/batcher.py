@@ -3,22 +3,16 @@
 The worker waits for the first frame in any attached camera's queue, then keeps
 collecting (round-robin over cameras, so one busy camera cannot starve the
 others) until it has ``max_batch`` frames or ``max_wait_ms`` have passed since
-the first one. Frames are grouped by input size, upscaler (model and alpha) and
-output size; each group runs as one batch. Results go back to their own camera
-in the order they were decoded.
+the first one. Frames are grouped by input size, route (model view and output size)
+and stage list; each group runs through the device stages (:mod:`.stages`) as one batch.
+Results go back to their own camera in the order they were decoded.
 
-Pixel work happens once, on the device: packed ``yuv420p`` uint8 frames are
-moved as bytes (1.5 bytes per pixel, the least to transfer), converted to RGB
-float there (:func:`colour.yuv420p_to_rgb`), upscaled, converted back to
-``yuv420p`` uint8 there (:func:`colour.rgb_to_yuv420p`) and only then copied
-back for the encoder, which takes ``yuv420p`` as is. See docs/pipeline.md.
-
-Two threads per device: the worker runs the network on batch k+1 while the
-finisher converts batch k back to ``yuv420p`` and hands it over, so the
-conversion back never delays the next inference. On the CPU, batches run
-side by side on worker threads, one per core, each on one torch thread
-(:func:`cpu_inference_plan`); the finisher takes them in the order they were
-formed.
+Two threads per device: the worker runs the network on batch k+1 while the finisher
+runs the last stages of batch k (the conversion back to ``yuv420p`` and the download)
+and hands it over. On the CPU, batches run side by side on worker threads, one per core,
+each on one torch thread (:func:`cpu_inference_plan`); the finisher takes them in the
+order they were formed, so the stages that must see a camera's frames in order (the
+stabiliser) run there (:func:`stages.split_point`). This module knows no stage by name.
 """
 from __future__ import annotations
 
@@ -27,30 +21,27 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .colour import pack_yuv420p, rgb_to_yuv420p, split_yuv420p, yuv420p_to_rgb
 from .frame_queue import FrameQueue
 from .sources import Frame
-from .temporal import Stabiliser, stabilise_batch
-
-if TYPE_CHECKING:
-    from .upscaler import FrameUpscaler
+from .stages import DeviceBatch, DeviceClock, Item, Route, Stage, enhance_frames, run_stages, split_point
+from .temporal import Stabiliser
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Enhanced:
-    """An upscaled frame, packed yuv420p, with the input frame it came from."""
+    """An upscaled frame, packed yuv420p, with the input frame it came from and the route
+    (model view, output size) that made it."""
 
     source: Frame
     data: np.ndarray
@@ -59,17 +50,23 @@ class Enhanced:
     queue_s: float = 0.0
     inference_s: float = 0.0
     batch_size: int = 1
-    made_by: object = None  # the upscaler (model view: model, alpha, passes) that made it: its provenance
+    route: Route | None = None
+
+    @property
+    def made_by(self):
+        """The upscaler (model view: model, alpha, passes) that made the frame: its provenance."""
+        return self.route.upscaler if self.route is not None else None
 
 
 class BatchClient(Protocol):
-    """What the batcher needs from a camera (a :class:`stream.Stream` is one)."""
+    """What the batcher needs from a camera or a recorded job (:class:`.pipeline.Pipeline`)."""
 
     name: str
     queue: FrameQueue
+    stages: Sequence[Stage]  # the device stages its frames go through (:data:`.stages.DEVICE_STAGES`)
 
-    def route(self) -> tuple[FrameUpscaler, tuple[int, int] | None]:
-        """The upscaler to use now and the output size (width, height) or None (model scale)."""
+    def route(self) -> Route:
+        """The upscaler to use now and the output size (None: model scale)."""
 
     @property
     def stabiliser(self) -> Stabiliser | None:
@@ -82,115 +79,12 @@ class BatchClient(Protocol):
         """
 
 
-def output_size_for(upscaler, width: int, height: int, size: tuple[int, int] | None) -> tuple[int, int]:
-    if size is not None:
-        return size
-    return width * upscaler.scale, height * upscaler.scale
-
-
-def upscale_yuv(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                size: tuple[int, int] | None = None, stabilisers: list[Stabiliser | None] | None = None,
-                epochs: list[int] | None = None) -> torch.Tensor:
-    """Packed yuv420p uint8 frames (same size) -> upscaled NCHW float RGB on the device (even size).
-
-    ``stabilisers``: one per frame (None: none), applied on the device (:mod:`.temporal`);
-    ``epochs``: the frames' connection numbers (a reconnect resets the stabiliser).
-    """
-    rgb, out = upscale_rgb(upscaler, frames, width, height, size)
-    if stabilisers and any(stabilisers):
-        stabilise_group(upscaler, stabilisers, rgb, out, size, epochs)
-    return out
-
-
-def upscale_rgb(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the frames as NCHW float RGB, their upscale, even size), both on the upscaler's device."""
-    arr = np.stack(frames) if isinstance(frames, list) else frames
-    device = upscaler.device
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode():
-        with _light_ops(device):
-            rgb = yuv420p_to_rgb(*split_yuv420p(t, width, height))
-        out = upscaler.upscale(rgb, size=output_size_for(upscaler, width, height, size))
-        if out.shape[-1] % 2 or out.shape[-2] % 2:  # yuv420p needs even sizes
-            out = out[..., : out.shape[-2] - out.shape[-2] % 2, : out.shape[-1] - out.shape[-1] % 2]
-    return rgb, out
-
-
-def stabilise_group(upscaler, stabilisers: list[Stabiliser | None], rgb: torch.Tensor, out: torch.Tensor,
-                    size: tuple[int, int] | None, epochs: list[int] | None) -> None:
-    """Run each frame's stabiliser over ``out`` in place (frames in decode order, per camera)."""
-    key = (id(upscaler), upscaler.alpha, output_size_for(upscaler, rgb.shape[-1], rgb.shape[-2], size))
-    with torch.inference_mode(), _light_ops(out.device):
-        stabilise_batch(stabilisers, rgb, out, key, epochs)
-
-
-def to_packed_yuv(out: torch.Tensor, after=None) -> np.ndarray:
-    """NCHW float RGB (on the device) -> packed yuv420p uint8 (N, H*3/2, W) in host memory.
-
-    On CUDA the conversion and the download run on a side stream that waits only for ``after``
-    (the CUDA event that ends ``out``'s batch; None: all work queued so far), so they are not
-    queued behind the next batch the worker has launched meanwhile on the default stream.
-    """
-    if out.device.type != "cuda":
-        with torch.inference_mode(), _light_ops(out.device):
-            return pack_yuv420p(*rgb_to_yuv420p(out)).numpy()
-    side = _side_stream(out.device)
-    if after is not None:
-        side.wait_event(after)
-    else:
-        side.wait_stream(torch.cuda.current_stream(out.device))
-    with torch.inference_mode(), torch.cuda.stream(side):
-        out.record_stream(side)  # the caching allocator must not hand out's memory to the next batch early
-        packed = pack_yuv420p(*rgb_to_yuv420p(out))
-        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-        host.copy_(packed, non_blocking=True)
-    side.synchronize()
-    return host.numpy()
-
-
-_SIDE_STREAMS: dict[torch.device, object] = {}
-
-
-def _side_stream(device: torch.device):
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
-
-
-class DeviceClock:
-    """Times device work without waiting for it: on CUDA, events recorded on the current stream
-    (a launch returns before the work is done, so wall time would measure the launch); the
-    elapsed time is read later, waiting only for the end event. On the CPU, wall time."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def elapsed_s(self, start, end) -> float:
-        if not self.cuda:
-            return end - start
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-
-
 def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
                   size: tuple[int, int] | None = None, stabiliser: Stabiliser | None = None) -> np.ndarray:
     """Packed yuv420p uint8 frames (same size, one camera, in order) -> upscaled packed yuv420p
-    uint8 (N, H'*3/2, W'), stabilised by ``stabiliser`` when given.
-
-    The only pixel conversions of the pipeline, done on the upscaler's device.
-    """
-    stabilisers = [stabiliser] * len(frames) if stabiliser is not None else None
-    return to_packed_yuv(upscale_yuv(upscaler, frames, width, height, size, stabilisers))
+    uint8 (N, H'*3/2, W'), stabilised by ``stabiliser`` when given: the device stages without the
+    batcher (:func:`stages.enhance_frames`)."""
+    return enhance_frames(upscaler, list(frames), width, height, size, stabiliser)
 
 
 def default_max_batch(device_type: str) -> int:
@@ -230,28 +124,6 @@ def cpu_inference_plan(threads: int | None = None) -> tuple[int, int]:
     if threads:
         return 1, threads
     return cpu_cores(), 1
-
-
-@contextmanager
-def _light_ops(device: torch.device):
-    """On the CPU, run cheap element-wise work on one thread (this thread only).
-
-    Each multi-threaded torch op is an OpenMP fork/join; on a small, busy CPU every join
-    waits for a time slice of the other cores (measured: a 320x240 yuv->rgb conversion took
-    44-84 ms on 2 threads of the shared 2-core machine, 0.2 ms on one). The network's
-    convolutions keep every thread (when a batch runs on several: ``inference.threads``).
-    """
-    if device.type != "cpu":
-        yield
-        return
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
 
 
 class Batcher:
@@ -394,58 +266,57 @@ class Batcher:
                  self.frames)
 
     def run_batch(self, batch: list) -> None:
-        """Group ``(client, frame, queue_wait)`` items and run each group on the model (here, or
-        on a worker thread); the finisher thread converts the results back to yuv420p and
-        delivers them in order."""
-        groups: dict[tuple, list] = {}
-        routes: dict[str, tuple] = {}
+        """Group ``(client, frame, queue_wait)`` items by size, route and stage list and run each
+        group's stages (the workers' share here or on a worker thread); the finisher thread runs
+        the rest and delivers the frames in order."""
+        groups: dict[tuple, DeviceBatch] = {}
+        routes: dict[str, Route] = {}
         for client, frame, wait in batch:
             if client.name not in routes:
                 routes[client.name] = client.route()
-            upscaler, size = routes[client.name]
-            key = (id(upscaler), frame.width, frame.height, size)
-            groups.setdefault(key, []).append((client, frame, wait, upscaler, size))
+            route = routes[client.name]
+            stages = client.stages
+            key = (id(route.upscaler), frame.width, frame.height, route.size, id(stages))
+            if key not in groups:
+                groups[key] = DeviceBatch([], route, frame.width, frame.height, extra={"stages": stages})
+            groups[key].items.append(Item(client, frame, wait))
         if self._pool is not None:
             self._finish_q.put(self._submit(list(groups.values()), routes))
             return
-        done = self._infer(list(groups.values()), False)
+        done = self._infer(list(groups.values()))
         if done:
             self._finish_q.put(done)
             if self._finisher is None or not self._finisher.is_alive():
                 self._finish_all()  # no finisher thread (run_batch called directly): finish inline
 
-    def _submit(self, groups: list[list], routes: dict[str, tuple]) -> Future:
+    def _submit(self, groups: list[DeviceBatch], routes: dict[str, Route]) -> Future:
         """Hand the groups to a worker. When a camera's upscaler changed (an alpha or model
         change), the batches still running finish first, so its passes never alternate between
         the old and the new weights."""
-        changed = any(self._last_route.get(name) is not up for name, (up, _) in routes.items())
-        self._last_route.update({name: up for name, (up, _) in routes.items()})
+        changed = any(self._last_route.get(name) is not r.upscaler for name, r in routes.items())
+        self._last_route.update({name: r.upscaler for name, r in routes.items()})
         if changed:
             futures_wait(self._in_flight)
         self._in_flight = [f for f in self._in_flight if not f.done()]
-        future = self._pool.submit(self._infer, groups, True)
+        future = self._pool.submit(self._infer, groups)
         self._in_flight.append(future)
         return future
 
-    def _infer(self, groups: list[list], defer_stabilisers: bool) -> list[tuple]:
-        """Run the groups: ``(items, output, clock, start, end, rgb)`` each; ``rgb`` (the input)
-        when the stabilisers are left to the finisher (frame-parallel workers), else None."""
+    def _infer(self, groups: list[DeviceBatch]) -> list[tuple]:
+        """Run the workers' share of each group's stages: ``(batch, clock, start, end)`` each."""
         done: list[tuple] = []
-        for items in groups:
-            _, frame0, _, upscaler, size = items[0]
-            clock = DeviceClock(upscaler.device)
+        for batch in groups:
+            stages = batch.extra["stages"]
+            clock = DeviceClock(batch.device)
             t0 = clock.mark()
-            frames = [f.data for _, f, *_ in items]
             try:
-                if defer_stabilisers:
-                    rgb, out = upscale_rgb(upscaler, frames, frame0.width, frame0.height, size)
-                else:
-                    rgb, out = None, upscale_yuv(upscaler, frames, frame0.width, frame0.height, size,
-                                                 [c.stabiliser for c, *_ in items], [f.epoch for _, f, *_ in items])
+                batch = run_stages(stages[:split_point(stages, self._pool is not None)], batch)
             except Exception as exc:  # an inference error loses this group, never the worker
-                self._failed(items, exc)
+                self._failed(batch.items, exc)
                 continue
-            done.append((items, out, clock, t0, clock.mark(), rgb))
+            end = clock.mark()
+            batch.done = end if clock.cuda else None
+            done.append((batch, clock, t0, end))
         return done
 
     def _count(self, items: list, dt: float, device: torch.device) -> None:
@@ -458,18 +329,18 @@ class Batcher:
             if device.type == "cuda":
                 self.metrics.update_gpu_memory()
 
-    def _failed(self, items: list, exc: BaseException) -> None:
+    def _failed(self, items: list[Item], exc: BaseException) -> None:
         log.error("inference failed for a batch of %d frame(s): %s: %s", len(items), type(exc).__name__, exc)
         with self._error_lock:
             self.errors += 1
-            for client, *_ in items:
-                if hasattr(client, "failed"):
-                    client.failed += 1
-        for client, *_ in items:
+            for item in items:
+                if hasattr(item.client, "failed"):
+                    item.client.failed += 1
+        for item in items:
             if self.metrics is not None:
-                self.metrics.errors.labels(client.name, "inference").inc()
+                self.metrics.errors.labels(item.client.name, "inference").inc()
             if self.on_error is not None:
-                self.on_error(client.name, exc)
+                self.on_error(item.client.name, exc)
 
     def _finish_all(self) -> None:
         while True:
@@ -481,7 +352,7 @@ class Batcher:
                 self._finish(done)
 
     def _finish_loop(self) -> None:
-        """Thread: convert finished batches to yuv420p and deliver them, overlapping the next batch."""
+        """Thread: run the finisher's stages of each batch and deliver it, overlapping the next batch."""
         while True:
             done = self._finish_q.get()
             if done is None:
@@ -494,28 +365,26 @@ class Batcher:
                     continue
             self._finish(done)
 
-    def _finish(self, done: list) -> None:
+    def _finish(self, done: list[tuple]) -> None:
         results: list[tuple] = []
-        for items, out, clock, start, end, rgb in done:
+        for batch, clock, start, end in done:
+            stages = batch.extra["stages"]
             try:
                 dt = clock.elapsed_s(start, end)  # the batch's own device time (waits for its end on CUDA)
-                t0 = time.perf_counter()  # from here: the conversion back and the download only
-                stabilisers = [c.stabiliser for c, *_ in items]
-                if rgb is not None and any(stabilisers):
-                    upscaler, size = items[0][3], items[0][4]
-                    stabilise_group(upscaler, stabilisers, rgb, out, size, [f.epoch for _, f, *_ in items])
-                packed = to_packed_yuv(out, after=end if clock.cuda else None)
+                t0 = time.perf_counter()  # from here: the finisher's stages only
+                batch = run_stages(stages[split_point(stages, self._pool is not None):], batch)
             except Exception as exc:  # noqa: BLE001
-                self._failed(items, exc)
+                self._failed(batch.items, exc)
                 continue
-            self._count(items, dt, out.device)
+            self._count(batch.items, dt, batch.device)
             per_frame = dt + (time.perf_counter() - t0)
-            oh, ow = packed.shape[1] * 2 // 3, packed.shape[2]
-            for (client, frame, wait, upscaler, _), data in zip(items, packed):
-                results.append((client, Enhanced(frame, data, ow, oh, wait, per_frame, len(items), upscaler)))
+            oh, ow = batch.packed.shape[1] * 2 // 3, batch.packed.shape[2]
+            for item, data in zip(batch.items, batch.packed):
+                results.append((item.client, Enhanced(item.frame, data, ow, oh, item.wait, per_frame,
+                                                      len(batch.items), batch.route)))
                 if self.metrics is not None:
-                    self.metrics.observe_stage(client.name, "queue", wait)
-                    self.metrics.observe_stage(client.name, "inference", per_frame)
+                    self.metrics.observe_stage(item.client.name, "queue", item.wait)
+                    self.metrics.observe_stage(item.client.name, "inference", per_frame)
         results.sort(key=lambda r: (r[0].name, r[1].source.index))
         for client, enhanced in results:
             try:

@@ -1,13 +1,10 @@
-"""Recorded footage: enhance a video file through the camera pipeline's own stages.
+"""Recorded footage: enhance a video file through the pipeline every camera runs.
 
-    Source (file: demux + decode; audio/subtitle packets ride along with their frames)
-      -> FrameQueue (block: nothing is dropped)
-      -> Batcher (this job's worker: batcher.upscale_yuv, the stabiliser, yuv420p back)
-      -> FrameQueue (block)
-      -> SinkWorker (encode + mux; copies the audio/subtitle packets; source timestamps)
-
-These are the classes a camera runs through (:mod:`.stream`), so a fix to a stage fixes both
-paths. Video keeps the input's timestamps (``sinks.TimestampMapper`` without rebasing) and
+The pipeline is the one :func:`.pipeline.build` declares for a camera: Source (file: demux +
+decode; audio/subtitle packets ride along with their frames) -> FrameQueue (block: nothing is
+dropped) -> Batcher (this job's own: the device stages) -> FrameQueue (block) -> SinkWorker
+(encode + mux; copies the audio/subtitle packets; source timestamps). A fix to a stage fixes
+both paths. Video keeps the input's timestamps (``sinks.TimestampMapper`` without rebasing) and
 the copied packets keep theirs, so audio stays in sync. The job writes Matroska to a hidden
 name beside ``dst`` (``.NAME.partial.mkv``): if the process is killed, that file plays up to
 about a second before the kill, audio included. At the end it is stream-copied into ``dst``'s
@@ -34,13 +31,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import provenance, remux
 from .admission import same_file
-from .batcher import Batcher, Enhanced, default_max_batch, pipeline_threads
+from .batcher import Batcher, default_max_batch, pipeline_threads
 from .config import RECORDED_CRF, RECORDED_PRESET
 from .errors import UserError
-from .frame_queue import FrameQueue, QueueClosed
-from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for, output_args
-from .sources import VIDEO_SUFFIXES, Source, describe_error, pick_hwaccel, stream_fps
-from .temporal import Stabiliser, StabiliserSettings
+from .pipeline import Hooks, PipelineSpec, build
+from .publisher import EncoderSettings, container_for, output_args
+from .sources import VIDEO_SUFFIXES, describe_error, pick_hwaccel, stream_fps
+from .stages import Route
+from .temporal import StabiliserSettings
 
 log = logging.getLogger(__name__)
 
@@ -172,68 +170,34 @@ def _duration_s(inp, vin) -> float | None:
 
 
 class RecordedJob:
-    """One file through Source -> FrameQueue -> Batcher -> FrameQueue -> SinkWorker, losslessly.
-
-    A :class:`batcher.BatchClient` of its own Batcher. :meth:`start`, then :meth:`poll` until it
-    returns False; :meth:`stop_reading` (Ctrl-C, SIGTERM) lets the frames read so far finish.
-    """
+    """One file through the pipeline :func:`.pipeline.build` declares (the one every camera runs),
+    on a batcher of its own, losslessly. :meth:`start`, then :meth:`poll` until it returns False;
+    :meth:`stop_reading` (Ctrl-C, SIGTERM) lets the frames read so far finish."""
 
     def __init__(self, src: Path, tmp: Path, upscaler, plan: Plan, encoder: EncoderSettings, max_batch: int,
-                 threads: int | None, stabiliser: Stabiliser | None):
-        self.name, self.upscaler, self.plan, self.stabiliser = src.name, upscaler, plan, stabiliser
+                 threads: int | None, stabilise: StabiliserSettings | None):
+        self.name, self.upscaler, self.plan = src.name, upscaler, plan
         self.metadata = provenance.video_metadata(provenance.for_upscaler(upscaler))  # container tags
-        depth = max(8, 2 * max_batch)
-        self.queue: FrameQueue = FrameQueue(depth, "block")
-        self.out_queue: FrameQueue = FrameQueue(depth, "block")
-        self.source = Source(str(src), src.name, live=False, hwaccel=pick_hwaccel(str(upscaler.device)),
-                             copy=plan.copy)
-        # a slow frame is no hung server: a file output never reconnects (watchdog off)
-        self.sink = SinkWorker(str(tmp), encoder, lambda: self.source.fps or plan.fps, self.out_queue,
-                               name=src.name, live=False, watchdog_s=math.inf,
-                               hooks=SinkHooks(metadata=lambda _made_by: self.metadata,
-                                               copy_from=lambda: self.source.copied_streams))
         self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads)
-        self.batcher.on_error = lambda _name, exc: self._fail(exc)
-        self.enqueued = self.delivered = self.failed = 0
-        self.errors: list[BaseException] = []
-        self._reader = threading.Thread(target=self._read, name=f"source-{self.name}", daemon=True)
+        # a slow frame is no hung server: a file output never reconnects (watchdog off)
+        spec = PipelineSpec(src.name, str(src), str(tmp), live=False, queue_size=max(8, 2 * max_batch),
+                            encoder=encoder, stabilise=stabilise, watchdog_s=math.inf,
+                            hwaccel=pick_hwaccel(str(upscaler.device)), copy=tuple(plan.copy), fps=plan.fps)
+        route = Route(upscaler, plan.out_size)
+        self.pipeline = build(spec, batcher=self.batcher, router=lambda: route,
+                              hooks=Hooks(metadata=lambda _made_by: self.metadata))
+        self.source, self.sink = self.pipeline.source, self.pipeline.sink
+        self.batcher.on_error = lambda _name, exc: self.pipeline.fail(exc)
 
-    # --- batch client ---------------------------------------------------------
-    def route(self):
-        return self.upscaler, self.plan.out_size
-
-    def deliver(self, out: Enhanced) -> None:
-        self.delivered += 1
-        try:
-            while not self.out_queue.put(out, timeout=0.2):
-                if self.errors:
-                    return  # the sink failed: nothing takes frames any more
-        except QueueClosed:
-            pass
-
-    # --- life cycle -----------------------------------------------------------
     def start(self) -> RecordedJob:
-        self.batcher.attach(self)
         self.batcher.start()
-        self.sink.start()
-        self._reader.start()
+        self.pipeline.start()
         return self
 
-    def _read(self) -> None:
-        try:
-            for frame in self.source.frames():
-                while not self.queue.put(frame, timeout=0.2):
-                    if self.errors:
-                        return
-                self.enqueued += 1
-        except Exception as exc:  # noqa: BLE001 - an unreadable file
-            self._fail(exc)
-        finally:
-            self.queue.close()
-
-    def _fail(self, exc: BaseException) -> None:
-        self.errors.append(exc)
-        self.stop_reading()
+    @property
+    def errors(self) -> list[BaseException]:
+        """What stopped the job: an unreadable input, an inference or a publisher failure."""
+        return [e for e in (self.pipeline.error, self.sink.error) if e is not None][:1]
 
     def stop_reading(self) -> None:
         self.source.stop()
@@ -248,22 +212,18 @@ class RecordedJob:
         return Fraction(self.source.fps or self.plan.fps).limit_denominator(1001)
 
     def poll(self) -> bool:
-        """Close the output once every frame read is back from the batcher; False once it is closed."""
-        if self.sink.error is not None and not self.errors:
-            self._fail(self.sink.error)
-        if not self._reader.is_alive() and (self.errors or self.delivered + self.failed >= self.enqueued
-                                            or not self.batcher.alive):
-            self.out_queue.close()
+        """False once the output is closed (every frame read is back and published, or it failed)."""
+        if self.sink.error is not None:
+            self.pipeline.fail(self.sink.error)
+        if not self.batcher.alive and not self.pipeline.reading:
+            self.pipeline.out_queue.close()
         return self.sink.alive
 
     def close(self) -> None:
         self.stop_reading()
-        self.queue.close()
-        self.out_queue.close()
-        self.sink.stop(timeout=60.0)
+        self.pipeline.stop(timeout=60.0)
         self.source.close()  # the input kept open for its copied packets, now muxed
         self.batcher.stop()
-        self._reader.join(10.0)
 
     def stats(self, seconds: float, interrupted: bool, dst: Path) -> dict:
         return {"frames": self.frames, "seconds": seconds, "fps": self.frames / seconds if seconds > 0 else 0.0,
@@ -293,8 +253,7 @@ def enhance_video(src: Path, dst: Path, upscaler, size: tuple[int, int] | None =
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(dst)
     with writer_lock(tmp, dst):
-        job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads,
-                          Stabiliser(stabilise) if stabilise is not None else None)
+        job = RecordedJob(src, tmp, upscaler, plan, encoder, max_batch, threads, stabilise)
         return _run_job(job, plan, src, tmp, dst, progress)
 
 

@@ -5,7 +5,7 @@ PyAV holds the interpreter lock while FFmpeg opens a network output and writes i
 then never answers, every thread of the service (HTTP, metrics, the other cameras' decoding)
 stood still for the whole socket timeout, at each reconnect (issue 15; 3.1 s measured with
 PyAV 18.1). So each network output (RTSP, RTMP, SRT, UDP, TCP) runs a plain
-:class:`~ultrares_stream.sinks.Publisher` in a child process; the parent sends it packed yuv420p
+:class:`~ultrares_stream.publisher.Publisher` in a child process; the parent sends it packed yuv420p
 frames over a pipe and waits for each acknowledgement with the lock released. A child that
 does not answer within the timeout is killed: a blocked FFmpeg call cannot be interrupted, a
 process can. Files stay in the service's process (a local disk does not hang like this).
@@ -27,7 +27,7 @@ _SPAWN = mp.get_context("spawn")  # no fork: the parent holds threads and torch 
 
 
 class RemotePublisher:
-    """A :class:`~ultrares_stream.sinks.Publisher` in a child process, with the same interface
+    """A :class:`~ultrares_stream.publisher.Publisher` in a child process, with the same interface
     as far as :class:`~ultrares_stream.sinks.SinkWorker` uses it."""
 
     def __init__(self, url: str, settings, *, live: bool = True, timeout_s: float = 5.0, name: str = "camera",
@@ -107,7 +107,7 @@ def _child_main(conn, url: str, settings, live: bool, timeout_s: float, name: st
     """The child: one Publisher, driven by the parent's requests until "close" or the pipe ends."""
     import signal
 
-    from .sinks import Publisher
+    from .publisher import Publisher
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent closes us
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s publish-{name}: %(message)s")

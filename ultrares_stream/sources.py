@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ReconnectConfig
 from .errors import UserError
 from .urls import HTTP, RTSP, V4L2, is_live, mask_url, scheme
 
@@ -40,6 +39,17 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".t
 
 #: seconds of an outage during which a live source is retried every ``reconnect.initial_s``
 QUICK_RETRY_S = 10.0
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Timeouts and backoff of a live input or output (``reconnect:`` in the config, whose
+    :class:`~ultrares_stream.config.ReconnectConfig` has the same fields): the first retry after
+    ``initial_s``, doubling up to ``max_s``; ``timeout_s`` for a connect or a read."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    timeout_s: float = 5.0
 
 
 class FinishedSource(UserError):
@@ -168,13 +178,13 @@ class Source:
 
     ``live``: None = decide from the URL (:func:`is_live`). Live sources reconnect
     forever; files are read once and end, skipping undecodable packets (``bad_packets``).
-    ``reconnect``: the read/connect timeout and the reconnect backoff (default ``ReconnectConfig()``).
+    ``reconnect``: the read/connect timeout and the reconnect backoff (default :class:`Reconnect`).
     ``copy``: indices of audio/subtitle streams whose packets ride along with the frames
     (``Frame.packets``: those demuxed before the next frame) for a sink that copies them.
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
-                 reconnect: ReconnectConfig | None = None, metrics=None, decode_threads: int = 1,
+                 reconnect: Reconnect | None = None, metrics=None, decode_threads: int = 1,
                  max_frames: int | None = None, hwaccel: str | None = None, copy: Collection[int] = ()):
         self.url = str(url)
         self.name = name
@@ -182,7 +192,7 @@ class Source:
         if not self.live and "://" not in self.url and not Path(self.url).exists():
             raise UserError(f"{self.url}: no such file")
         self.transport = transport
-        self.reconnect = reconnect or ReconnectConfig()
+        self.reconnect = reconnect or Reconnect()
         self.metrics = metrics
         self.decode_threads = decode_threads
         self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)

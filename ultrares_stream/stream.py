@@ -1,8 +1,8 @@
-"""One camera wired end to end: source -> bounded queue -> (shared) batcher -> publisher.
+"""One camera: its pipeline (built by :func:`.pipeline.build`), and what an operator does with it.
 
-Threads: a reader (decode into the camera's :class:`FrameQueue`), the device's
-:class:`Batcher` worker (shared by all cameras on the device) and a
-:class:`SinkWorker` (encode + publish). A :class:`Stream` implements the
+A :class:`Stream` turns the camera's config into a :class:`~.pipeline.PipelineSpec`, routes its
+frames (model view, alpha, output size; changed while it runs), admits its input by cost, and
+keeps its status (rates, latency, state and cause) and a JPEG snapshot. It implements the
 ``Stream`` contract of docs/architecture.md used by the web app.
 """
 from __future__ import annotations
@@ -13,19 +13,18 @@ import math
 import threading
 import time
 from collections import deque
-from fractions import Fraction
+from dataclasses import replace
 
 from . import provenance
 from .admission import DEFAULT_MAX_OUTPUT_PIXELS, admit_output_size
 from .batcher import Batcher, Enhanced
 from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig, RecordingConfig
-from .frame_queue import FrameQueue, QueueClosed
-from .recording import SegmentedOutput
-from .sinks import EncoderSettings, SinkHooks, SinkWorker, container_for
+from .pipeline import Hooks, PipelineSpec, build
+from .publisher import EncoderSettings
 from .sizes import fit_inside, parse_size
-from .sources import DEFAULT_FPS, Source
-from .urls import mask_url, scheme
-from .temporal import Stabiliser
+from .sources import Frame
+from .stages import Route
+from .urls import mask_url
 from .upscaler import FrameUpscaler, UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,6 @@ DROP_WARN_EVERY_S = 30.0
 #: a publisher's state -> the camera's, while it is not publishing
 SINK_PROBLEMS = {"hung": "publisher-hung", "reconnecting": "publisher-reconnecting", "disk-full": "disk-full",
                  "output-error": "output-error"}
-
-
-def segmented_output(camera: CameraConfig, live: bool) -> SegmentedOutput | None:
-    """Where a camera's file output writes each time it opens (None: a network or HLS output)."""
-    if scheme(camera.output) is not None or container_for(camera.output) is None:
-        return None
-    return SegmentedOutput(camera.output, live=live,
-                           policy=(camera.recording or RecordingConfig()).policy())
 
 
 class _Rate:
@@ -100,6 +91,16 @@ def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
     return out
 
 
+def camera_spec(camera: CameraConfig, reconnect: ReconnectConfig, watchdog_s: float | None = None,
+                hwaccel: str | None = None) -> PipelineSpec:
+    """A camera's config as the plain values its pipeline is built from."""
+    stabilise = camera.stabilise.settings() if camera.stabilise is not None else None
+    return PipelineSpec(camera.name, camera.input, camera.output, transport=camera.rtsp_transport,
+                        queue_size=camera.queue.size, queue_policy=camera.queue.policy,
+                        stabilise=stabilise, reconnect=reconnect, watchdog_s=watchdog_s or reconnect.timeout_s,
+                        hwaccel=hwaccel, recording=(camera.recording or RecordingConfig()).policy())
+
+
 class Stream:
     """One camera. Create, :meth:`start`, and later :meth:`stop` (flushes the output).
 
@@ -120,10 +121,6 @@ class Stream:
         self.input_url, self.output_url = camera.input, camera.output
         self.metrics = metrics
         self.batcher, self.pool = batcher, pool
-        self.source = Source(camera.input, camera.name, transport=camera.rtsp_transport, reconnect=rc,
-                             metrics=metrics, hwaccel=hwaccel)
-        self.live = self.source.live
-        self.queue, self.out_queue = self._queues(camera.queue.size, camera.queue.policy)
         self._size_spec = parse_size(camera.output_size) if camera.output_size else None
         self.model_name = camera.model
         self._route_lock = threading.Lock()
@@ -132,22 +129,19 @@ class Stream:
         self.upscaler: FrameUpscaler = pool.get(self.model_name, self.alpha, self.ensemble)
         # after a change, until its weights are ready: (upscaler, model, alpha)
         self._next: tuple[FrameUpscaler, str | None, float] | None = None
-        settings = camera.stabilise.settings() if camera.stabilise is not None else None
-        self.stabiliser = Stabiliser(settings) if settings is not None else None  # batcher applies it
-        self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(), live=self.live,
-                                                              cpu_inference=_on_cpu(batcher.device))
-        hooks = SinkHooks(on_published=self._on_published, metadata=self._provenance,
-                          segments=segmented_output(camera, self.live))
-        self.sink = SinkWorker(camera.output, self.encoder, self._fps, self.out_queue, name=camera.name,
-                               live=self.live, reconnect=rc, watchdog_s=watchdog_s or rc.timeout_s, metrics=metrics,
-                               hooks=hooks)
+        spec = camera_spec(camera, rc, watchdog_s, hwaccel)
+        self.encoder = encoder or EncoderSettings.from_config(camera.encoder or EncoderConfig(),
+                                                              live=spec.live, cpu_inference=_on_cpu(batcher.device))
+        self.pipeline = build(replace(spec, encoder=self.encoder), batcher=batcher, router=self.route,
+                              metrics=metrics, hooks=Hooks(on_frame=self._on_frame, on_drop=self._on_drop,
+                                                           on_published=self._on_published,
+                                                           metadata=self._provenance))
+        self.source, self.queue, self.out_queue = self.pipeline.source, self.pipeline.queue, self.pipeline.out_queue
+        self.sink, self.stabiliser, self.live = self.pipeline.sink, self.pipeline.stabiliser, self.pipeline.live
         self.frames_in = 0
         self.frames_out = 0
-        self.delivered = 0  # frames back from the batcher
-        self.enqueued = 0  # frames handed to the queue
         self.first_published_at: float | None = None  # monotonic clock
         self.last_published_at: float | None = None
-        self.failed = 0  # frames lost to inference errors
         self.started_at: float | None = None
         self.last_frame_at: float | None = None
         self.input_size: tuple[int, int] | None = None
@@ -160,8 +154,6 @@ class Stream:
         self._drops_warned_at = -math.inf
         self._latest: Enhanced | None = None
         self._jpeg: tuple[float, bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self.error: BaseException | None = None
         self.first_output = threading.Event()
         if metrics is not None:
             self._bind_metrics(metrics)
@@ -169,13 +161,6 @@ class Stream:
     def _provenance(self, made_by) -> dict[str, str]:
         """A file output's container tags for frames made by ``made_by`` (default: the live upscaler)."""
         return provenance.video_metadata(provenance.for_upscaler(made_by or self.upscaler))
-
-    def _queues(self, size: int, policy: str) -> tuple[FrameQueue, FrameQueue]:
-        """The camera's input queue (``policy`` auto: drop the oldest frame live, block for files) and
-        its output queue after the batcher (twice as deep, at least 4)."""
-        lossy = "drop_oldest" if self.live else "block"
-        return (FrameQueue(size, lossy if policy == "auto" else policy, on_drop=self._on_drop),
-                FrameQueue(max(4, size * 2), lossy, on_drop=self._on_drop))
 
     # --- metrics --------------------------------------------------------------
     def _bind_metrics(self, m) -> None:
@@ -223,10 +208,9 @@ class Stream:
                         self.name, 100 * ratio, DROP_WINDOW_S)
 
     # --- batcher client ---------------------------------------------------------
-    def _fps(self) -> Fraction:
-        return self.source.fps or DEFAULT_FPS
-
-    def route(self) -> tuple[FrameUpscaler, tuple[int, int] | None]:
+    def route(self) -> Route:
+        """The model view and output size for the next batch (a pending change is made live here
+        once its weights are ready)."""
         with self._route_lock:
             if self._next is not None:
                 self._switch_when_ready()
@@ -235,19 +219,12 @@ class Stream:
         if size is not None and self.input_size is not None:
             w, h = self.input_size
             size = fit_inside(w, h, size, even=True)
-        return up, size
-
-    def deliver(self, out: Enhanced) -> None:
-        self.delivered += 1
-        self.output_size = (out.width, out.height)
-        try:
-            self.out_queue.put(out)
-        except QueueClosed:
-            pass
+        return Route(up, size)
 
     def _on_published(self, out: Enhanced, seconds: float) -> None:
         now = time.monotonic()
         self.frames_out += 1
+        self.output_size = (out.width, out.height)
         if self.first_published_at is None:
             self.first_published_at = now
         self.last_published_at = now
@@ -267,12 +244,18 @@ class Stream:
     # --- life cycle -----------------------------------------------------------
     def start(self) -> Stream:
         self.started_at = time.monotonic()
-        self.batcher.attach(self)
-        self.sink.start()
-        self._reader = threading.Thread(target=self._read, name=f"source-{self.name}", daemon=True)
-        self._reader.start()
+        self.pipeline.start()
         log.info("%s: %s -> %s", self.name, mask_url(self.input_url), mask_url(self.output_url))
         return self
+
+    def _on_frame(self, frame: Frame) -> None:
+        """A frame read: admitted by cost (raises to refuse the input), then counted."""
+        self._admit(frame.width, frame.height)
+        self.frames_in += 1
+        self.last_frame_at = time.monotonic()
+        self.input_size = (frame.width, frame.height)
+        self._rate_in.tick(self.last_frame_at)
+        self._window_in.tick(self.last_frame_at)
 
     def _admit(self, width: int, height: int) -> None:
         """Refuse an input whose output frames would be over the camera's pixel budget
@@ -283,76 +266,30 @@ class Stream:
             admit_output_size(self.name, width, height, int(self.upscaler.scale), self.camera.output_size, limit)
             self._admitted = (width, height)
 
-    def _read(self) -> None:
-        try:
-            for frame in self.source.frames():
-                self._admit(frame.width, frame.height)
-                self.frames_in += 1
-                self.last_frame_at = time.monotonic()
-                self.input_size = (frame.width, frame.height)
-                self._rate_in.tick(self.last_frame_at)
-                self._window_in.tick(self.last_frame_at)
-                try:
-                    while not self.queue.put(frame, timeout=0.5):
-                        if self.source.stopped:
-                            return
-                except QueueClosed:
-                    return
-                self.enqueued += 1
-        except Exception as exc:  # noqa: BLE001 - a file that cannot be read, an input over budget
-            self.error = exc
-            self.source.stop()
-            log.error("%s: %s", self.name, exc)
-        finally:
-            self.queue.close()
-            if not self.live:
-                self._finish_output()
+    @property
+    def error(self) -> BaseException | None:
+        return self.pipeline.error
 
-    def _in_flight(self) -> int:
-        """Frames handed to the queue and not back from the batcher yet (delivered, failed or dropped)."""
-        return self.enqueued - self.delivered - self.failed - self.queue.dropped
-
-    def _drain(self, until: float = math.inf) -> None:
-        """Wait until every frame read is back from the batcher, the batcher stopped, the output
-        closed, or the monotonic clock passed ``until``."""
-        while (self._in_flight() > 0 and self.batcher.alive and not self.out_queue.closed
-               and time.monotonic() < until):
-            time.sleep(0.02)
-
-    def _finish_output(self) -> None:
-        """File input read to the end: once every frame is back from the batcher, close the output."""
-        self._drain()
-        self.out_queue.close()
-        log.info("%s: input finished (%d frames); closing the output", self.name, self.frames_in)
+    @property
+    def failed(self) -> int:
+        """Frames lost to inference errors."""
+        return self.pipeline.failed
 
     @property
     def finished(self) -> bool:
         """A file source read to the end and everything published (never true for live cameras)."""
-        return (not self.live and self._reader is not None and not self._reader.is_alive()
-                and self.queue.drained() and not self.sink.alive)
+        return self.pipeline.finished
 
     def wait_finished(self, timeout: float | None = None) -> bool:
         """For file inputs: wait until every frame is published and the output closed."""
-        end = None if timeout is None else time.monotonic() + timeout
-        if self._reader is not None:
-            self._reader.join(timeout)
-        self.sink.join(None if end is None else max(0.0, end - time.monotonic()))
-        return self.finished
+        return self.pipeline.wait_finished(timeout)
 
     def source_drops(self) -> int:
-        return self.queue.dropped + self.out_queue.dropped
+        return self.pipeline.drops()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading, finish what is queued, flush and close the output."""
-        self.source.stop()
-        self.queue.close()
-        if self._reader is not None:
-            self._reader.join(timeout)
-        end = time.monotonic() + timeout
-        self._drain(end)  # the frames already read come back from the batcher (queued and in flight)
-        self.batcher.detach(self.name)
-        self.out_queue.close()
-        self.sink.stop(max(0.5, end - time.monotonic()))
+        self.pipeline.stop(timeout)
         with self._route_lock:
             self.pool.release(self.upscaler)
             if self._next is not None:

@@ -270,7 +270,7 @@ def _enhance_video(src: Path, dst: Path, upscaler, size, scale, progress: bool, 
 
     if scale is not None:
         size = _scaled_video_size(src, scale)
-    from ..sinks import EncoderSettings
+    from ..publisher import EncoderSettings
 
     encoder = EncoderSettings(preset=preset, crf=crf, tune=None)
     return recorded.enhance_video(src, dst, upscaler, size=size, progress=progress, encoder=encoder,
