@@ -70,8 +70,8 @@ def test_bf16_autocast_channels_last_close_to_fp32():
     sd = read_checkpoint(need_data("weights", "realesr-animevideov3.pth"))
     img = Image.open(need_data("sr", "Set5", "LR_bicubic", "X4", "headx4.png")).convert("RGB")
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None][..., :48, :48]
-    fp32 = Upscaler(ResolvedModel("a", sd), device="cpu", precision="fp32", tile=0)
-    bf16 = Upscaler(ResolvedModel("a", sd), device="cpu", precision="bf16", tile=0)
+    fp32 = Upscaler(ResolvedModel("a", sd), device="cpu", precision="fp32", engine="eager", tile=0)
+    bf16 = Upscaler(ResolvedModel("a", sd), device="cpu", precision="bf16", engine="eager", tile=0)
     assert bf16.precision == "bf16" and bf16.engine.channels_last
     a, b = fp32.upscale(x), bf16.upscale(x)
     assert b.dtype == torch.float32

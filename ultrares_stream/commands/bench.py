@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decode the first N frames of a clip and time (1) the model alone on them and (2) the whole "
                     "pipeline (decode -> queue -> batcher -> encode) on the same frames, in one run, with "
                     "per-stage times. --matrix instead times every engine backend at several batch sizes.",
-        epilog="Example: ultrares bench --frames 40   |   ultrares bench --matrix --engine eager,compile")
+        epilog="Example: ultrares bench --frames 40   |   ultrares bench --matrix --engine eager,compile   |   "
+               "ultrares bench --matrix --device cpu (the CPU engines: eager NCHW, eager channels_last, OpenVINO)")
     p.add_argument("--input", "-i", metavar="CLIP", help="video to use (default: the 320x240 CCTV clip or the demo scene)")
     p.add_argument("--frames", "-n", type=int, default=40, help="frames to time (default 40)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default ultrares-compact-x4)")
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="libx264 preset of the pipeline's encoder (default auto, as the service: ultrafast when "
                         "the model runs on the CPU, else veryfast)")
     p.add_argument("--matrix", action="store_true", help="engines x batch sizes table (ultrares_stream.engine.bench)")
-    p.add_argument("--batches", default="1,4,8", help="batch sizes for --matrix (default 1,4,8)")
+    p.add_argument("--batches", default=None, help="batch sizes for --matrix (default 1,4,8; 1 on the CPU)")
+    p.add_argument("--rounds", type=int, default=5, help="--matrix on the CPU: interleaved rounds (default 5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -37,14 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.matrix:
-        from ..engine.bench import run_matrix  # torch: imported only when the command runs
-
-        try:
-            batches = tuple(int(b) for b in args.batches.split(","))
-        except ValueError:
-            raise UserError(f"--batches must be comma-separated integers, not {args.batches!r}") from None
-        engines = ["eager", "compile", "tensorrt"] if args.engine == "auto" else args.engine.split(",")
-        rows = run_matrix(engines, batches=batches, device=args.device)
+        rows = _matrix(args)  # torch: imported only when the command runs
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -60,6 +55,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
+    return _bench(args, console)
+
+
+def _matrix(args: argparse.Namespace) -> list[dict]:
+    """The engine matrix: on the CPU the CPU engines side by side in interleaved rounds
+    (``engine.bench.run_cpu_matrix``), on CUDA the GPU backends (``run_matrix``)."""
+    from ..engine import pick_device
+    from ..engine.bench import run_cpu_matrix, run_matrix
+    from ..engine.select import CPU_CANDIDATES
+
+    cpu = pick_device(args.device).type == "cpu"
+    try:
+        batches = tuple(int(b) for b in (args.batches or ("1" if cpu else "1,4,8")).split(","))
+    except ValueError:
+        raise UserError(f"--batches must be comma-separated integers, not {args.batches!r}") from None
+    if cpu:
+        engines = list(CPU_CANDIDATES) if args.engine == "auto" else args.engine.split(",")
+        return run_cpu_matrix(engines, batches, precision=args.precision, rounds=args.rounds, threads=args.threads)
+    engines = ["eager", "compile", "tensorrt"] if args.engine == "auto" else args.engine.split(",")
+    return run_matrix(engines, batches=batches, device=args.device, precision=args.precision)
+
+
+def _bench(args: argparse.Namespace, console) -> int:
     from ..bench import format_report, run_bench
 
     r = run_bench(args.input, args.frames, args.model, args.engine, args.device, args.precision, args.batch,

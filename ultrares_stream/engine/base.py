@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -38,6 +39,26 @@ class Engine(Protocol):
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
 
     def prepare_weights(self, state_dict: dict[str, torch.Tensor]) -> Callable[[], None]: ...
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the network's passes share the CPU: ``streams`` passes at once, ``threads`` each."""
+
+    streams: int = 1
+    threads: int = 1
+
+    @classmethod
+    def for_pipeline(cls, threads: int | None = None) -> ThreadPlan:
+        """The batcher's plan (:func:`~ultrares_stream.batcher.cpu_inference_plan`): one
+        single-threaded pass per core, or one pass at a time on ``threads`` threads."""
+        from ..batcher import cpu_inference_plan
+
+        streams, each = cpu_inference_plan(threads)
+        return cls(streams, each)
+
+    def describe(self) -> str:
+        return f"{self.streams} pass(es) at once x {self.threads} thread(s)"
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

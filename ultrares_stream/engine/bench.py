@@ -12,6 +12,7 @@ batch size is timed; a backend that is not available here gets a row with ``erro
 """
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import pick_device, pick_precision
+from .base import ThreadPlan, pick_device, pick_precision
 from .cache import EngineCache, ShapeRange
+from .timing import concurrent_passes, time_cpu_engines, torch_threads  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,20 @@ def _wide() -> nn.Module:
     return SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
 
 
-#: model name -> its network (the shipped pairs' architectures; ``RRDB`` is ESRGAN's)
+def _traffic() -> nn.Module:
+    from ..models.archs import RLFN
+
+    return RLFN(num_feat=52, num_block=6, upscale=4)
+
+
+#: model name -> its network (the shipped pairs' architectures; ``RRDB`` is ESRGAN's; the wide pair's
+#: 64 feat / 16 conv is also ``realesr-animevideov3``'s, ``ultrares-traffic-x4`` is RLFN 52 / 6)
 MODELS: dict[str, Callable[[], nn.Module]] = {"ultrares-compact-x4": _compact, "ultrares-wide-x4": _wide,
-                                              "RRDB": _rrdb}
+                                              "ultrares-traffic-x4": _traffic, "RRDB": _rrdb}
 SIZES = ((480, 270), (960, 540))
+#: the CPU matrix (``ultrares bench --matrix`` on a CPU): the CPU's pairs on the 320x240 camera
+CPU_MODELS = ("ultrares-compact-x4", "ultrares-wide-x4", "ultrares-traffic-x4")
+CPU_SIZES = ((320, 240),)
 
 
 def cases(models=tuple(MODELS), sizes=SIZES) -> tuple[BenchCase, ...]:
@@ -66,7 +78,76 @@ def cases(models=tuple(MODELS), sizes=SIZES) -> tuple[BenchCase, ...]:
     return tuple(BenchCase(m, MODELS[m], w, h) for m in models for w, h in sizes)
 
 
-CASES = cases()
+CASES = cases(("ultrares-compact-x4", "ultrares-wide-x4", "RRDB"))
+CPU_CASES = cases(CPU_MODELS, CPU_SIZES)
+
+
+def run_cpu_matrix(engines: list[str], batches=(1,), *, precision: str = "auto", cases: tuple[BenchCase, ...] = CPU_CASES,
+                   rounds: int = 5, passes: int = 3, threads: int | None = None,
+                   cache: EngineCache | None = None) -> list[dict]:
+    """The CPU engines side by side: per case, every engine is built (``engines``: the names of
+    ``select.CPU_CANDIDATES`` or of ``make_engine``), then each batch size is timed in ``rounds``
+    interleaved rounds (engine after engine, so a machine whose speed drifts moves them alike) of
+    ``passes`` passes per caller, ``plan.streams`` callers at once (the pipeline's CPU plan,
+    ``threads``: ``inference.threads``). One row per (case, engine, batch), as :func:`run_matrix`,
+    with ``fps`` the median round and ``fps_rounds`` every round."""
+    from .openvino import cpu_model_name
+
+    prec = pick_precision(precision, torch.device("cpu"))
+    plan = ThreadPlan.for_pipeline(threads)
+    rows: list[dict] = []
+    for case in cases:
+        built, failed = _cpu_engines(engines, case, prec, plan, cache)
+        base = {"model": case.name, "input": f"{case.width}x{case.height}", "device": cpu_model_name(),
+                "output": f"{case.width * case.scale}x{case.height * case.scale}", "plan": plan.describe()}
+        rows += [{**base, "engine": n, "precision": prec, "batch": b, "error": e} for n, e in failed.items()
+                 for b in batches]
+        for b in batches:
+            x = torch.rand(b, 3, case.height, case.width)
+            times = _interleaved(built, x, plan, rounds, passes)
+            for name, walls in times.items():
+                fps = sorted(b * passes * plan.streams / w for w in walls)
+                rows.append({**base, "engine": name, "precision": built[name].precision, "batch": b,
+                             "fps": round(statistics.median(fps), 2), "fps_rounds": [round(f, 2) for f in fps],
+                             "latency_ms_p50": round(1000 * statistics.median(walls) / passes, 2),
+                             "latency_ms_p95": round(1000 * max(walls) / passes, 2)})
+                log.info("bench %s", rows[-1])
+    return rows
+
+
+def _cpu_engines(names: list[str], case: BenchCase, precision: str, plan: ThreadPlan,
+                 cache: EngineCache | None) -> tuple[dict, dict[str, str]]:
+    """(name -> engine with the case's random weights, name -> why it could not be built)."""
+    from .select import CPU_CANDIDATES, make_engine
+
+    built, failed = {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        net = case.build()
+        try:
+            if name in CPU_CANDIDATES:
+                engine = CPU_CANDIDATES[name][1](net, precision, plan, cache)
+            else:
+                engine = make_engine(name, net, torch.device("cpu"), precision, cache=cache,
+                                     threads=None if plan.streams > 1 else plan.threads)
+            engine.load_weights(net.state_dict())
+            built[name] = engine
+        except Exception as exc:  # any backend failure: a row that says why
+            log.warning("bench: %s on %s not available: %s", name, case.name, exc)
+            failed[name] = f"{exc.__class__.__name__}: {exc}"
+    return built, failed
+
+
+def _interleaved(engines: dict, x: torch.Tensor, plan: ThreadPlan, rounds: int, passes: int) -> dict[str, list[float]]:
+    """Wall seconds of each round per engine (one warm-up pass per caller first)."""
+    walls: dict[str, list[float]] = {name: [] for name in engines}
+    with torch_threads(plan.threads), torch.no_grad():
+        for engine in engines.values():
+            concurrent_passes(engine, x, plan.streams, 1)
+        for _ in range(rounds):
+            for name, engine in engines.items():
+                walls[name].append(concurrent_passes(engine, x, plan.streams, passes))
+    return walls
 
 
 def run_matrix(engines: list[str], batches=(1, 4, 8), device: str = "cuda", *, precision: str = "auto",
@@ -149,3 +230,71 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['input']} -> {r['output']} | {r['batch']} | {r['engine']} | "
                      f"{r['precision']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: the networks whose OpenVINO output is compared with eager fp32 (:func:`agreement`): every
+#: shipped architecture, with real weights where the registry has them (RRDBNet: random weights)
+AGREEMENT_MODELS = ("ultrares-compact-x4", "ultrares-wide-x4", "ultrares-traffic-x4", "realesr-animevideov3",
+                    "rlfn-x4", "span-ch28-x4", "RRDB")
+
+
+def real_frames(n_per_clip: int = 1, size: tuple[int, int] = (160, 120)) -> list[torch.Tensor]:
+    """The first ``n_per_clip`` frames of each clip in the shared data's ``video/`` folder (PyAV),
+    centre-cropped to ``size`` (width, height), as 1x3xHxW float tensors in [0, 1]."""
+    import av
+
+    from ..settings import data_dir
+
+    frames = []
+    for clip in sorted((data_dir() / "video").glob("*.*")):
+        with av.open(str(clip)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i >= n_per_clip:
+                    break
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255
+                top, left = (rgb.shape[1] - size[1]) // 2, (rgb.shape[2] - size[0]) // 2
+                frames.append(rgb[None, :, top:top + size[1], left:left + size[0]].contiguous())
+    if not frames:
+        raise UserError(f"no clips in {data_dir() / 'video'}")
+    return frames
+
+
+def agreement(models=AGREEMENT_MODELS, frames: list[torch.Tensor] | None = None,
+              precisions=("fp32",)) -> list[dict]:
+    """PSNR (dB, outputs clamped to [0, 1]) of the OpenVINO engine against eager fp32 per network,
+    precision and frame: ``min_db`` / ``mean_db`` over the frames."""
+    from ..models.checkpoint import build_model
+    from ..models.registry import resolve
+    from .select import make_engine
+
+    frames = frames if frames is not None else real_frames()
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        net = _rrdb().eval() if name == "RRDB" else build_model(resolve(name).psnr, name).eval()
+        with torch.no_grad():
+            want = [net(x).clamp(0, 1) for x in frames]
+        for prec in precisions:
+            engine = make_engine("openvino", copy.deepcopy(net), torch.device("cpu"), prec)
+            engine.load_weights(net.state_dict())
+            dbs = [_psnr(engine(x).clamp(0, 1), w) for x, w in zip(frames, want)]
+            rows.append({"model": name, "arch": type(net).__name__, "precision": prec, "frames": len(frames),
+                         "min_db": round(min(dbs), 2), "mean_db": round(sum(dbs) / len(dbs), 2)})
+            log.info("agreement %s", rows[-1])
+    return rows
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    import math
+
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+
+
+if __name__ == "__main__":  # python -m ultrares_stream.engine.bench [fp32,bf16]: the agreement table
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    precs = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else ("fp32",)
+    print(json.dumps(agreement(precisions=precs), indent=1))

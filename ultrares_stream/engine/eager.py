@@ -1,4 +1,7 @@
-"""Eager PyTorch backend: CUDA fp16 (falls back to fp32 on NaN/Inf), CPU bf16 autocast + channels_last."""
+"""Eager PyTorch backend: CUDA fp16 (falls back to fp32 on NaN/Inf), CPU bf16 autocast + channels_last.
+
+On the CPU the memory layout is channels_last for bf16 by default and NCHW for fp32; ``auto``
+times both (:func:`~ultrares_stream.engine.select.choose_cpu_engine`) and passes the faster."""
 from __future__ import annotations
 
 import functools
@@ -19,13 +22,15 @@ class EagerEngine:
     name = "eager"
     slow_weights = False
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: Precision):
+    def __init__(self, net: nn.Module, device: torch.device, precision: Precision,
+                 channels_last: bool | None = None):
         self.device = device
         self.precision: Precision = precision
         self.net = net.eval().to(device)
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self.channels_last = device.type == "cpu" and precision == "bf16"
+        default = device.type == "cpu" and precision == "bf16"
+        self.channels_last = default if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if precision == "fp16":  # CUDA only in practice: pick_precision refuses fp16 on the CPU

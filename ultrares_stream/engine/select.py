@@ -1,41 +1,65 @@
 """Choosing and constructing an engine backend by name.
 
-``auto`` picks the fastest backend that is actually usable here, in the order
-tensorrt > compile > eager, and logs which one and why. The availability checks
-are plain functions gathered in :class:`Probes` so the decision table
-(:func:`choose_backend`) can be tested on any machine.
-
-On the CPU ``auto`` is eager: measured on a 2-core x86 machine (native bf16) with
-the compact x4 net (64 feat / 16 conv) at 240x135, eager bf16 channels_last ran at
-48-58 ms a frame, torch.compile bf16 at 49 ms after a 6 s compile per frame size,
-eager fp32 at 257 ms and compiled fp32 at 106 ms after 17 s; see docs/gpu.md.
-``--engine compile`` still works on the CPU when asked for.
+``auto`` picks the fastest backend that is actually usable here. On CUDA that is the order
+tensorrt > compile > eager, from availability alone. On the CPU it is measured
+(:func:`choose_cpu_engine`): the candidates of :data:`CPU_CANDIDATES` (OpenVINO where installed,
+eager in NCHW and in channels_last) run a few passes on a small frame under the pipeline's
+thread plan, side by side in interleaved rounds, and the fastest is used; the decision is kept
+per CPU model, network, precision and thread plan in the engine cache folder, so the
+measurement runs once. The availability checks and the timing are plain functions gathered in
+:class:`Probes`, so the decisions can be tested on any machine. torch.compile is not a CPU
+candidate: on the 2-core machine it gained nothing over eager bf16 and costs a compile per frame
+size (docs/gpu.md); ``--engine compile`` still works on the CPU when asked for.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
 import shutil
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ..errors import UserError
-from .base import Engine
+from .base import Engine, ThreadPlan
 from .cache import EngineCache, ShapeRange
 from .eager import EagerEngine
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "compile", "eager")
+BACKENDS = ("tensorrt", "compile", "openvino", "eager")
 CHOICES = ("auto",) + BACKENDS
+#: the device type each backend needs (None: any)
+DEVICE_OF = {"tensorrt": "cuda", "openvino": "cpu", "compile": None, "eager": None}
+#: networks with fewer parameters run eager on the CPU without a measurement: a conversion and a
+#: timing would cost more than such a net's whole run saves (test nets, toy checkpoints)
+MEASURE_MIN_PARAMS = 20_000
+CHOICE_FILE = "cpu-engine-choice.json"  # in the engine cache folder
 
 
 def _tensorrt_probe() -> tuple[bool, str]:
     from .tensorrt import tensorrt_available
 
     return tensorrt_available()
+
+
+def _openvino_probe() -> tuple[bool, str]:
+    from .openvino import openvino_available
+
+    return openvino_available()
+
+
+def _timing_probe(engines: dict[str, Engine], plan: ThreadPlan, size: tuple[int, int]) -> dict[str, float]:
+    from .timing import time_cpu_engines
+
+    return time_cpu_engines(engines, plan, size)
 
 
 def _compile_probe(device: torch.device) -> tuple[bool, str]:
@@ -52,20 +76,26 @@ def _compile_probe(device: torch.device) -> tuple[bool, str]:
 
 @dataclass
 class Probes:
-    """What the backend choice depends on; each returns (usable, reason). Injectable for tests."""
+    """What the backend choice depends on, injectable for tests: the availability checks return
+    (usable, reason); ``timing(engines, plan, (height, width))`` returns seconds a frame per engine
+    name; ``min_params``: smaller networks are not measured (:data:`MEASURE_MIN_PARAMS`)."""
 
     tensorrt: Callable[[], tuple[bool, str]] = _tensorrt_probe
     compile: Callable[[torch.device], tuple[bool, str]] = _compile_probe
+    openvino: Callable[[], tuple[bool, str]] = _openvino_probe
+    timing: Callable[[dict[str, Engine], ThreadPlan, tuple[int, int]], dict[str, float]] = _timing_probe
+    min_params: int = MEASURE_MIN_PARAMS
     cache: dict = field(default_factory=dict)
 
     def check(self, backend: str, device: torch.device) -> tuple[bool, str]:
         if (backend, str(device)) not in self.cache:
-            if backend == "tensorrt":
-                result = self.tensorrt() if device.type == "cuda" else (False, "TensorRT runs on CUDA only")
-            elif backend == "compile":
-                result = self.compile(device)
+            needs = DEVICE_OF.get(backend)
+            if needs is not None and device.type != needs:
+                result = (False, {"cuda": "TensorRT runs on CUDA only", "cpu": "OpenVINO runs on the CPU here"}[needs])
             else:
-                result = (True, "always available")
+                checks = {"tensorrt": lambda d: self.tensorrt(), "compile": self.compile,
+                          "openvino": lambda d: self.openvino()}
+                result = checks.get(backend, lambda d: (True, "always available"))(device)
             self.cache[(backend, str(device))] = result
         return self.cache[(backend, str(device))]
 
@@ -88,12 +118,13 @@ def choose_backend(requested: str, device: torch.device, probes: Probes | None =
     if requested != "auto":
         ok, why = probes.check(requested, device)
         if not ok:
-            hint = " (install the extra: pip install 'ultrares-stream[tensorrt]')" if requested == "tensorrt" else ""
+            hint = {"tensorrt": " (install the extra: pip install 'ultrares-stream[tensorrt]')",
+                    "openvino": " (pip install openvino)"}.get(requested, "") if device.type == DEVICE_OF[requested] else ""
             raise UserError(f"engine {requested!r} is not available on {device}: {why}{hint}")
         return requested, f"requested ({why})"
-    if device.type != "cuda":
-        return "eager", ("CPU: eager bf16/fp32 beats torch.compile here and needs no compile time; "
-                         "TensorRT needs CUDA")
+    if device.type != "cuda":  # make_engine measures the CPU candidates (choose_cpu_engine)
+        return "eager", ("CPU: eager (or OpenVINO where it measures faster: choose_cpu_engine); torch.compile "
+                         "gains nothing over eager here and TensorRT needs CUDA")
     skipped = []
     for backend in ("tensorrt", "compile"):
         ok, why = probes.check(backend, device)
@@ -106,7 +137,7 @@ def choose_backend(requested: str, device: torch.device, probes: Probes | None =
 
 #: where an engine goes when its probe check fails or its fp16 output has NaN/Inf: the next
 #: backend, in a precision with fp32's range (bf16 where the device has it, else fp32)
-FALLBACK = {"tensorrt": "compile", "compile": "eager", "eager": None}
+FALLBACK = {"tensorrt": "compile", "compile": "eager", "openvino": "eager", "eager": None}
 
 
 def fallback_for(backend: str, precision: str, bf16: bool) -> tuple[str, str] | None:
@@ -218,24 +249,149 @@ class FallbackEngine:
         self.engine = engine
 
 
+def _openvino_engine(net: nn.Module, precision: str, plan: ThreadPlan, cache: EngineCache | None) -> Engine:
+    from .openvino import OpenVINOEngine
+
+    return OpenVINOEngine(net, torch.device("cpu"), precision, plan=plan, cache=cache)  # type: ignore[arg-type]
+
+
+#: the CPU engines ``auto`` times against each other: name -> (backend, builder(net, precision, plan, cache))
+CPU_CANDIDATES: dict[str, tuple[str, Callable[..., Engine]]] = {
+    "openvino": ("openvino", _openvino_engine),
+    "eager-channels-last": ("eager", lambda net, prec, plan, cache: EagerEngine(net, CPU, prec, channels_last=True)),
+    "eager-nchw": ("eager", lambda net, prec, plan, cache: EagerEngine(net, CPU, prec, channels_last=False)),
+}
+CPU = torch.device("cpu")
+
+
+def probe_size(net: nn.Module) -> tuple[int, int]:
+    """The frame the CPU candidates are timed on: about 4 GFLOP a pass (2 x parameters a pixel,
+    the networks here run their convolutions at the input's resolution), 32x32 to 128x128."""
+    params = sum(p.numel() for p in net.parameters())
+    side = int(min(128, max(32, (4e9 / max(1, 2 * params)) ** 0.5))) // 8 * 8
+    return side, side
+
+
+def choice_key(net: nn.Module, precision: str, plan: ThreadPlan, candidates: list[str]) -> dict[str, str]:
+    """What a measured CPU choice depends on (it is reused only where all of it is the same)."""
+    from .cache import _version
+    from .openvino import cpu_model_name
+    from .tensorrt import _describe
+
+    return {"cpu": cpu_model_name(), "cores": str(os.cpu_count()), "arch": _describe(net), "precision": precision,
+            "plan": plan.describe(), "candidates": ",".join(candidates), "torch": torch.__version__,
+            "openvino": _version("openvino")}
+
+
+class ChoiceFile:
+    """Measured CPU choices, one JSON file in the engine cache folder: key digest -> choice."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / CHOICE_FILE
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def digest(key: dict[str, str]) -> str:
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    def get(self, key: dict[str, str]) -> dict | None:
+        entry = self._read().get(self.digest(key))
+        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+    def put(self, key: dict[str, str], choice: str, timings: dict[str, float]) -> None:
+        """Failures are logged, not raised: an unwritable cache costs a measurement next start."""
+        data = self._read()
+        data[self.digest(key)] = {"key": key, "choice": choice, "ms_per_frame": timings, "measured": time.time()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not record the CPU engine choice in %s (%s)", self.path, exc)
+
+
+def choose_cpu_engine(net: nn.Module, precision: str, *, probes: Probes | None = None,
+                      cache: EngineCache | None = None, plan: ThreadPlan | None = None) -> tuple[Engine, str]:
+    """The fastest CPU engine for ``net`` (an engine built from a copy of it) and why, measured
+    once per CPU model, network, precision and thread plan (:class:`ChoiceFile`)."""
+    probes, plan = probes or DEFAULT_PROBES, plan or ThreadPlan.for_pipeline()
+    params = sum(p.numel() for p in net.parameters())
+    if params < probes.min_params:
+        return EagerEngine(net, CPU, precision), f"eager: {params} parameters, too small to measure"  # type: ignore[arg-type]
+    names = [n for n, (backend, _) in CPU_CANDIDATES.items() if probes.check(backend, CPU)[0]]
+    skipped = [f"{n}: {probes.check(b, CPU)[1]}" for n, (b, _) in CPU_CANDIDATES.items() if n not in names]
+    key = choice_key(net, precision, plan, names)
+    record = ChoiceFile((cache or EngineCache()).root)
+    known = record.get(key)
+    if known is not None and known["choice"] in names:
+        engine = _build_candidate(known["choice"], net, precision, plan, cache)
+        if engine is not None:
+            return engine, f"{known['choice']}, as measured earlier ({_timings_text(known['ms_per_frame'])}; {record.path})"
+    engines = {n: e for n in names if (e := _build_candidate(n, net, precision, plan, cache)) is not None}
+    if len(engines) < 2:
+        engine = next(iter(engines.values()), None) or EagerEngine(net, CPU, precision)  # type: ignore[arg-type]
+        return engine, f"{engine.name}: the only usable CPU engine"
+    size = probe_size(net)
+    timings = {n: 1000 * t for n, t in probes.timing(engines, plan, size).items()}
+    best = min(timings, key=timings.get)
+    record.put(key, best, {n: round(t, 2) for n, t in timings.items()})
+    note = f"; not available: {'; '.join(skipped)}" if skipped else ""
+    return engines[best], (f"{best}, fastest measured on {key['cpu']} ({plan.describe()}, {size[1]}x{size[0]} "
+                           f"frames: {_timings_text(timings)}){note}")
+
+
+def _build_candidate(name: str, net: nn.Module, precision: str, plan: ThreadPlan,
+                     cache: EngineCache | None) -> Engine | None:
+    try:
+        return CPU_CANDIDATES[name][1](copy.deepcopy(net), precision, plan, cache)
+    except (UserError, RuntimeError) as exc:
+        log.warning("CPU engine %s unusable for this network (%s)", name, exc)
+        return None
+
+
+def _timings_text(ms: dict[str, float]) -> str:
+    return ", ".join(f"{n} {t:.1f} ms" for n, t in sorted(ms.items(), key=lambda kv: kv[1])) + " a frame"
+
+
 def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision: str, *,
                 shapes: ShapeRange | None = None, cache: EngineCache | None = None,
-                max_batch: int = 8, probes: Probes | None = None) -> Engine:
+                max_batch: int = 8, probes: Probes | None = None, threads: int | None = None) -> Engine:
     """Construct the backend ``name`` (or the one ``auto`` picks) for ``net`` on ``device``.
 
     ``shapes``: the input range a TensorRT engine is built for (default: 1..``max_batch`` frames of
-    270x480 to 540x960); ``cache``: where built engines are kept (default ``engines/cache``).
+    270x480 to 540x960); ``cache``: where built engines are kept (default ``engines/cache``);
+    ``threads``: the CPU plan's threads (:meth:`ThreadPlan.for_pipeline`: the OpenVINO streams).
     Weights arrive later through ``load_weights`` (the upscaler sets alpha right after this).
     """
-    backend, why = choose_backend(name, torch.device(device), probes)
-    log.info("engine %s on %s, %s: %s", backend, device, precision, why)
+    device = torch.device(device)
+    backend, why = choose_backend(name, device, probes)
     _made["engines"] += 1
+    plan = ThreadPlan.for_pipeline(threads)
+    if name == "auto" and device.type == "cpu":
+        engine, why = choose_cpu_engine(net, precision, probes=probes, cache=cache, plan=plan)
+        log.info("engine %s on cpu, %s: %s", engine.name, precision, why)
+        return engine
+    log.info("engine %s on %s, %s: %s", backend, device, precision, why)
     if backend == "eager":
         return EagerEngine(net, device, precision)  # type: ignore[arg-type]
+    if backend == "openvino":
+        return _openvino_engine(net, precision, plan, cache)
     if backend == "compile":
         from .compile import CompiledEngine
 
         return CompiledEngine(net, device, precision, max_batch=max_batch)  # type: ignore[arg-type]
+    return _tensorrt_engine(net, device, precision, shapes=shapes, cache=cache, max_batch=max_batch, probes=probes)
+
+
+def _tensorrt_engine(net: torch.nn.Module, device: torch.device, precision: str, *, shapes: ShapeRange | None,
+                     cache: EngineCache | None, max_batch: int, probes: Probes | None) -> Engine:
+    """TensorRT, moving down :data:`FALLBACK` when it cannot build or its output has NaN/Inf."""
     from .tensorrt import TensorRTEngine
 
     if shapes is None:
