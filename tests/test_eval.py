@@ -152,3 +152,61 @@ def test_dataset_labels_say_how_the_lr_was_made(tmp_path):
     assert dataset_label(tmp_path / "Set14" / "HR", traffic=False) == "Set14"
     assert dataset_label(tmp_path / "video", traffic=True) == "video (H.264)"
     assert dataset_label(tmp_path / "video", traffic=True, encoded=False) == "video (no H.264)"
+
+
+# ------------------------------------------------------------------ --task plates-clip
+
+def test_plates_clip_gap_table_and_buckets():
+    from ultrares_stream.quality.plates_clip import BUCKETS, ClipProtocol, bucket, gap_table, markdown
+
+    protocol = ClipProtocol(counts=(1, 16), bitrates=("lossless",), true_motion=False)
+    rows = []
+    for width, acc in ((60, 0.2), (100, 0.6)):
+        rows += [{"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "-", "method": "original",
+                  "n": 1, "accuracy": 1.0},
+                 {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "bicubic",
+                  "n": 1, "accuracy": 0.2},
+                 {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "fusion",
+                  "n": 16, "accuracy": acc}]
+    table = {(r["method"], r["n"]): r["lossless"] for r in gap_table(rows, protocol)}
+    assert table[("fusion", 16)] == pytest.approx((0.4, 0.25))  # (0.4 - 0.2) / (1 - 0.2)
+    assert table[("bicubic", 1)] == pytest.approx((0.2, 0.0))
+    by_width = {(r["method"], r["n"]): r["lossless"] for r in gap_table(rows, protocol, (80, 120))}
+    assert by_width[("fusion", 16)] == pytest.approx((0.6, 0.5))
+    assert [bucket(w) for w in (10, 80, 119, 120)] == ["< 80 px", "80-120 px", "80-120 px", ">= 120 px"]
+    text = markdown(rows, protocol, [0.2, 0.3])
+    assert "| fusion | 16 | +25 % (0.400) |" in text and BUCKETS[1][2] in text and "median 0.250 s" in text
+
+
+def test_plates_clip_window_and_box_stay_aligned():
+    from ultrares_stream.quality.plates_clip import lr_box, pass_window
+
+    image = np.zeros((500, 900, 3), np.uint8)
+    window, inner = pass_window(image, (850, 470, 40, 20), 4)
+    assert window.shape == (384, 640, 3)
+    assert inner[0] + inner[2] <= 640 and inner[1] + inner[3] <= 384 and inner[2:] == (40, 20)
+    x, y, w, h = lr_box(inner, 4, (96, 160))
+    assert x * 4 <= inner[0] and y * 4 <= inner[1]
+    assert (x + w) * 4 >= inner[0] + inner[2] and (y + h) * 4 >= inner[1] + inner[3]
+
+
+def test_eval_plates_clip_command(tmp_path):
+    """The whole protocol on two of the demo scene's plates (real H.264, real OCR), bicubic only."""
+    pytest.importorskip("rapidocr_onnxruntime")
+    from ultrares_stream.demo.scene import render_scene_frame
+
+    folder = tmp_path / "plates"
+    folder.mkdir()
+    boxes: list = []
+    Image.fromarray(render_scene_frame(90, 640, 480, plates=boxes)).save(folder / "scene.png")
+    (folder / "scene.txt").write_text("".join(f"scene.png\t{x}\t{y}\t{w}\t{h}\t{t.replace(' ', '')}\n"
+                                              for x, y, w, h, t in boxes[:2]))
+    out = tmp_path / "out"
+    assert main(["eval", "--task", "plates-clip", "--dataset", str(folder), "--bicubic-only",
+                 "--limit", "2", "--out-dir", str(out)]) == 0
+    md = (out / "plates_clip.md").read_text()
+    assert "2 plates" in md and "| fusion | 16 |" in md and "| temporal mean | 16 |" in md
+    assert "16-frame fusion (tracking included), one thread" in md
+    rows = read_rows(out / "plates_clip.csv")
+    assert {r["bitrate"] for r in rows} == {"-", "lossless", "0.3bpp", "0.1bpp"}
+    assert {r["method"] for r in rows} == {"original", "bicubic", "temporal mean", "fusion", "fusion, true motion"}

@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": "bench",
     "engine": "engine",
     "shard": "shard",
+    "zoom": "zoom",
 }
 
 log = logging.getLogger("ultrares")

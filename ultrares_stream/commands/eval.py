@@ -32,12 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                f"--dataset {data_dir() / 'video'} --model {DEFAULT_MODEL} --alpha 0 --alpha 1")
     p.add_argument("--dataset", type=Path, action="append", required=True, metavar="DIR",
                    help="Set5/Set14-style image folder or folder of video clips (repeatable)")
-    p.add_argument("--task", choices=["quality", "plates", "flicker"], default="quality",
+    p.add_argument("--task", choices=["quality", "plates", "plates-clip", "flicker"], default="quality",
                    help="quality: PSNR/SSIM (default); plates: plate readability, an OCR reading each annotated "
                         "plate (folders of photos with 'file x y w h PLATE' .txt files, e.g. "
                         f"{data_dir() / 'plates' / 'us'}) after x1/SCALE and back; writes plates.csv and plates.md; "
                         "flicker: frame-to-frame change on static pixels relative to bicubic, without and with "
-                        "the temporal stabiliser (--dataset: clips or folders of clips); writes flicker.md")
+                        "the temporal stabiliser (--dataset: clips or folders of clips); writes flicker.md; "
+                        "plates-clip: plates read from 16-frame synthetic passes (sub-pixel motion, x1/SCALE, "
+                        "H.264 at 0.3 and 0.1 bit/pixel or lossless): bicubic and the model (alpha 0) on the "
+                        "reference frame, the registered temporal mean and the multi-frame fusion of N = 1, 4, 8, "
+                        "16 frames; writes plates_clip.md and plates_clip.csv (docs/fusion.md)")
     p.add_argument("--stabilise", action="store_true",
                    help="quality task, traffic datasets: also score each model with the temporal stabiliser run "
                         "over the 8 LR frames before each scored frame (its cost in PSNR)")
@@ -46,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="flicker task: also write a picture per clip (temporal profile of a row and a moving crop)")
     p.add_argument("--max-plates", type=int, default=None, metavar="N",
                    help="plates task: score the first N plates only")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="plates-clip task: N plates spread evenly over the set (default all)")
     p.add_argument("--scale", type=int, default=4, help="up-scaling factor (default 4)")
     p.add_argument("--model", action="append", default=None, metavar="SPEC",
                    help=f"model spec: registry name, pair, checkpoint path or psnr.pth+gan.pth (repeatable; "
@@ -110,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"dataset not found: {d}")
     if args.task == "plates":
         return run_plates(args, models, alphas, ensembles)
+    if args.task == "plates-clip":
+        return run_plates_clip(args, models)
     if args.task == "flicker":
         return run_flicker(args, models, alphas)
 
@@ -227,6 +235,52 @@ def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float],
         w.writeheader()
         w.writerows(result.reads)
     log.info("wrote %s and %s", out / "plates.md", out / "plates.csv")
+    return 0
+
+
+def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
+    """``--task plates-clip``: plates read from synthetic multi-frame passes (quality.plates_clip)."""
+    import csv
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from ..errors import UserError
+    from ..quality.evaluate import upscaler_fn
+    from ..quality.plates import photo_samples, rapidocr_reader, read_annotations
+    from ..quality.plates_clip import ClipProtocol, markdown, score_clip_plates
+    from ..upscaler import Upscaler
+
+    if args.scale != 4:
+        raise UserError("--task plates-clip is defined for x4 (--scale 4)")
+    cv2.setNumThreads(1)  # the fusion's speed is measured on one core
+    torch.set_num_threads(1)
+    plates = [p for d in args.dataset for p in read_annotations(d)]
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {args.limit}")
+        plates = [plates[i] for i in sorted(set(np.linspace(0, len(plates) - 1, args.limit).round().astype(int)))]
+    model = None
+    if models:
+        up = Upscaler(model=models[0], alpha=0.0, device=args.device, precision="fp32")
+        if up.scale != 4:
+            raise UserError(f"model {models[0]} is x{up.scale}, the evaluation is x4")
+        model = upscaler_fn(up)
+    protocol = ClipProtocol()
+    progress = lambda i: log.info("plates-clip: %d / %d plates", i, len(plates))  # noqa: E731
+    rows, timings = score_clip_plates(photo_samples(plates), rapidocr_reader(), model, protocol, progress)
+    text = markdown(rows, protocol, timings)
+    print(text)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    model_note = f"single-frame model: {models[0]} at alpha 0. " if models else ""
+    (out / "plates_clip.md").write_text(f"# Plates from many frames x4\n\n{model_note}" + text)
+    with (out / "plates_clip.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    log.info("wrote %s and %s", out / "plates_clip.md", out / "plates_clip.csv")
     return 0
 
 

@@ -53,9 +53,16 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def char_accuracy(read: str, truth: str) -> float:
-    """``max(0, 1 - edit_distance / len(truth))`` on :func:`normalise`-d strings."""
+#: characters plates print alike, read as one (``--task plates-clip`` folds them)
+CONFUSABLE = str.maketrans({"O": "0", "I": "1"})
+
+
+def char_accuracy(read: str, truth: str, fold: bool = False) -> float:
+    """``max(0, 1 - edit_distance / len(truth))`` on :func:`normalise`-d strings; ``fold``: O/0 and
+    I/1 count as the same character (:data:`CONFUSABLE`)."""
     truth, read = normalise(truth), normalise(read)
+    if fold:
+        truth, read = truth.translate(CONFUSABLE), read.translate(CONFUSABLE)
     if not truth:
         raise ValueError("empty plate text")
     return max(0.0, 1.0 - edit_distance(read, truth) / len(truth))

@@ -1,0 +1,11 @@
+"""Multi-frame plate evidence: a box tracked over frames, registered to sub-pixel accuracy and
+fused onto the x4 grid, with provenance and a verdict (docs/fusion.md).
+
+* :mod:`.registration`: NCC coarse shift + ECC (affine / homography) refinement, residuals;
+* :mod:`.tracking`: a marked box followed across frames by registration, patches cut for fusion;
+* :mod:`.fuse`: shift-and-add and robust (Huber, per-frame weighted) multi-frame super-resolution;
+* :mod:`.crop`: the whole of it for one box (:func:`.crop.fuse_box`);
+* :mod:`.evidence`: the fused crop's provenance and its readable / unreadable verdict;
+* :mod:`.decode`: the frames around a time in a clip (PyAV);
+* :mod:`.synthetic`: synthetic passes of a vehicle for the evaluation, tests and training.
+"""

@@ -1,0 +1,75 @@
+"""Fuse a marked box over a run of frames: track, weigh and reject frames, fuse, judge.
+
+:func:`fuse_box` is what ``ultrares zoom`` and the evaluation call: frames (RGB uint8, LR),
+their timestamps, the reference frame's index and the box in its pixels in; a
+:class:`~.evidence.FusedCrop` out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .evidence import FrameUse, FusedCrop, judge
+from .fuse import FuseSettings, Observation, build_problem, robust_fuse
+from .tracking import Tracked, track
+
+METHOD = "NCC + ECC affine registration, robust shift-and-add with Huber back-projection, TV, unsharp"
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """How a box is fused: output ``scale``, the margin fused around the box, the tracker's
+    ``search`` radius and patch ``pad`` (LR pixels), when a frame is rejected (ECC correlation
+    under ``min_correlation``, residual over ``max_residual_ratio`` x the median), the extra
+    weight of I-frames, and the robust fusion's own settings."""
+
+    scale: int = 4
+    margin: int = 8
+    search: int = 24
+    pad: int = 3
+    min_correlation: float = 0.7
+    max_residual_ratio: float = 3.0
+    keyframe_weight: float = 1.0
+    fuse: FuseSettings = field(default_factory=FuseSettings)
+
+
+def frame_uses(tracked: list[Tracked], times: list[float], quality: list[float],
+               settings: FusionSettings) -> list[FrameUse]:
+    """Each frame's weight, 0 with a reason where it is lost or disagrees with the reference."""
+    residuals = [t.registration.residual for t in tracked if t.registration is not None and t.registration.residual > 0]
+    median = float(np.median(residuals)) if residuals else 0.0
+    out = []
+    for t, when, q in zip(tracked, times, quality):
+        reg = t.registration
+        if t.patch is None or reg is None:
+            out.append(FrameUse(when, float("nan"), float("nan"), 0.0, "lost (out of the frame)"))
+        elif not reg.correlation >= settings.min_correlation:
+            out.append(FrameUse(when, reg.residual, reg.correlation, 0.0, f"disagrees (correlation {reg.correlation:.2f})"))
+        elif reg.residual > max(2.0, settings.max_residual_ratio * median):
+            out.append(FrameUse(when, reg.residual, reg.correlation, 0.0, f"residual {reg.residual:.1f}"))
+        else:
+            out.append(FrameUse(when, reg.residual, reg.correlation, q))
+    return out
+
+
+def fuse_tracked(ref_shape: tuple[int, int], tracked: list[Tracked], uses: list[FrameUse],
+                 settings: FusionSettings) -> np.ndarray:
+    """The fused x``scale`` picture of the whole reference crop, HxWx3 float (not clipped)."""
+    obs = [Observation(t.patch, t.registration.warp, u.weight) for t, u in zip(tracked, uses) if u.weight > 0]
+    return robust_fuse(build_problem(obs, ref_shape, settings.scale), settings.scale, settings.fuse)
+
+
+def fuse_box(frames: list[np.ndarray], times: list[float], ref_index: int, box: tuple[int, int, int, int],
+             settings: FusionSettings = FusionSettings(), keyframes: list[bool] | None = None) -> FusedCrop:
+    """Fuse ``box`` (x, y, w, h in ``frames[ref_index]``'s pixels) over ``frames``."""
+    keyframes = keyframes or [False] * len(frames)
+    ref, (cx, cy, cw, ch), tracked = track(frames, ref_index, box, settings.margin, settings.search, settings.pad)
+    quality = [settings.keyframe_weight if key else 1.0 for key in keyframes]
+    uses = frame_uses(tracked, times, quality, settings)
+    fused = fuse_tracked(ref.shape[:2], tracked, uses, settings)
+    s = settings.scale
+    x0, y0 = (box[0] - cx) * s, (box[1] - cy) * s
+    image = np.clip(np.round(fused[y0: y0 + box[3] * s, x0: x0 + box[2] * s]), 0, 255).astype(np.uint8)
+    verdict, reason = judge(box, uses)
+    return FusedCrop(image, box, (cx, cy, cw, ch), s, METHOD, times[ref_index], uses, verdict, reason)

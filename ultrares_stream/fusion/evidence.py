@@ -1,0 +1,101 @@
+"""A fused crop as evidence: the picture, how it was made, and whether it can be read at all.
+
+Every :class:`FusedCrop` says it is machine-fused, from which frames (timestamps), with what
+registration residuals and which method. Where fusion cannot add information (too few frames
+agree with the reference, or the box is too small for characters to survive the camera's
+resolution) its ``verdict`` is ``unreadable`` with the reason, so no one reads characters into it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import provenance
+
+READABLE = "fused"
+UNREADABLE = "unreadable"
+#: fewest frames (the reference included) that must agree for a fused crop to be worth reading
+MIN_FRAMES = 3
+#: smallest box (LR pixels): below it a plate's characters are 1-2 pixels high in every frame
+MIN_BOX = (12, 6)
+
+
+@dataclass(frozen=True)
+class FrameUse:
+    """One frame's part: its timestamp (s), registration residual (RMS grey levels), ECC
+    correlation, the weight it was fused with (0 = rejected) and why it was rejected."""
+
+    time: float
+    residual: float
+    correlation: float
+    weight: float
+    rejected: str = ""
+
+
+@dataclass
+class FusedCrop:
+    """The x``scale`` fused crop (HxWx3 uint8) of ``box`` (LR pixels of the reference frame,
+    ``crop`` = the box with its margin, what ``image`` shows) and its provenance."""
+
+    image: np.ndarray
+    box: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+    scale: int
+    method: str
+    reference_time: float
+    frames: list[FrameUse] = field(default_factory=list)
+    verdict: str = READABLE
+    reason: str = ""
+
+    @property
+    def used(self) -> list[FrameUse]:
+        return [f for f in self.frames if f.weight > 0]
+
+    def summary(self) -> str:
+        """One line for people: what, from how many frames, and the verdict."""
+        res = [f.residual for f in self.used]
+        text = (f"x{self.scale} crop {self.image.shape[1]}x{self.image.shape[0]} of box "
+                f"{','.join(map(str, self.box))} at {self.reference_time:.3f} s, machine-fused from "
+                f"{len(self.used)} of {len(self.frames)} frames (median registration residual "
+                f"{np.median(res) if res else float('nan'):.2f})")
+        return text + (f"; verdict: {UNREADABLE} ({self.reason})" if self.verdict == UNREADABLE else "")
+
+
+def judge(box: tuple[int, int, int, int], frames: list[FrameUse],
+          min_frames: int = MIN_FRAMES, min_box: tuple[int, int] = MIN_BOX) -> tuple[str, str]:
+    """(verdict, reason) for a fused crop of ``box`` (LR pixels) from ``frames``."""
+    if box[2] < min_box[0] or box[3] < min_box[1]:
+        return UNREADABLE, (f"the box is {box[2]}x{box[3]} pixels in the video, under {min_box[0]}x{min_box[1]}: "
+                            "characters are too small to recover")
+    agreeing = sum(1 for f in frames if f.weight > 0)
+    if agreeing < min_frames:
+        return UNREADABLE, f"only {agreeing} of {len(frames)} frames agree with the reference (need {min_frames})"
+    return READABLE, ""
+
+
+def tags(crop: FusedCrop) -> dict[str, str]:
+    """Provenance text for the PNG (the keys of :func:`ultrares_stream.provenance.tags`, plus the
+    fusion's own ``ultrares:*`` keys)."""
+    version = provenance.version()
+    used = crop.used
+    comment = (f"Machine-fused from {len(used)} frames by {provenance.SOFTWARE} {version}: x{crop.scale} "
+               f"multi-frame super-resolution ({crop.method}) of box {','.join(map(str, crop.box))} "
+               f"around {crop.reference_time:.3f} s. Not an original recording.")
+    if crop.verdict == UNREADABLE:
+        comment += f" Verdict: unreadable ({crop.reason}); do not read characters from this image."
+    return {
+        "Software": f"{provenance.SOFTWARE} {version}",
+        "Comment": comment,
+        "ultrares:model": "multi-frame fusion",
+        "ultrares:alpha": "",
+        "ultrares:ensemble": "1",
+        "ultrares:method": crop.method,
+        "ultrares:frames": f"{len(used)} of {len(crop.frames)}",
+        "ultrares:timestamps": ",".join(f"{f.time:.3f}" for f in used),
+        "ultrares:residuals": ",".join(f"{f.residual:.2f}" for f in used),
+        "ultrares:rejected": "; ".join(f"{f.time:.3f} {f.rejected}" for f in crop.frames if f.weight <= 0),
+        "ultrares:reference": f"{crop.reference_time:.3f}",
+        "ultrares:box": ",".join(map(str, crop.box)),
+        "ultrares:verdict": crop.verdict if crop.verdict != UNREADABLE else f"{UNREADABLE}: {crop.reason}",
+    }
