@@ -37,11 +37,13 @@ def enhanced(i: int, w: int, h: int, made_by=None, noise: bool = False, t: float
 
 
 def sink_for(out: Path, hooks: SinkHooks, live: bool = True) -> tuple[SinkWorker, FrameQueue]:
-    from ultrares_stream.config import ReconnectConfig
+    from dataclasses import replace
+
+    from ultrares_stream.sources import Reconnect
 
     q = FrameQueue(10_000, "block")
-    worker = SinkWorker(str(out), EncoderSettings(preset="ultrafast", gop=10), lambda: FPS, q, name="cam",
-                        live=live, reconnect=ReconnectConfig(initial_s=0.05, max_s=0.2), hooks=hooks)
+    worker = SinkWorker(str(out), EncoderSettings(preset="ultrafast", gop=10), q, name="cam", live=live,
+                        reconnect=Reconnect(initial_s=0.05, max_s=0.2), hooks=replace(hooks, fps=lambda: FPS))
     return worker.start(), q
 
 

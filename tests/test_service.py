@@ -115,7 +115,10 @@ def test_cameras_are_built_from_their_config_with_the_defaults_filled_in(tmp_pat
     assert (sa.upscaler.ensemble, sb.upscaler.ensemble, sb.status()["ensemble"]) == (1, 4, 4)
     assert sb.upscaler.shares_engine_with(sa.upscaler)  # four passes a frame, one engine
     assert sa.sink.watchdog_s == cfg.reconnect.timeout_s
-    assert sa.source.reconnect is cfg.reconnect and sa.sink.reconnect is cfg.reconnect  # passed whole
+    rc = cfg.reconnect  # as plain values, the same for the source and the publisher
+    assert sa.source.reconnect is sa.sink.reconnect
+    assert (sa.source.reconnect.initial_s, sa.source.reconnect.max_s, sa.source.reconnect.timeout_s) == \
+        (rc.initial_s, rc.max_s, rc.timeout_s)
     for s in (sa, sb):
         svc.pool.release(s.upscaler)
 

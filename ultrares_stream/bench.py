@@ -42,7 +42,8 @@ def decode_frames(path: Path, n: int) -> tuple[list, int, int, float]:
     """First ``n`` frames as packed yuv420p arrays, with width, height and fps."""
     from .sources import Source
 
-    src = Source(str(path), "bench", live=False, max_frames=n)
+    src = Source(str(path), "bench", live=False)
+    src.max_frames = n
     frames = list(src.frames())
     if not frames:
         raise UserError(f"{path}: no frames could be decoded")

@@ -57,7 +57,6 @@ class PipelineSpec:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     stabilise: StabiliserSettings | None = None
     reconnect: Reconnect = field(default_factory=Reconnect)
-    watchdog_s: float | None = None
     hwaccel: str | None = None
     copy: tuple[int, ...] = ()
     fps: Fraction = DEFAULT_FPS  # the output rate until the source knows its own
@@ -88,9 +87,10 @@ def build(spec: PipelineSpec, *, batcher: Batcher, router: Callable[[], Route], 
     frames = FrameQueue(spec.queue_size, policy if spec.queue_policy == "auto" else spec.queue_policy,
                         on_drop=hooks.on_drop)
     enhanced = FrameQueue(max(4, spec.queue_size * 2), policy, on_drop=hooks.on_drop)
-    sink = SinkWorker(spec.output, spec.encoder, lambda: source.fps or spec.fps, enhanced, name=spec.name,
-                      live=source.live, reconnect=spec.reconnect, watchdog_s=spec.watchdog_s, metrics=metrics,
-                      hooks=SinkHooks(on_published=hooks.on_published, metadata=hooks.metadata,
+    sink = SinkWorker(spec.output, spec.encoder, enhanced, name=spec.name, live=source.live, reconnect=spec.reconnect,
+                      metrics=metrics,
+                      hooks=SinkHooks(fps=lambda: source.fps or spec.fps, on_published=hooks.on_published,
+                                      metadata=hooks.metadata,
                                       copy_from=(lambda: source.copied_streams) if spec.copy else None,
                                       segments=segmented_output(spec.output, source.live, spec.recording)))
     stabiliser = Stabiliser(spec.stabilise) if spec.stabilise is not None else None

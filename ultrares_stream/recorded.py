@@ -36,7 +36,7 @@ from .config import RECORDED_CRF, RECORDED_PRESET
 from .errors import UserError
 from .pipeline import Hooks, PipelineSpec, build
 from .publisher import EncoderSettings, container_for, output_args
-from .sources import VIDEO_SUFFIXES, describe_error, pick_hwaccel, stream_fps
+from .sources import VIDEO_SUFFIXES, Reconnect, describe_error, pick_hwaccel, stream_fps
 from .stages import Route
 from .temporal import StabiliserSettings
 
@@ -181,7 +181,7 @@ class RecordedJob:
         self.batcher = Batcher(str(upscaler.device), max_batch, threads=threads)
         # a slow frame is no hung server: a file output never reconnects (watchdog off)
         spec = PipelineSpec(src.name, str(src), str(tmp), live=False, queue_size=max(8, 2 * max_batch),
-                            encoder=encoder, stabilise=stabilise, watchdog_s=math.inf,
+                            encoder=encoder, stabilise=stabilise, reconnect=Reconnect(watchdog_s=math.inf),
                             hwaccel=pick_hwaccel(str(upscaler.device)), copy=tuple(plan.copy), fps=plan.fps)
         route = Route(upscaler, plan.out_size)
         self.pipeline = build(spec, batcher=self.batcher, router=lambda: route,

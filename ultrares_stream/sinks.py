@@ -24,7 +24,7 @@ from .frame_queue import FrameQueue
 from .publisher import EncoderSettings, Publisher, output_args
 from .recording import SegmentedOutput
 from .sink_process import RemotePublisher
-from .sources import Reconnect, backoff_delay
+from .sources import DEFAULT_FPS, Reconnect, backoff_delay
 from .urls import mask_url, scheme, scheme_of
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,18 @@ class TimestampMapper:
 class SinkHooks:
     """What a :class:`SinkWorker` asks of its pipeline, all optional.
 
-    ``on_published(enhanced, seconds)`` is called after each frame is written. ``metadata``:
-    a callable taking the upscaler that made a frame (``Enhanced.made_by``, or None) and
-    returning a file output's container tags; a file output whose frames start coming from
-    another upscaler (an alpha or model change) continues in a new file or segment, tagged
-    from its first frame. ``copy_from`` (file outputs): a callable returning the input streams
-    whose packets ride along with the frames (``Frame.packets``); they are copied into the
-    output after their frame, and video keeps the source's timestamps. ``segments``: where
+    ``fps``: a callable returning the output frame rate (the input's), read when the output is
+    (re)opened (default 25). ``on_published(enhanced, seconds)`` is called after each frame is
+    written. ``metadata``: a callable taking the upscaler that made a frame (``Enhanced.made_by``,
+    or None) and returning a file output's container tags; a file output whose frames start
+    coming from another upscaler (an alpha or model change) continues in a new file or segment,
+    tagged from its first frame. ``copy_from`` (file outputs): a callable returning the input
+    streams whose packets ride along with the frames (``Frame.packets``); they are copied into
+    the output after their frame, and video keeps the source's timestamps. ``segments``: where
     each open of a camera's file output writes (:class:`~ultrares_stream.recording.SegmentedOutput`).
     """
 
+    fps: Callable[[], Fraction] = lambda: DEFAULT_FPS  # noqa: E731 - a default callable
     on_published: Callable | None = None
     metadata: Callable[[object], dict[str, str]] | None = None
     copy_from: Callable[[], list] | None = None
@@ -117,21 +119,19 @@ def failure_state(exc: BaseException) -> str:
 class SinkWorker:
     """Thread: take enhanced frames from ``queue``, encode and publish; reconnect on failure.
 
-    ``fps``: a callable returning the output frame rate (the input's), read when
-    the output is (re)opened. ``reconnect``: the connect/write timeout and the reconnect
-    backoff (default :class:`~.sources.Reconnect`); ``watchdog_s``: how long a write may block or an
-    RTSP server stay silent before the connection is dropped (default ``reconnect.timeout_s``).
-    ``hooks``: the callbacks of :class:`SinkHooks`. ``state`` and ``cause`` say what the output
-    is doing and, when it is not publishing, why.
+    ``reconnect``: the connect/write timeout, the reconnect backoff and the watchdog (how long a
+    write may block or an RTSP server stay silent before the connection is dropped:
+    :attr:`~.sources.Reconnect.silence_s`; default :class:`~.sources.Reconnect`). ``hooks``: what
+    the worker asks of its pipeline (:class:`SinkHooks`: the frame rate, callbacks, segments).
+    ``state`` and ``cause`` say what the output is doing and, when it is not publishing, why.
     """
 
-    def __init__(self, url: str, settings: EncoderSettings, fps: Callable[[], Fraction], queue: FrameQueue, *,
-                 name: str = "camera", live: bool = True, reconnect: Reconnect | None = None,
-                 watchdog_s: float | None = None, metrics=None, hooks: SinkHooks | None = None):
-        self.url, self.settings, self.fps_fn, self.queue = url, settings, fps, queue
+    def __init__(self, url: str, settings: EncoderSettings, queue: FrameQueue, *, name: str = "camera",
+                 live: bool = True, reconnect: Reconnect | None = None, metrics=None, hooks: SinkHooks | None = None):
+        self.url, self.settings, self.queue = url, settings, queue
         self.name, self.live = name, live
         self.reconnect = reconnect or Reconnect()
-        self.watchdog_s = self.reconnect.timeout_s if watchdog_s is None else watchdog_s
+        self.watchdog_s = self.reconnect.silence_s
         self.metrics = metrics
         self.hooks = hooks or SinkHooks()
         output_args(url, live, self.reconnect.timeout_s)  # validate the URL early (UserError)
@@ -230,9 +230,9 @@ class SinkWorker:
             try:
                 pub = self._publisher(made_by)
                 if self.hooks.copy_from is not None:
-                    pub.open(width, height, self.fps_fn(), copy_from=self.hooks.copy_from())
+                    pub.open(width, height, self.hooks.fps(), copy_from=self.hooks.copy_from())
                 else:
-                    pub.open(width, height, self.fps_fn())
+                    pub.open(width, height, self.hooks.fps())
                 self._made_by = made_by
                 return pub
             except (ConnectionError, OSError) as exc:
@@ -306,7 +306,7 @@ class SinkWorker:
 
     def _publish(self, enhanced) -> None:
         if self.mapper is None:
-            self.mapper = TimestampMapper(self.fps_fn(), rebase=self.hooks.copy_from is None)
+            self.mapper = TimestampMapper(self.hooks.fps(), rebase=self.hooks.copy_from is None)
         pts = self.mapper.map(enhanced.source.time_s, enhanced.source.epoch)
         for attempt in range(2):
             pub = self._pub

@@ -50,6 +50,12 @@ class Reconnect:
     initial_s: float = 0.5
     max_s: float = 30.0
     timeout_s: float = 5.0
+    watchdog_s: float | None = None  # outputs: how long a receiver may stay silent (None: timeout_s)
+
+    @property
+    def silence_s(self) -> float:
+        """How long an output's receiver may stay silent before it is dropped as hung."""
+        return self.timeout_s if self.watchdog_s is None else self.watchdog_s
 
 
 class FinishedSource(UserError):
@@ -184,8 +190,8 @@ class Source:
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
-                 reconnect: Reconnect | None = None, metrics=None, decode_threads: int = 1,
-                 max_frames: int | None = None, hwaccel: str | None = None, copy: Collection[int] = ()):
+                 reconnect: Reconnect | None = None, metrics=None, hwaccel: str | None = None,
+                 copy: Collection[int] = ()):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -194,8 +200,8 @@ class Source:
         self.transport = transport
         self.reconnect = reconnect or Reconnect()
         self.metrics = metrics
-        self.decode_threads = decode_threads
-        self.max_frames = max_frames  # files: stop after this many frames (benchmarks, previews)
+        self.decode_threads = 1
+        self.max_frames: int | None = None  # files: stop after this many frames (benchmarks, previews)
         self.hwaccel = hwaccel  # FFmpeg hardware decoder ("cuda" = NVDEC), software fallback (pick_hwaccel)
         # whether the decoder really runs on that hardware (FFmpeg falls back to software
         # quietly for codecs or sizes it lacks); known after the first frame of a connection
@@ -318,44 +324,8 @@ class Source:
             raise
         self._container = container
         try:
-            if not container.streams.video:
-                raise UserError(f"{self.masked_url}: has no video stream")
-            if self.live and container.format.name == "hls" and container.duration:
-                raise FinishedSource(f"{self.masked_url} is an HLS playlist that has ended (a recording, not a live "
-                                     "camera): enhance it with 'ultrares enhance', or give the live playlist")
-            stream = container.streams.video[0]
-            stream.thread_type = "SLICE" if self.live else "AUTO"
-            stream.codec_context.thread_count = self.decode_threads
-            self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
-            self._epoch += 1
-            self.hardware_decoding = None  # known again after this connection's first frame
-            self.state = "running"
-            self.connected.set()
-            if self.metrics is not None:
-                self.metrics.up.labels(self.name).set(1)
-            log.info("%s: connected to %s: %s %dx%d at %.3g fps", self.name, self.masked_url,
-                     stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
-                     float(self.fps))
-            clock = FrameClock(self.fps, synthetic=container.format.name == "avi")
-            t0 = time.perf_counter()
-            for frame, packets in self._decoded(container, stream):
-                if self.hardware_decoding is None:
-                    self.hardware_decoding = bool(stream.codec_context.is_hwaccel)
-                    if self.hwaccel and not self.hardware_decoding:
-                        log.warning("%s: %s decoding unavailable for this stream; decoding in software",
-                                    self.name, self.hwaccel)
-                data, w, h = frame_to_yuv420p(frame)
-                t1 = time.perf_counter()
-                out = Frame(data, w, h, self._index, clock.time(frame.time, time.monotonic() if self.live else None),
-                            decode_s=t1 - t0, epoch=self._epoch, packets=packets)
-                self._index += 1
-                if self.metrics is not None:
-                    self.metrics.frames_in.labels(self.name).inc()
-                    self.metrics.observe_stage(self.name, "decode", out.decode_s)
-                yield out
-                if self._stop.is_set() or (self.max_frames is not None and self._index >= self.max_frames):
-                    return
-                t0 = time.perf_counter()
+            stream = self._connected(container)
+            yield from self._frames_of(container, stream)
         finally:
             self._container = None
             if self.live:
@@ -369,6 +339,53 @@ class Source:
                 self._kept = container  # Frame.packets and the sink's output streams refer to its streams
             else:
                 container.close()
+
+    def _connected(self, container):
+        """Check a freshly opened input and start a connection on its first video stream."""
+        if not container.streams.video:
+            raise UserError(f"{self.masked_url}: has no video stream")
+        if self.live and container.format.name == "hls" and container.duration:
+            raise FinishedSource(f"{self.masked_url} is an HLS playlist that has ended (a recording, not a live "
+                                 "camera): enhance it with 'ultrares enhance', or give the live playlist")
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE" if self.live else "AUTO"
+        stream.codec_context.thread_count = self.decode_threads
+        self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
+        self._epoch += 1
+        self.hardware_decoding = None  # known again after this connection's first frame
+        self.state = "running"
+        self.connected.set()
+        if self.metrics is not None:
+            self.metrics.up.labels(self.name).set(1)
+        log.info("%s: connected to %s: %s %dx%d at %.3g fps", self.name, self.masked_url,
+                 stream.codec_context.name, stream.codec_context.width, stream.codec_context.height, float(self.fps))
+        return stream
+
+    def _frames_of(self, container, stream) -> Iterator[Frame]:
+        """This connection's frames, timed by :class:`FrameClock`, until it ends, :meth:`stop` or
+        ``max_frames``."""
+        clock = FrameClock(self.fps, synthetic=container.format.name == "avi")
+        t0 = time.perf_counter()
+        for frame, packets in self._decoded(container, stream):
+            if self.hardware_decoding is None:
+                self._note_decoder(stream)
+            data, w, h = frame_to_yuv420p(frame)
+            out = Frame(data, w, h, self._index, clock.time(frame.time, time.monotonic() if self.live else None),
+                        decode_s=time.perf_counter() - t0, epoch=self._epoch, packets=packets)
+            self._index += 1
+            if self.metrics is not None:
+                self.metrics.frames_in.labels(self.name).inc()
+                self.metrics.observe_stage(self.name, "decode", out.decode_s)
+            yield out
+            if self._stop.is_set() or (self.max_frames is not None and self._index >= self.max_frames):
+                return
+            t0 = time.perf_counter()
+
+    def _note_decoder(self, stream) -> None:
+        """After a connection's first frame: whether the hardware decoder asked for really runs."""
+        self.hardware_decoding = bool(stream.codec_context.is_hwaccel)
+        if self.hwaccel and not self.hardware_decoding:
+            log.warning("%s: %s decoding unavailable for this stream; decoding in software", self.name, self.hwaccel)
 
     def close(self) -> None:
         """Close a file kept open for its copied streams (``copy``), once their packets are muxed."""

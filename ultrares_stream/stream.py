@@ -19,10 +19,11 @@ from . import provenance
 from .admission import DEFAULT_MAX_OUTPUT_PIXELS, admit_output_size
 from .batcher import Batcher, Enhanced
 from .config import DEFAULT_ALPHA, CameraConfig, EncoderConfig, ReconnectConfig, RecordingConfig
+from .fusion.history import FrameHistory
 from .pipeline import Hooks, PipelineSpec, build
 from .publisher import EncoderSettings
 from .sizes import fit_inside, parse_size
-from .sources import Frame
+from .sources import Frame, Reconnect
 from .stages import Route
 from .urls import mask_url
 from .upscaler import FrameUpscaler, UpscalerPool  # noqa: F401 - the pool cameras share (re-exported)
@@ -97,8 +98,9 @@ def camera_spec(camera: CameraConfig, reconnect: ReconnectConfig, watchdog_s: fl
     stabilise = camera.stabilise.settings() if camera.stabilise is not None else None
     return PipelineSpec(camera.name, camera.input, camera.output, transport=camera.rtsp_transport,
                         queue_size=camera.queue.size, queue_policy=camera.queue.policy,
-                        stabilise=stabilise, reconnect=reconnect, watchdog_s=watchdog_s or reconnect.timeout_s,
-                        hwaccel=hwaccel, recording=(camera.recording or RecordingConfig()).policy())
+                        stabilise=stabilise, hwaccel=hwaccel,
+                        reconnect=Reconnect(reconnect.initial_s, reconnect.max_s, reconnect.timeout_s, watchdog_s),
+                        recording=(camera.recording or RecordingConfig()).policy())
 
 
 class Stream:
@@ -153,7 +155,8 @@ class Stream:
         self._window_out = _Rate(DROP_WINDOW_S)
         self._drops_warned_at = -math.inf
         self._latest: Enhanced | None = None
-        self._jpeg: tuple[float, bytes] | None = None
+        self._jpeg: tuple[float, bytes, int] | None = None
+        self.history = FrameHistory()  # the last decoded frames, for zooms (fusion/live.py)
         self.first_output = threading.Event()
         if metrics is not None:
             self._bind_metrics(metrics)
@@ -251,6 +254,7 @@ class Stream:
     def _on_frame(self, frame: Frame) -> None:
         """A frame read: admitted by cost (raises to refuse the input), then counted."""
         self._admit(frame.width, frame.height)
+        self.history.push(frame)
         self.frames_in += 1
         self.last_frame_at = time.monotonic()
         self.input_size = (frame.width, frame.height)
@@ -428,6 +432,18 @@ class Stream:
         self.pool.release(old)  # (the same object when nothing changed: undoes the extra use)
         self._publish_model_info()
 
+    def zoom(self, box: tuple[int, int, int, int], frames: int = 16, reference: int | None = None,
+             single: bool = False):
+        """A box of a recent frame x4, fused from ``frames`` decoded frames (:func:`.fusion.live.zoom`)."""
+        from .fusion.live import zoom
+
+        return zoom(self.history, box, frames, reference, single)
+
+    @property
+    def snapshot_index(self) -> int | None:
+        """The source frame index of the frame :meth:`snapshot_jpeg` shows (None: no snapshot yet)."""
+        return self._jpeg[2] if self._jpeg is not None else None
+
     def snapshot_jpeg(self, max_rate_s: float = 1.0, quality: int = 80) -> bytes | None:
         """Latest enhanced frame as JPEG, encoded at most once per ``max_rate_s``."""
         now = time.monotonic()
@@ -441,5 +457,5 @@ class Stream:
         img = av.VideoFrame.from_ndarray(latest.data, format="yuv420p").to_image()
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality, comment=provenance.LIVE_TITLE.encode())
-        self._jpeg = (now, buf.getvalue())
+        self._jpeg = (now, buf.getvalue(), latest.source.index)
         return self._jpeg[1]
