@@ -30,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "eval_per_image.csv and eval.md to --out-dir.",
         epilog=f"example: ultrares eval --dataset {sr / 'Set5'} --dataset {sr / 'Set14' / 'HR'} "
                f"--dataset {data_dir() / 'video'} --model {DEFAULT_MODEL} --alpha 0 --alpha 1")
+    _add_task_args(p)
+    _add_method_args(p)
+    add_device(p)
+    p.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where the CSV, Markdown and grid files go (default eval-results)")
+    p.set_defaults(func=run)
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    """What is measured, on which data."""
+    from ..settings import data_dir
+
     p.add_argument("--dataset", type=Path, action="append", required=True, metavar="DIR",
                    help="Set5/Set14-style image folder or folder of video clips (repeatable)")
     p.add_argument("--task", choices=["quality", "plates", "plates-clip", "flicker"], default="quality",
@@ -52,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="plates task: score the first N plates only")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="plates-clip task: N plates spread evenly over the set (default all)")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """Which methods are scored and how the inputs are made."""
+    from ..models.registry import DEFAULT_MODEL
+
     p.add_argument("--scale", type=int, default=4, help="up-scaling factor (default 4)")
     p.add_argument("--model", action="append", default=None, metavar="SPEC",
                    help=f"model spec: registry name, pair, checkpoint path or psnr.pth+gan.pth (repeatable; "
@@ -76,9 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "scored frame); repeatable")
     p.add_argument("--grid-box", default=None, metavar="X,Y,W,H",
                    help="crop of the grid pictures in HR pixels (default: the centre 256x256)")
-    add_device(p)
-    p.add_argument("--out-dir", type=Path, default=Path("eval-results"), help="where the CSV, Markdown and grid files go (default eval-results)")
-    p.set_defaults(func=run)
 
 
 def dataset_label(path: Path, traffic: bool, encoded: bool = True) -> str:
@@ -91,16 +105,46 @@ def dataset_label(path: Path, traffic: bool, encoded: bool = True) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..errors import UserError
     from ..config import StabiliseConfig
+    from ..quality.evaluate import evaluate_methods
+
+    models, alphas, ensembles = _methods(args)
+    task = {"plates": lambda: run_plates(args, models, alphas, ensembles),
+            "plates-clip": lambda: run_plates_clip(args, models),
+            "flicker": lambda: run_flicker(args, models, alphas)}.get(args.task)
+    if task is not None:
+        return task()
+    box = _parse_box(args.grid_box) if args.grid_box else None
+    datasets, sequences, notes = _quality_datasets(args)
+    grids = _match_grid_names(args.grid, datasets)
+    rows, per_image = [], []
+    for label, pairs in datasets:
+        keep = {name for (lbl, name) in grids if lbl == label}
+        tiles: dict[str, list] = {name: [] for name in keep}
+
+        def on_row(row, result, _label=label, _tiles=tiles):
+            per_image.extend({"dataset": _label, "method": row.method, "alpha": row.alpha, **r}
+                             for r in result["per_image"])
+            for name, sr in result["outputs"].items():
+                _tiles[name].append((row.method if not row.alpha else f"{row.method} a={row.alpha}", sr))
+
+        rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
+                                 on_row=on_row, keep=keep, sequences=sequences.get(label),
+                                 stabilise=StabiliseConfig().settings(), ensembles=ensembles)
+        for name, shown in tiles.items():
+            hr = next(h for n, _, h in pairs if n == name)
+            shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
+            _write_grid(shown, box, args.out_dir / f"grid_{_slug(label)}_{_slug(name)}.png")
+    _report_quality(args, rows, per_image, notes)
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> tuple[list[str], list[float], list[int]]:
+    """The models, alphas and self-ensembles to score, checked (UserError naming the option)."""
     from ..ensemble import check_passes
+    from ..errors import UserError
     from ..models.interpolation import check_alpha
     from ..models.registry import DEFAULT_MODEL
-    from ..quality.datasets import is_unencoded, is_video_folder, load_pairs, traffic_video_pairs
-    from ..quality.evaluate import evaluate_methods, write_csv, write_markdown
 
     if args.scale < 1:
         raise UserError(f"--scale must be a positive integer, got {args.scale}")
@@ -110,25 +154,20 @@ def run(args: argparse.Namespace) -> int:
     ensembles = [check_passes(n) for n in (args.ensemble or [1])]
     if args.bicubic_only and args.model:
         raise UserError("--bicubic-only and --model exclude each other")
-    models = [] if args.bicubic_only else (args.model or [DEFAULT_MODEL])
     for d in args.dataset:
         if not d.exists():
             raise UserError(f"dataset not found: {d}")
-    if args.task == "plates":
-        return run_plates(args, models, alphas, ensembles)
-    if args.task == "plates-clip":
-        return run_plates_clip(args, models)
-    if args.task == "flicker":
-        return run_flicker(args, models, alphas)
+    return ([] if args.bicubic_only else (args.model or [DEFAULT_MODEL])), alphas, ensembles
 
-    box = _parse_box(args.grid_box) if args.grid_box else None
 
-    console = Console()
-    rows, per_image = [], []
+def _quality_datasets(args: argparse.Namespace) -> tuple[list, dict[str, list], list[str]]:
+    """``(label, pairs)`` per dataset, the frame sequences of traffic datasets (``--stabilise``) and
+    the notes that say how each was made."""
+    from ..quality.datasets import is_unencoded, is_video_folder, load_pairs, traffic_video_pairs
+
     notes = ["Y-channel PSNR/SSIM (BT.601, MATLAB protocol), SR quantised to uint8, "
              f"border of {args.scale} px shaved; x{args.scale}."]
-    datasets = []
-    sequences: dict[str, list] = {}
+    datasets, sequences = [], {}
     encoded = not is_unencoded(args.bitrate)
     for d in args.dataset:
         traffic = args.traffic or is_video_folder(d)
@@ -148,26 +187,15 @@ def run(args: argparse.Namespace) -> int:
             notes.append(f"{label}: {len(pairs)} images, LR " +
                          ("shipped with the dataset (MATLAB bicubic)." if shipped else "by MATLAB-compatible bicubic."))
         datasets.append((label, pairs))
-    grids = _match_grid_names(args.grid, datasets)
+    return datasets, sequences, notes
 
-    out = args.out_dir
-    for label, pairs in datasets:
-        keep = {name for (lbl, name) in grids if lbl == label}
-        tiles: dict[str, list] = {name: [] for name in keep}
 
-        def on_row(row, result, _label=label, _tiles=tiles):
-            per_image.extend({"dataset": _label, "method": row.method, "alpha": row.alpha, **r}
-                             for r in result["per_image"])
-            for name, sr in result["outputs"].items():
-                _tiles[name].append((row.method if not row.alpha else f"{row.method} a={row.alpha}", sr))
+def _report_quality(args: argparse.Namespace, rows: list, per_image: list, notes: list[str]) -> None:
+    """The table on the console; eval.csv, eval.md and eval_per_image.csv in ``--out-dir``."""
+    from rich.console import Console
+    from rich.table import Table
 
-        rows += evaluate_methods(label, pairs, args.scale, models, alphas, device=args.device,
-                                 on_row=on_row, keep=keep, sequences=sequences.get(label),
-                                 stabilise=StabiliseConfig().settings(), ensembles=ensembles)
-        for name, shown in tiles.items():
-            hr = next(h for n, _, h in pairs if n == name)
-            shown.append(("original", hr[: shown[0][1].shape[0], : shown[0][1].shape[1]]))
-            _write_grid(shown, box, out / f"grid_{_slug(label)}_{_slug(name)}.png")
+    from ..quality.evaluate import write_csv, write_markdown
 
     table = Table(title=f"UltraRes eval x{args.scale} (Y channel, border {args.scale} px shaved)")
     for col, justify in (("dataset", "left"), ("method", "left"), ("alpha", "right"), ("PSNR dB", "right"),
@@ -177,15 +205,14 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r.dataset, r.method, r.alpha or "-", f"{r.psnr:.2f}",
                       "" if r.method == "bicubic" else f"{r.delta_psnr:+.2f}", f"{r.ssim:.4f}",
                       f"{r.sharpness:.3f}", str(r.images))
-    console.print(table)
-
+    Console().print(table)
+    out = args.out_dir
     csv_path = write_csv(rows, out / "eval.csv")
     md_path = write_markdown(rows, out / "eval.md", title=f"UltraRes evaluation x{args.scale}",
                              notes="\n".join(f"- {n}" for n in notes) +
                                    "\n- sharpness: mean Y gradient magnitude relative to the original (1 = as detailed).")
     _write_per_image(per_image, out / "eval_per_image.csv")
     log.info("wrote %s, %s and %s", csv_path, md_path, out / "eval_per_image.csv")
-    return 0
 
 
 def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float], ensembles: list[int]) -> int:
@@ -286,9 +313,6 @@ def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
 
 def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]) -> int:
     """``--task flicker``: static-region flicker per clip and method, relative to bicubic (quality.flicker)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ..config import StabiliseConfig
     from ..errors import UserError
     from ..quality.datasets import videos_in
@@ -325,6 +349,15 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
         if args.profile:
             _write_profile(methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png")
 
+    _report_flicker(args, results, settings)
+    return 0
+
+
+def _report_flicker(args: argparse.Namespace, results: dict[str, dict[str, float]], settings) -> None:
+    """The flicker table on the console and flicker.md in ``--out-dir``."""
+    from rich.console import Console
+    from rich.table import Table
+
     names = list(next(iter(results.values())))
     table = Table(title=f"Flicker x{args.scale}: change on static pixels, relative to bicubic ({args.frames} frames)")
     table.add_column("method")
@@ -347,7 +380,6 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
         f"settings ({settings}).\n\n" + "\n".join(lines) + "\n\nAbsolute values (Y levels):\n\n" +
         "\n".join(f"- {c}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) for c, r in results.items()) + "\n")
     log.info("wrote %s", out / "flicker.md")
-    return 0
 
 
 class _Recorder:

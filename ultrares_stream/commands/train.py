@@ -21,13 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="psnr / gan: the generator's two stages; reader: the small plate reader (CRNN) that "
                         "--plate-loss uses, trained on synthetic plates only")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
-    p.add_argument("--images", type=Path, action="append", default=None,
-                   help=f"HR image folder (repeatable; default {sr / 'T91'} and {sr / 'BSD200'})")
-    p.add_argument("--videos", type=Path, action="append", default=None,
-                   help=f"folder of clips to take frames from (first half of each clip; default {data_dir() / 'video'} if present)")
-    p.add_argument("--plates", type=int, default=0, metavar="N",
-                   help="add N synthetic images of number plates and text to the training pool (stage reader: "
-                        "the reader's training images, default 3000)")
+    _add_data_args(p, sr)
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 20000; stage reader 2500)")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop (and checkpoint) after this wall-clock time")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 16; stage reader 32)")
@@ -35,6 +29,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--num-feat", type=int, default=32)
     p.add_argument("--num-conv", type=int, default=6)
+    _add_model_args(p)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 autocast roughly halves a GAN-stage step on CPUs with native bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.set_defaults(func=run)
+
+
+def _add_data_args(p: argparse.ArgumentParser, sr: Path) -> None:
+    """What the generator learns from: images, clips, synthetic plates, degradations, validation."""
+    from ..settings import data_dir
+
+    p.add_argument("--images", type=Path, action="append", default=None,
+                   help=f"HR image folder (repeatable; default {sr / 'T91'} and {sr / 'BSD200'})")
+    p.add_argument("--videos", type=Path, action="append", default=None,
+                   help=f"folder of clips to take frames from (first half of each clip; default {data_dir() / 'video'} if present)")
+    p.add_argument("--plates", type=int, default=0, metavar="N",
+                   help="add N synthetic images of number plates and text to the training pool (stage reader: "
+                        "the reader's training images, default 3000)")
+    p.add_argument("--degradation", choices=["mixed", "traffic", "bicubic"], default="mixed",
+                   help="bicubic = paper protocol; traffic = blur/noise/JPEG/H.264; mixed = half and half")
+    p.add_argument("--degrade", metavar="FIELD=VALUE", action="append", default=[],
+                   help="override a degradation setting, e.g. h264_prob=0.6 or h264_crf=24,40 or p_bicubic=0.3 "
+                        "(fields of train.degradations.DegradationConfig; repeatable)")
+    p.add_argument("--video-pairs", type=float, default=0.0, metavar="SHARE",
+                   help="share of batches (0..1) from the --videos clips encoded as real H.264 streams at "
+                        "--pair-bpp bitrates: LR with inter-frame artefacts, HR the original frames")
+    p.add_argument("--pair-bpp", default="0.05,0.1,0.2,0.4",
+                   help="bits per pixel (at 25 fps) of the H.264 streams behind --video-pairs, comma-separated")
+    p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
+    p.add_argument("--val-every", type=int, default=500)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Where the generator starts from and what it is taught by besides L1."""
     p.add_argument("--init", type=Path, default=None, help="generator weights to start from (stage gan: the psnr run's generator_ema.safetensors); "
                         "any known architecture (SRVGGNetCompact, RLFN, SPAN, RRDBNet): the net is built from them and "
                         "--num-feat/--num-conv are ignored, except that a compact net with fewer body convs than "
@@ -54,24 +84,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="feature network for the perceptual loss: vgg19:PATH (torchvision VGG19 weights), "
                         "srnet:PATH (an SRVGGNetCompact checkpoint) or none; default: srnet on "
                         "the shared realesr-animevideov3 weights if present, else none")
-    p.add_argument("--degradation", choices=["mixed", "traffic", "bicubic"], default="mixed",
-                   help="bicubic = paper protocol; traffic = blur/noise/JPEG/H.264; mixed = half and half")
-    p.add_argument("--degrade", metavar="FIELD=VALUE", action="append", default=[],
-                   help="override a degradation setting, e.g. h264_prob=0.6 or h264_crf=24,40 or p_bicubic=0.3 "
-                        "(fields of train.degradations.DegradationConfig; repeatable)")
-    p.add_argument("--video-pairs", type=float, default=0.0, metavar="SHARE",
-                   help="share of batches (0..1) from the --videos clips encoded as real H.264 streams at "
-                        "--pair-bpp bitrates: LR with inter-frame artefacts, HR the original frames")
-    p.add_argument("--pair-bpp", default="0.05,0.1,0.2,0.4",
-                   help="bits per pixel (at 25 fps) of the H.264 streams behind --video-pairs, comma-separated")
-    p.add_argument("--val", type=Path, default=sr / "Set5", help="Set5-style folder for validation PSNR")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 autocast roughly halves a GAN-stage step on CPUs with native bf16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
