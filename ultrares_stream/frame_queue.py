@@ -110,10 +110,6 @@ class FrameQueue(Generic[T]):
     def get_nowait(self) -> tuple[T, float] | None:
         return self.get_with_wait(0)
 
-    def peek(self) -> T | None:
-        with self._cond:
-            return self._items[0][1] if self._items else None
-
     def close(self) -> None:
         """No more puts; waiting producers and consumers wake up. Items left can still be taken."""
         with self._cond:
