@@ -296,3 +296,45 @@ def test_server_module_has_help():
     proc = subprocess.run([sys.executable, "-m", "ultrares_stream.demo.server", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--port" in proc.stdout and "--video" in proc.stdout
+
+
+# --------------------------------------------------------------------------- ultrares demo's output
+
+
+class _Camera:
+    def __init__(self):
+        self.first_output = threading.Event()
+
+
+def _console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=200, color_system=None)
+
+
+def test_demo_prints_the_watch_url_only_once_the_first_frame_is_published():
+    """Until the camera has published, the RTSP server answers the watch URL with 404: the demo
+    says "starting" and prints the URL when the first enhanced frame is out."""
+    from ultrares_stream.commands.demo import announce_watch_url
+
+    console, camera, url = _console(), _Camera(), "rtsp://127.0.0.1:8554/enhanced"
+    waiter = announce_watch_url(console, camera, url, threading.Event())
+    time.sleep(0.5)
+    assert "starting" in console.file.getvalue() and url not in console.file.getvalue()
+    camera.first_output.set()
+    waiter.join(5)
+    printed = console.file.getvalue()
+    assert not waiter.is_alive() and f"ffplay -rtsp_transport tcp {url}" in printed
+    assert printed.index("starting") < printed.index(url)
+
+
+def test_demo_that_stops_before_publishing_never_prints_the_watch_url():
+    from ultrares_stream.commands.demo import announce_watch_url
+
+    console, stopped = _console(), threading.Event()
+    waiter = announce_watch_url(console, _Camera(), "rtsp://127.0.0.1:8554/enhanced", stopped)
+    stopped.set()
+    waiter.join(5)
+    assert not waiter.is_alive() and "rtsp://" not in console.file.getvalue()

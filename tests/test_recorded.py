@@ -200,3 +200,110 @@ def test_sigterm_during_the_copy_into_mp4_keeps_the_partial_file_and_names_it(tm
     # all of the audio too (Matroska keeps the AAC priming samples that MP4's edit list hides)
     assert kept["frames"] == 20 and kept["audio_samples"] >= describe(src)["audio_samples"]
     assert signal.getsignal(signal.SIGTERM) is handler  # the job's handler is gone again
+
+
+def late_video_clip(path, frames=6, start_s=5.4, fps=10, w=160, h=120):
+    """Audio from 0 s and video only from ``start_s``: what is left of a recording whose first
+    seconds of video were lost. libx264 reorders these frames (B-frames)."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono")
+        n = int(16000 * (start_s + frames / fps))
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 16000)).astype(np.float32)[None]
+        for s in range(0, n, 1024):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, s:s + 1024]), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = 16000, s
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+        first = round(start_s * fps)
+        for k in range(first, first + frames):
+            img = np.full((h, w, 3), (k * 20) % 200, np.uint8)
+            img[:, (k * 3) % w] = 255
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, fps)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_video_that_starts_late_is_copied_into_any_container(tmp_path, upscaler, suffix):
+    """Matroska's demuxer cannot infer the decode times of reordered frames when the video starts
+    seconds after the audio; the copy into MP4/MPEG-TS rebuilds them from the presentation times
+    instead of failing, so every frame decoded reaches the output."""
+    src = late_video_clip(tmp_path / "late.mp4")
+    dst = tmp_path / f"out{suffix}"
+    stats = enhance_video(src, dst, upscaler, progress=False)
+    assert stats["frames"] == 6 and describe(dst)["frames"] == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_decode_times_rebuilt_from_presentation_times():
+    from ultrares_stream.remux import dts_from_pts
+
+    assert dts_from_pts([0, 1, 2]) == [0, 1, 2]  # nothing reordered: unchanged
+    dts = dts_from_pts([5464, 5664, 5564, 5764, 5864, 5964])  # I P B P P P, one frame of reordering
+    assert dts == [5364, 5464, 5564, 5664, 5764, 5864]
+    assert all(d <= p for d, p in zip(dts, [5464, 5664, 5564, 5764, 5864, 5964]))
+
+
+def _cut(src, dst, share):
+    """``head -c``: the first ``share`` of ``src``'s bytes, as a copy interrupted mid-file leaves it."""
+    data = src.read_bytes()
+    dst.write_bytes(data[:int(len(data) * share)])
+    return dst
+
+
+def _faststart(src, dst):
+    """``src``'s packets in an MP4 whose index comes first (a truncated one still opens)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "+faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.size:
+                p.stream = streams[p.stream.index]
+                o.mux(p)
+    return dst
+
+
+def test_a_truncated_input_leaves_its_frames_and_is_named(tmp_path, upscaler, make_clip, caplog):
+    """An input cut short is enhanced as far as it decodes, and the warning names the input."""
+    whole = make_clip(tmp_path / "whole.mkv", frames=60, w=96, h=64, audio=True)
+    src = _cut(whole, tmp_path / "cut.mkv", 0.6)
+    dst = tmp_path / "out.mp4"
+    with caplog.at_level("WARNING", logger="ultrares_stream.recorded"):
+        stats = enhance_video(src, dst, upscaler, progress=False)
+    assert 10 < stats["frames"] < 60 and describe(dst)["frames"] == stats["frames"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cut.mkv: the input is damaged or truncated" in m and "frames its header announces" in m
+               for m in warned), warned
+
+
+def test_a_failed_copy_of_a_truncated_input_blames_the_input(tmp_path, upscaler, make_clip, monkeypatch):
+    """When the final copy into the output's container fails on what a damaged input gave, the
+    error names the input, says it is damaged or truncated, and keeps the frames it could decode."""
+    from ultrares_stream import remux
+
+    whole = _faststart(make_clip(tmp_path / "whole.mkv", frames=60, w=96, h=64, audio=True), tmp_path / "fast.mp4")
+    src = _cut(whole, tmp_path / "cut.mp4", 0.6)
+
+    def refuse(*_args, **_kwargs):
+        raise av.error.ArgumentError(22, "Invalid argument")  # what a muxer says of packets it cannot take
+
+    monkeypatch.setattr(remux, "remux", refuse)
+    with pytest.raises(UserError) as caught:
+        enhance_video(src, tmp_path / "out.mp4", upscaler, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{src}: the input is damaged or truncated"), message
+    partial = tmp_path / ".out.partial.mkv"
+    assert str(partial) in message and not (tmp_path / "out.mp4").exists()
+    with av.open(str(partial)) as kept:  # (its audio ends in the input's cut-off packet)
+        assert 10 < sum(1 for _ in kept.decode(video=0)) < 60

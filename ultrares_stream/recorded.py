@@ -14,6 +14,7 @@ frames read so far are finished into a playable file at ``dst`` the same way and
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
@@ -57,6 +58,8 @@ _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x0
 MIN_VIDEO_SIDE = 8
 #: largest output side H.264 (libx264 and the decoders that play it) handles
 MAX_VIDEO_SIDE = 8192
+#: an input read to its end with fewer frames than this share of what its header announces was cut short
+TRUNCATED_SHARE = 0.9
 
 
 class EnhanceInterrupted(KeyboardInterrupt):
@@ -225,6 +228,17 @@ class RecordedJob:
         self.source.close()  # the input kept open for its copied packets, now muxed
         self.batcher.stop()
 
+    def input_damage(self, read_to_end: bool = True) -> str | None:
+        """What reading the input found wrong with it (None: nothing): packets that could not be
+        decoded, or, ``read_to_end``, fewer frames than its header announces (a file cut short)."""
+        found = []
+        if self.source.bad_packets:
+            found.append(f"{self.source.bad_packets} undecodable packet(s)")
+        read, total = self.pipeline.enqueued, self.plan.total
+        if read_to_end and total and read < TRUNCATED_SHARE * total:
+            found.append(f"it ends after {read} of the about {total} frames its header announces")
+        return "; ".join(found) or None
+
     def stats(self, seconds: float, interrupted: bool, dst: Path) -> dict:
         return {"frames": self.frames, "seconds": seconds, "fps": self.frames / seconds if seconds > 0 else 0.0,
                 "output": str(dst), "copied_packets": self.sink.copied, "bad_packets": self.source.bad_packets,
@@ -296,18 +310,23 @@ def _finish(job: RecordedJob, stats: dict, src: Path, tmp: Path, dst: Path) -> d
         if isinstance(err, UserError):
             raise err
         raise UserError(f"{src}: enhancing failed: {describe_error(err)}") from err
+    damage = job.input_damage(read_to_end=not stats["interrupted"])
     if stats["frames"] == 0:
         tmp.unlink(missing_ok=True)
         if stats["interrupted"]:
             raise EnhanceInterrupted(stats)
-        raise UserError(f"{src}: no video frames could be decoded")
+        raise UserError(f"{src}: no video frames could be decoded"
+                        + (f" (the input is damaged or truncated: {damage})" if damage else ""))
     try:
-        place_output(job, src, tmp, dst)
+        place_output(job, src, tmp, dst, damage)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while copying into dst's container
         raise EnhanceInterrupted({**stats, "interrupted": True, "output": str(tmp)}) from None
     if stats["interrupted"]:
         log.warning("interrupted: wrote the %d frames done so far to %s", stats["frames"], dst)
         raise EnhanceInterrupted(stats)
+    if damage:
+        log.warning("%s: the input is damaged or truncated (%s); wrote the %d frames it could decode to %s",
+                    src, damage, stats["frames"], dst)
     log.info("wrote %s: %d frames in %.1f s (%.2f fps)", dst, stats["frames"], stats["seconds"], stats["fps"])
     return stats
 
@@ -369,10 +388,11 @@ def _names(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
-def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
+def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path, damage: str | None = None) -> None:
     """Put the finished partial file ``tmp`` at ``dst``: renamed for Matroska, else stream-copied
     into ``dst``'s container beside it, renamed into place, and ``tmp`` removed. If the copy
-    fails, ``tmp`` is kept and the UserError names it."""
+    fails, ``tmp`` is kept and the UserError names it, and blames the input when reading it found
+    ``damage`` (:meth:`RecordedJob.input_damage`): its packets are what the copy carries."""
     _, fmt, options = output_args(str(dst), live=False, keep_times=True)
     if fmt == "matroska":
         os.replace(tmp, dst)
@@ -385,12 +405,23 @@ def place_output(job: RecordedJob, src: Path, tmp: Path, dst: Path) -> None:
             os.replace(staged, dst)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         staged.unlink(missing_ok=True)
+        if damage and not _output_fault(exc):
+            raise UserError(f"{src}: the input is damaged or truncated ({damage}); the {job.frames} frames it "
+                            f"could decode are enhanced in {tmp} (Matroska), but copying them into "
+                            f"{dst.name} failed ({describe_error(exc)})") from exc
         raise UserError(f"{dst}: writing the output failed ({describe_error(exc)}); the enhanced video "
                         f"is kept in {tmp}") from exc
     except BaseException:  # Ctrl-C while copying: the partial file stays, playable
         staged.unlink(missing_ok=True)
         raise
     tmp.unlink()
+
+
+def _output_fault(exc: BaseException) -> bool:
+    """True when ``exc`` is the output's own fault whatever the input: a full disk, no permission,
+    a read-only file system."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                                      errno.EROFS)
 
 
 def _interrupt_main() -> None:

@@ -12,6 +12,11 @@ undone on the way:
 * Matroska counts in milliseconds. Video goes back to ticks of ``1/fps`` (the sink's own
   time base; its timestamps are whole ticks, so rounding restores them) and audio to ticks of
   its sample rate.
+
+Matroska stores no decode times either: the demuxer infers them for reordered (B-) frames, and
+where the video starts long after another stream (an input whose first seconds of video are
+lost) it gets them wrong (missing, or out of order), which MP4, MOV and MPEG-TS refuse. Such a
+stream's decode times are rebuilt from its presentation times (:func:`dts_from_pts`).
 """
 from __future__ import annotations
 
@@ -35,12 +40,47 @@ def first_times(path: str | Path, limit: int = FIRST_PTS_PACKETS) -> dict[int, f
     found: dict[int, float] = {}
     with av.open(str(path), timeout=30) as c:
         wanted = len(c.streams)
-        for i, packet in enumerate(c.demux()):
-            if packet.pts is not None and packet.stream.index not in found:
-                found[packet.stream.index] = float(packet.pts * packet.stream.time_base)
-            if len(found) == wanted or i >= limit:
-                break
+        try:
+            for i, packet in enumerate(c.demux()):
+                if packet.pts is not None and packet.stream.index not in found:
+                    found[packet.stream.index] = float(packet.pts * packet.stream.time_base)
+                if len(found) == wanted or i >= limit:
+                    break
+        except av.error.FFmpegError:  # a damaged or truncated input: what was found before the damage
+            pass
     return found
+
+
+def dts_from_pts(pts: list[int]) -> list[int]:
+    """Decode times for packets whose presentation times are ``pts`` (in decode order): the
+    presentation times sorted, shifted back by the deepest reordering, so they increase and no
+    packet is decoded after it is shown."""
+    order = sorted(pts)
+    delay = max(0, *(o - p for o, p in zip(order, pts, strict=True)))
+    return [o - delay for o in order]
+
+
+def rebuilt_dts(path: str | Path) -> dict[int, list[int]]:
+    """For each video stream of ``path`` whose demuxed decode times are missing, out of order or
+    after the presentation time: decode times for its packets, in order (:func:`dts_from_pts`)."""
+    pts: dict[int, list[int]] = {}
+    last: dict[int, int] = {}
+    broken: set[int] = set()
+    with av.open(str(path), timeout=30) as c:
+        if not c.streams.video:
+            return {}
+        for packet in c.demux(*c.streams.video):
+            if packet.size == 0:
+                continue
+            index = packet.stream.index
+            if packet.pts is None:  # nothing to rebuild from
+                return {}
+            pts.setdefault(index, []).append(packet.pts)
+            if packet.dts is None or packet.dts > packet.pts or packet.dts <= last.get(index, packet.dts - 1):
+                broken.add(index)
+            if packet.dts is not None:
+                last[index] = packet.dts
+    return {index: dts_from_pts(pts[index]) for index in broken}
 
 
 def muxer_shift(partial: dict[int, float], source: dict[int, float], copied: list[int]) -> float:
@@ -84,6 +124,7 @@ def remux(partial: str | Path, dst: str | Path, fmt: str, options: dict[str, str
     """Copy every packet of ``partial`` into ``dst`` (muxer ``fmt`` with ``options``), with
     container tags ``metadata``, ``shift_s`` seconds earlier; returns the packets copied."""
     copied = 0
+    dts = {index: iter(times) for index, times in rebuilt_dts(partial).items()}
     with av.open(str(partial), timeout=30) as inp, av.open(str(dst), "w", format=fmt, options=options) as out:
         out.metadata.update(metadata)
         streams, filters = {}, {}
@@ -100,6 +141,8 @@ def remux(partial: str | Path, dst: str | Path, fmt: str, options: dict[str, str
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
             index = packet.stream.index
+            if index in dts:
+                packet.dts = next(dts[index])
             shift_packet(packet, shift_s)
             copied += _mux(out, streams[index], filters[index].filter(packet) if index in filters else [packet])
         for index, bsf in filters.items():  # what a filter still holds at the end of the input

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
 from .options import add_device, add_threads
 
@@ -32,6 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     add_threads(p)
     p.set_defaults(func=run)
+
+
+def announce_watch_url(console, camera, url: str, stopped: threading.Event) -> threading.Thread:
+    """Say "starting" now and print the watch command once ``camera`` has published its first
+    enhanced frame (its ``first_output`` event): until then the RTSP server answers the URL with
+    404 Not Found. Gives up quietly when ``stopped`` is set first."""
+    console.print("[bold green]watch[/]     starting… (the URL to watch follows once the first enhanced frame "
+                  "is published)")
+
+    def wait() -> None:
+        while not camera.first_output.wait(0.2):
+            if stopped.is_set():
+                return
+        console.print(f"[bold green]watch[/]     ffplay -rtsp_transport tcp {url}   (or open it in VLC)")
+
+    thread = threading.Thread(target=wait, name="demo-watch-url", daemon=True)
+    thread.start()
+    return thread
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,12 +93,15 @@ def run(args: argparse.Namespace) -> int:
         http = HttpServer(make_app(service, token), args.host, args.http_port).start()
         service.start()
         console.print(f"[bold]camera[/]    {srv.camera_url}")
-        console.print(f"[bold green]watch[/]     ffplay -rtsp_transport tcp {srv.watch_url('enhanced')}   "
-                      f"(or open it in VLC)")
         console.print(f"[bold]page[/]      {http.url}/" + ("   (API token required)" if token else ""))
         console.print(f"[bold]metrics[/]   {http.url}/metrics")
         console.print("Ctrl-C to stop" + (f" (stops by itself after {args.duration:g} s)" if args.duration else ""))
-        run_until_stopped(service, http, args.duration)
+        stopped = threading.Event()
+        announce_watch_url(console, service.cameras["demo"], srv.watch_url("enhanced"), stopped)
+        try:
+            run_until_stopped(service, http, args.duration)
+        finally:
+            stopped.set()
         st = service.cameras["demo"].status()
         console.print(f"demo: {st['frames_in']} frames in, {st['frames_out']} enhanced and published, "
                       f"{st['drops']} dropped (queue full), latency p50 "
