@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a GPU must prove (issue 16), in one run of at most 8 minutes on a lent device machine:
+# Everything a GPU must prove, in one run of at most 8 minutes on a lent device machine:
 #   1. the card (nvidia-smi, torch)                                            ~5 s
 #   2. the GPU tests (pytest -m gpu tests/)                                    <= 120 s
 #   3. `bench --matrix` eager fp16: ultrares-compact-x4, ultrares-wide-x4, RRDB (random weights),

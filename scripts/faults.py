@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Faults against a real `ultrares serve`, for operators and benchmarks (issue 15).
+"""Faults against a real `ultrares serve`, for operators and benchmarks.
 
     .venv/bin/python scripts/faults.py hung-receiver [--seconds 12]
         two cameras on one feed, one publishing over RTSP to a receiver frozen with SIGSTOP:

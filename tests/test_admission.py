@@ -1,4 +1,4 @@
-"""Admission by cost (issue 24, item 5): no input starves the rest.
+"""Admission by cost: no input starves the rest.
 
 Images are refused from their header before anything is allocated (declared size, page count),
 decoding stops at a deadline, truncated JPEGs are refused; a camera whose output frame would be
@@ -106,7 +106,7 @@ def test_the_declared_size_is_checked_before_decoding(tmp_path, monkeypatch):
 
 
 def test_a_tiff_of_many_pages_is_refused_without_walking_them(tmp_path, tiny_model, capsys):
-    """225,000 one-pixel pages (the issue's 25 MB file): Pillow's n_frames walks every one (seconds,
+    """225,000 one-pixel pages (a 25 MB file): Pillow's n_frames walks every one (seconds,
     holding the web worker); refused after reading at most MAX_FRAMES page headers."""
     data = _many_page_tiff(225_000)
     assert 20e6 < len(data) < 30e6

@@ -18,8 +18,8 @@ def service(tmp_path, model, cams, **defaults):
 
 
 def test_a_camera_over_the_pixel_budget_is_refused_before_any_frame_is_upscaled(tmp_path, tiny_model, make_clip):
-    """Before: a 1920x1080 camera at x4 (7680x4320) was accepted silently and starved the other
-    cameras for minutes. Now its first frame is checked against max_output_pixels: refused with
+    """A camera over the pixel budget starves no other: a 1920x1080 camera at x4 (7680x4320) would
+    hold the device for minutes, so its first frame is checked against max_output_pixels: refused with
     a cause that names the setting, and none of its frames reaches the batcher; the other camera
     publishes every frame."""
     big = make_clip(tmp_path / "big.mp4", frames=3, w=640, h=480)
@@ -52,7 +52,7 @@ def test_a_configured_output_size_over_the_budget_is_refused_by_the_config(tiny_
 
 
 def test_an_unwritable_output_makes_the_camera_say_why(tmp_path, tiny_model, make_clip):
-    """Before: a live camera with a read-only output stayed 'starting' forever with error null."""
+    """A live camera with a read-only output says why: an error state with its cause, never 'starting' forever."""
     from ultrares_stream.demo.server import RtspServer
 
     blocker = tmp_path / "not-a-folder"

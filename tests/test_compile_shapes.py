@@ -1,4 +1,4 @@
-"""engine/compile.py across many frame sizes on the CPU with inductor (issue 16, item 2): past the
+"""engine/compile.py across many frame sizes on the CPU with inductor: past the
 engine's compiled-shape budget and past torch's recompile limit it runs eagerly, never raises."""
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from ultrares_stream.models.registry import ENTRIES, local_path, resolve
 
 #: registry name -> (file in shared/weights, architecture, features, Set5 x4 Y-PSNR to reproduce)
 #: RLFN: Kong et al. 2022, table 2 (32.24 / 32.23). SPAN ch28: the NTIRE 2024 ESR file has no
-#: published Set5 figure; 31.74 is the independent measurement quoted in issue 13.
+#: published Set5 figure; 31.74 is an independent measurement of the released file.
 PUBLISHED = {
     "rlfn-x4": ("rlfn_x4.pth", "RLFN", 52, 32.24),
     "rlfn-s-x4": ("rlfn_s_x4.pth", "RLFN", 48, 32.23),

@@ -1,4 +1,4 @@
-"""Engine fallbacks (issue 16, item 4): an fp16 engine without a guard of its own (what a TensorRT
+"""Engine fallbacks: an fp16 engine without a guard of its own (what a TensorRT
 fp16 engine is) whose probe check fails, or whose output overflows to Inf, moves to the next
 backend in a precision with fp32's range instead of raising."""
 from __future__ import annotations

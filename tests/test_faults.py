@@ -1,4 +1,4 @@
-"""Faults stay local (issue 15), with real processes on 127.0.0.1: a receiver frozen with SIGSTOP
+"""Faults stay local, with real processes on 127.0.0.1: a receiver frozen with SIGSTOP
 stalls neither the other cameras nor the process."""
 from __future__ import annotations
 
@@ -169,8 +169,8 @@ def test_camera_killed_and_restarted_ten_times_recovers_each_time(gst_rtsp):
 
 
 def test_a_frozen_camera_is_marked_down_within_its_timeout(gst_rtsp):
-    """SIGSTOP of the camera (TCP open, no data): down within timeout_s + 1 s of the freeze (issue
-    15's target), three times over, each time back up after SIGCONT."""
+    """SIGSTOP of the camera (TCP open, no data): down within timeout_s + 1 s of the freeze,
+    three times over, each time back up after SIGCONT."""
     from ultrares_stream.demo.server import RtspServer
     from ultrares_stream.metrics import Metrics
     from ultrares_stream.sources import Source

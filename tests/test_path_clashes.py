@@ -1,4 +1,4 @@
-"""No path is written by two writers or is a job's own input (issue 24, item 2).
+"""No path is written by two writers or is a job's own input.
 
 Config: two cameras with one output file or URL, or an output that is an input file, are refused
 by ``serve --check`` naming the field, links resolved. Recorded jobs: a second ``ultrares enhance``

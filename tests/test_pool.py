@@ -1,4 +1,4 @@
-"""One upscaler pool per process (issue 16, item 3): cameras, the web page and the API share one
+"""One upscaler pool per process: cameras, the web page and the API share one
 engine per model; an alpha change is a view of the same engine whose weights are swapped in place
 between two forward passes: no engine built, no checkpoint read, no frame dropped."""
 from __future__ import annotations

@@ -103,7 +103,7 @@ def test_retention_is_applied_as_segments_close(tmp_path):
 # --- a reopen never truncates -------------------------------------------------------------------
 
 def test_a_resolution_change_starts_a_new_segment_and_keeps_the_first(tmp_path):
-    """Before: the publisher reopened the same path and the frames before the change were gone."""
+    """A resolution change never reopens a path: a new segment starts and the frames before the change stay."""
     out = tmp_path / "cam.mp4"
     worker, q = sink_for(out, SinkHooks(segments=SegmentedOutput(str(out), live=True)))
     for i in range(30):
@@ -148,7 +148,7 @@ def test_a_runtime_alpha_change_is_tagged_from_its_first_frame(tmp_path):
 
 
 def test_hls_keeps_one_media_sequence_across_a_resolution_change(tmp_path):
-    """Before: the media sequence restarted at 0 and the old segment files were overwritten."""
+    """An HLS output's media sequence goes on across a resolution change: no segment file is overwritten."""
     out = tmp_path / "hls" / "live.m3u8"
     worker, q = sink_for(out, SinkHooks(), live=False)
     for i in range(60):
@@ -197,8 +197,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_a_state_and_recording_resumes_when_space_returns(small_disk):
-    """Before: the publisher reopened the same path after 'No space left on device' and the
-    file was truncated to 1.4 KB, with the camera 'running'. Now the failed segment is cut back
+    """A full disk never truncates what was recorded: the failed segment is cut back
     to its last whole fragment, the state says disk-full, and a new segment starts once there
     is space again; every segment decodes to its end."""
     out = small_disk / "cam.mp4"
@@ -228,7 +227,7 @@ def test_a_full_disk_is_a_state_and_recording_resumes_when_space_returns(small_d
 
 
 def test_an_unwritable_output_says_why(tmp_path):
-    """Before: a read-only output left the camera 'starting' forever with no error."""
+    """A read-only output is an error state with its cause, never 'starting' forever."""
     ro = tmp_path / "ro"
     ro.mkdir()
     out = ro / "cam.mp4"
@@ -274,9 +273,8 @@ def _send_ts(url: str, seconds: float, fps: float, jump_at: float | None, stop) 
 
 @pytest.mark.timeout(120)
 def test_a_camera_slower_than_it_says_with_a_clock_jump_is_recorded_in_real_time(tmp_path, tiny_model):
-    """Before: a camera advertising 25 fps and sending 12 was recorded at 25 (38 s of video for
-    75 s), and a +1 h clock jump left a 3,601 s gap. Now the recording spans the time the camera
-    sent, and no gap exceeds 2 s."""
+    """Recordings are timed by the source: a camera advertising 25 fps and sending 12, with a +1 h
+    clock jump, gives a recording that spans the time the camera sent, and no gap exceeds 2 s."""
     import threading
 
     from conftest import free_port

@@ -245,7 +245,7 @@ def test_file_frames_carry_the_copied_streams_packets(tmp_path, make_clip):
 
 
 def test_reconnect_backoff_grows_from_where_the_quick_retries_end():
-    """Before: after the quick retries, the next wait jumped straight to reconnect.max_s (30 s)."""
+    """After the quick retries the waits grow exponentially from there, not straight to reconnect.max_s."""
     from ultrares_stream.config import ReconnectConfig
     from ultrares_stream.sources import QUICK_RETRY_S, Source
 
@@ -258,9 +258,8 @@ def test_reconnect_backoff_grows_from_where_the_quick_retries_end():
 
 
 def test_an_ended_hls_playlist_is_a_finished_source_not_a_looping_camera(tmp_path):
-    """Before: a camera pointed at an HLS playlist that had ended (#EXT-X-ENDLIST) replayed it
-    in a loop at several times real time, every pass 'reconnecting'. Now it ends once, with
-    its cause."""
+    """A camera pointed at an HLS playlist that has ended (#EXT-X-ENDLIST) ends once, with its
+    cause; it is never replayed in a loop."""
     import functools
     import http.server
 

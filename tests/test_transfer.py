@@ -1,4 +1,4 @@
-"""engine/transfer.py FramePipe: more batches in flight than slots (issue 16, item 1)."""
+"""engine/transfer.py FramePipe: more batches in flight than slots."""
 from __future__ import annotations
 
 import torch

@@ -3,8 +3,8 @@
 PyAV holds the interpreter lock while FFmpeg opens a network output and writes its header
 (the RTSP ANNOUNCE/SETUP/RECORD handshake): with a receiver that accepts the connection and
 then never answers, every thread of the service (HTTP, metrics, the other cameras' decoding)
-stood still for the whole socket timeout, at each reconnect (issue 15; 3.1 s measured with
-PyAV 18.1). So each network output (RTSP, RTMP, SRT, UDP, TCP) runs a plain
+stood still for the whole socket timeout, at each reconnect (3.1 s measured with PyAV 18.1,
+docs/benchmarks.md). So each network output (RTSP, RTMP, SRT, UDP, TCP) runs a plain
 :class:`~ultrares_stream.publisher.Publisher` in a child process; the parent sends it packed yuv420p
 frames over a pipe and waits for each acknowledgement with the lock released. A child that
 does not answer within the timeout is killed: a blocked FFmpeg call cannot be interrupted, a
