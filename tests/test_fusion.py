@@ -237,3 +237,58 @@ def test_pass_settings_make_distinct_subpixel_phases():
     assert np.allclose(warps[0], np.eye(3))
     phases = {(round(w[0, 2] % 1, 2), round(w[1, 2] % 1, 2)) for w in warps[1:]}
     assert len(phases) == 7
+
+
+# ------------------------------------------------------------------ --auto: regions, tracks, a contact sheet
+
+def test_regions_are_merged_into_plates_and_tracked_by_iou_and_velocity():
+    from ultrares_stream.fusion.regions import Track, iou, merge_lines, plate_like, update_tracks
+
+    assert merge_lines([(10, 20, 20, 8), (34, 21, 14, 7), (10, 60, 20, 8)]) == [(10, 20, 38, 8), (10, 60, 20, 8)]
+    assert plate_like((0, 0, 40, 10)) and not plate_like((0, 0, 10, 10)) and not plate_like((0, 0, 12, 3))
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(1 / 3)
+    tracks: list[Track] = []
+    for pos in range(0, 30, 5):  # one plate moving 3 px a frame (15 px between detections), one still
+        tracks = update_tracks(tracks, [(10 + 3 * pos, 50, 30, 8), (200, 10, 30, 8)], pos)
+    assert len(tracks) == 2 and all(len(t.seen) == 6 for t in tracks)
+    moving = next(t for t in tracks if t.seen[0][1] == 50)
+    assert moving.velocity == pytest.approx((3.0, 0.0))
+
+
+def test_zoom_auto_fuses_every_tracked_plate_with_a_contact_sheet(tmp_path):
+    pytest.importorskip("rapidocr_onnxruntime")
+    from ultrares_stream.demo.scene import make_scene_video
+    from ultrares_stream.fusion.regions import iou
+
+    clip_path = make_scene_video(tmp_path / "scene.mp4", 320, 240, 25, seconds=2)
+    out = tmp_path / "plates"
+    assert main(["zoom", str(clip_path), "--auto", "-o", str(out)]) == 0
+    crops = sorted(out.glob("plate-*.png"))
+    texts = set()
+    for path in crops:
+        with Image.open(path) as im:
+            info = dict(im.info)
+        assert info["Comment"].startswith("Machine-fused from") and info["ultrares:track"]
+        box = tuple(int(v) for v in info["ultrares:box"].split(","))
+        truth: list = []
+        render_scene_frame(round(float(info["ultrares:reference"]) * 25), 320, 240, plates=truth)
+        best = max(truth, key=lambda t: iou(box, t[:4]))
+        assert iou(box, best[:4]) > 0.5, (box, truth)  # every region found is a real plate
+        texts.add(best[4])
+    assert len(texts) >= 5, texts  # the scene shows six vehicles; most pass wholly in 2 s
+    with Image.open(out / "contact-sheet.png") as sheet:
+        assert "Not an original recording" in sheet.info["Comment"] and sheet.width >= 2 * 4 * 40
+        assert sheet.info["ultrares:rows"].count("#") == len(crops)
+
+
+def test_zoom_auto_without_its_detector_or_with_a_box_is_a_one_line_error(clip, tmp_path, capsys, monkeypatch):
+    path, _ = clip
+    for argv, message in ((["--auto", "--at", "1"], "give no --at or --box"), (["--at", "1"], "give --at TIME and --box")):
+        assert main(["zoom", str(path), *argv, "-o", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # not installed
+    assert main(["zoom", str(path), "--auto", "-o", str(tmp_path / "plates")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install rapidocr-onnxruntime" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "plates").exists()

@@ -223,7 +223,7 @@ def test_api_docs_render_the_operations_in_chromium(tmp_path):
     from ultrares_stream.web.app import create_app
 
     expected = {"/api/v1/upscale", "/api/v1/models", "/api/v1/info", "/api/v1/streams", "/api/v1/streams/{name}",
-                "/api/v1/streams/{name}/snapshot.jpg"}
+                "/api/v1/streams/{name}/snapshot.jpg", "/api/v1/streams/{name}/zoom"}
     for token in (None, "docs-token"):
         app = create_app(FakeService(), device="cpu", api_token=token, allowed_hosts=["127.0.0.1"])
         with serve(app) as base, chromium(tmp_path) as driver:
@@ -265,6 +265,63 @@ def test_page_asks_for_the_token_and_then_shows_the_cameras(tmp_path):
         north.find_element(By.CSS_SELECTOR, ".camera-alpha").send_keys(Keys.HOME)
         wait_for(lambda: service.cameras["north"].alpha == 0.0, 15, "PATCH alpha=0 with the token")
         assert driver.execute_script("return sessionStorage.getItem('ultrares-token')") == "page-token"
+
+
+#: (img, x, y in the camera's decoded pixels; the preview is x2) -> the screen offset from the image's centre
+FRAME_TO_OFFSET = """
+    const img = arguments[0], b = img.getBoundingClientRect();
+    const fit = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight), s = 2 * fit;
+    const left = b.left + (b.width - img.naturalWidth * fit) / 2, top = b.top + (b.height - img.naturalHeight * fit) / 2;
+    return [Math.round(left + arguments[1] * s - b.left - b.width / 2), Math.round(top + arguments[2] * s - b.top - b.height / 2)];"""
+
+
+def test_a_box_drawn_on_a_camera_shows_the_fused_zoom_beside_one_frame(tmp_path, tiny_model):
+    """A real Service (a camera that enhanced a clip of a plate passing), the page's cameras view:
+    a box dragged with the mouse over the plate on the preview gives the fused x4 crop beside the
+    one frame's bicubic x4, both loaded at 4x the box, and the provenance text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from conftest import wait_for as wait_until
+    from tests.test_zoom_api import box_at, panning_clip, service
+    from ultrares_stream.service import HttpServer, make_app
+
+    clip, _, boxes = panning_clip(tmp_path / "pass.mp4", 40)
+    svc = service(tiny_model, [{"name": "gate", "input": str(clip), "output": str(tmp_path / "out.mkv")}])
+    http = HttpServer(make_app(svc), "127.0.0.1", free_port()).start()
+    svc.start()
+    try:
+        assert wait_until(lambda: svc.cameras["gate"].finished, 90), svc.status()
+        with chromium(tmp_path) as driver:
+            driver.get(http.url + "/#cameras")
+            card = '.camera[data-camera="gate"]'
+            wait_for(lambda: driver.execute_script(f"return document.querySelector('{card} .preview img')?.naturalWidth")
+                     == 320, 20, "the preview (160x120 enhanced x2)")
+            wait_for(lambda: "160×120" in driver.find_element(By.CSS_SELECTOR, card).text, 10, "the input size")
+            x, y, w, h = box_at(boxes[0], 39)  # the plate in the last frame, which the preview shows
+            img = driver.find_element(By.CSS_SELECTOR, f"{card} .preview img")
+            at = lambda px, py: driver.execute_script(FRAME_TO_OFFSET, img, px, py)  # noqa: E731
+            (x0, y0), (x1, y1) = at(x - 1, y - 1), at(x + w + 1, y + h + 1)
+            ActionChains(driver).move_to_element_with_offset(img, x0, y0).click_and_hold() \
+                .move_to_element_with_offset(img, (x0 + x1) // 2, (y0 + y1) // 2) \
+                .move_to_element_with_offset(img, x1, y1).release().perform()
+            wait_for(lambda: driver.execute_script(f"return document.querySelector('{card}').dataset.zoom"), 30,
+                     "the zoom")
+            panel = driver.find_element(By.CSS_SELECTOR, f"{card} .zoom-panel")
+            drawn = [int(v) for v in driver.execute_script(f"return document.querySelector('{card}').dataset.zoomBox")
+                     .split(",")]
+            assert abs(drawn[0] - (x - 1)) <= 1 and abs(drawn[2] - (w + 2)) <= 2, (drawn, (x, y, w, h))
+            sizes = driver.execute_script(f"""return ['.zoom-fused', '.zoom-single'].map((c) =>
+                [document.querySelector('{card} ' + c).naturalWidth, document.querySelector('{card} ' + c).naturalHeight])""")
+            assert sizes == [[4 * drawn[2], 4 * drawn[3]]] * 2, (sizes, drawn)
+            text = panel.text
+            assert "Machine-fused from 16 frames" in text and "Not an original recording" in text, text
+            assert "One frame (bicubic ×4)" in text and "Frames 16 of 16" in text, text
+            shot = Path(os.environ.get("ULTRARES_SCREENSHOT_DIR", tmp_path)) / "web-zoom-test.png"
+            driver.save_screenshot(str(shot))
+    finally:
+        svc.stop(10)
+        http.stop()
 
 
 def make_screenshot(dest: Path) -> None:

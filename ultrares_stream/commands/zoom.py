@@ -16,12 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "robustly (frames that disagree are dropped, codec errors down-weighted). The PNG carries "
                     "its provenance (frames and timestamps used, registration residuals, method) and says "
                     "'unreadable' where fusion cannot help (too few frames agree, a box too small).",
-        epilog="example: ultrares zoom clip.mp4 --at 3.2 --box 412,280,40,16 -o plate.png  (docs/fusion.md)")
+        epilog="examples: ultrares zoom clip.mp4 --at 3.2 --box 412,280,40,16 -o plate.png; "
+               "ultrares zoom clip.mp4 --auto -o plates/  (docs/fusion.md)")
     p.add_argument("clip", type=Path, help="video file")
-    p.add_argument("--at", type=float, required=True, metavar="TIME", help="seconds from the start of the clip")
-    p.add_argument("--box", required=True, metavar="X,Y,W,H", help="the box in the clip's pixels at TIME")
+    p.add_argument("--at", type=float, metavar="TIME", help="seconds from the start of the clip")
+    p.add_argument("--box", metavar="X,Y,W,H", help="the box in the clip's pixels at TIME")
+    p.add_argument("--auto", action="store_true",
+                   help="instead of --at/--box: every plate-like region (RapidOCR's text detector, [dev] extra), "
+                        "tracked and fused; -o is then a folder (one PNG per region and contact-sheet.png)")
+    p.add_argument("--every", type=positive_int, default=5, help="--auto: detect regions every N frames (default 5)")
+    p.add_argument("--seconds", type=float, default=20.0, help="--auto: the first SECONDS of the clip (default 20)")
     p.add_argument("--frames", type=positive_int, default=16, help="frames around TIME to fuse (default 16)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image (PNG keeps all provenance)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output image (PNG keeps all provenance); with --auto a folder")
     p.set_defaults(func=run)
 
 
@@ -48,15 +55,25 @@ def check_inside(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
+    from ..errors import UserError
 
-    import numpy as np
-    import torch
+    if args.auto:
+        if args.at is not None or args.box is not None:
+            raise UserError("--auto finds the regions itself: give no --at or --box")
+        return run_auto(args)
+    if args.at is None or args.box is None:
+        raise UserError("give --at TIME and --box X,Y,W,H (or --auto)")
+    return run_box(args)
+
+
+def run_box(args: argparse.Namespace) -> int:
+    import time
 
     from ..fusion.crop import fuse_box
     from ..fusion.decode import frames_around
     from ..fusion.evidence import tags
-    from ..images import Picture, format_for_path, write_image
+    from ..fusion.live import picture
+    from ..images import format_for_path, write_image
 
     box = parse_box(args.box)
     format_for_path(args.output)  # an unsupported extension fails before the work
@@ -65,7 +82,30 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
     seconds = time.perf_counter() - start
-    colour = torch.from_numpy(np.ascontiguousarray(crop.image)).permute(2, 0, 1)[None].float() / 255.0
-    write_image(Picture(colour), args.output, provenance=tags(crop))
+    write_image(picture(crop.image), args.output, provenance=tags(crop))
     print(f"{args.output}: {crop.summary()}; {seconds:.2f} s")
+    return 0
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..fusion.auto import auto_zoom, contact_sheet, sheet_tags
+    from ..fusion.evidence import tags
+    from ..fusion.live import picture
+    from ..images import write_image
+
+    if args.output.exists() and not args.output.is_dir():
+        raise UserError(f"-o {args.output}: with --auto the output is a folder, and this is a file")
+    clip, plates = auto_zoom(args.clip, args.frames, args.every, args.seconds)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for plate in plates:
+        path = args.output / f"plate-{plate.track.id:02d}.png"
+        write_image(picture(plate.crop.image), path, provenance={**tags(plate.crop), "ultrares:track": str(plate.track.id)})
+        print(f"{path}: {plate.crop.summary()}")
+    if plates:
+        sheet = args.output / "contact-sheet.png"
+        write_image(picture(contact_sheet(plates)), sheet, provenance=sheet_tags(plates))
+        print(f"{sheet}: {len(plates)} tracked plate-like regions in {len(clip.rgb)} frames")
+    else:
+        print(f"{args.clip}: no plate-like region found in {len(clip.rgb)} frames")
     return 0

@@ -45,6 +45,7 @@ from .guard import AccessPolicy, Guard
 from .jobs import JobQueue, JobTimeout, QueueFull
 from ..config import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
+from .zoom import ZOOM_WAITING, ZOOM_WORKERS, add_zoom_route
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class _Context:
         self.limits, self.default_model = limits, default_model
         self.upscalers = UpscalerCache(device, pool=getattr(service, "pool", None))  # one pool per process
         self.jobs = JobQueue(workers, queue_size)
+        self.zooms = JobQueue(ZOOM_WORKERS, ZOOM_WAITING)  # zooms never wait behind an upscale
         self._custom_info: ModelInfo | None = None
 
     # -- models
@@ -284,6 +286,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     async def lifespan(app: FastAPI):
         yield
         ctx.jobs.shutdown()
+        ctx.zooms.shutdown()
 
     app = FastAPI(
         title="UltraRes Stream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -431,7 +434,7 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
 
 
 def _add_stream_routes(app: FastAPI, ctx: _Context) -> None:
-    """The cameras: list, one camera's stats, PATCH its alpha/model, its latest frame."""
+    """The cameras: list, one camera's stats, PATCH its alpha/model, its latest frame, zooms."""
     errors = ERROR_RESPONSES
 
     @app.get(f"{API}/streams", response_model=StreamList, tags=["cameras"], summary="Every camera and its stats")
@@ -463,11 +466,16 @@ def _add_stream_routes(app: FastAPI, ctx: _Context) -> None:
              responses={200: {"content": {"image/jpeg": {}}, "description": "latest enhanced frame"}, **errors},
              summary="Latest enhanced frame of a camera (JPEG, for a live preview)")
     def snapshot(name: CameraName) -> Response:
-        jpeg = ctx.stream(name).snapshot_jpeg()
+        cam = ctx.stream(name)
+        jpeg = cam.snapshot_jpeg()
         if not jpeg:
             raise ApiError(404, f"camera {name!r} has not produced a frame yet; try again shortly",
                            {"Retry-After": "1"})
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        index = getattr(cam, "snapshot_index", None)  # the frame a zoom's "reference" names
+        headers = {"Cache-Control": "no-store", **({"X-Ultrares-Frame-Index": str(index)} if index is not None else {})}
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+    add_zoom_route(app, ctx, errors)
 
 
 # ----------------------------------------------------------------------------- errors and limits

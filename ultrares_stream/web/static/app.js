@@ -499,7 +499,15 @@ const Cameras = {
     const id = `cam-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
     el.innerHTML = `
       <div class="camera-head"><span class="camera-name"></span><span class="badge">…</span></div>
-      <div class="preview"><span class="waiting">waiting for the first frame…</span><img alt="" hidden></div>
+      <div class="preview"><span class="waiting">waiting for the first frame…</span><img alt="" hidden draggable="false"><div class="zoom-box" hidden></div></div>
+      <div class="zoom-panel">
+        <p class="zoom-hint hint">Draw a box on the picture to zoom into it: ×4, fused from the camera's last 16 frames.</p>
+        <div class="zoom-pair" hidden>
+          <figure><figcaption>One frame (bicubic ×4)</figcaption><img class="zoom-single" alt="the box in one frame, bicubic ×4"></figure>
+          <figure><figcaption>Fused <a class="zoom-save" href="#" download hidden>save PNG</a></figcaption><img class="zoom-fused" alt="the box fused from several frames, ×4"></figure>
+        </div>
+        <p class="zoom-info" aria-live="polite"></p>
+      </div>
       <dl class="stats">
         <div><dt>Input</dt><dd data-k="input">–</dd></div>
         <div><dt>Output</dt><dd data-k="output">–</dd></div>
@@ -516,7 +524,8 @@ const Cameras = {
       </div>`;
     el.querySelector(".camera-name").textContent = name;
     el.querySelector("img").alt = `latest enhanced frame of ${name}`;
-    const card = { name, el, busyUntil: 0, snapTimer: null };
+    const card = { name, el, busyUntil: 0, snapTimer: null, shownIndex: null, inputSize: null, zooms: 0 };
+    Zoom.attach(card);
     const slider = el.querySelector(".camera-alpha");
     slider.addEventListener("input", () => {
       card.busyUntil = Date.now() + 5000; // the poll must not move the slider under the user's hand
@@ -567,6 +576,7 @@ const Cameras = {
     set("p50", p("p50"));
     set("p95", `${p("p95")} / ${p("p99")}`);
     set("drops", num(pick(s, ["drops", "dropped", "frames_dropped"]), 0));
+    if (Array.isArray(s.input_resolution)) card.inputSize = s.input_resolution;
     if (typeof s.alpha === "number" && Date.now() > card.busyUntil) {
       el.querySelector(".camera-alpha").value = String(s.alpha);
       el.querySelector(".alpha-out").textContent = s.alpha.toFixed(2);
@@ -580,14 +590,15 @@ const Cameras = {
     const next = () => { card.snapTimer = setTimeout(() => this.refreshSnapshot(card), 1000); };
     // fetched (not <img src>) so that the request carries the API token
     fetch(`${API}/streams/${encodeURIComponent(card.name)}/snapshot.jpg`, { headers: authHeaders(), cache: "no-store" })
-      .then((resp) => (resp.ok ? resp.blob() : null))
-      .then((blob) => {
+      .then((resp) => (resp.ok ? resp.blob().then((blob) => [blob, resp.headers.get("X-Ultrares-Frame-Index")]) : [null]))
+      .then(([blob, index]) => {
         if (!blob) return; // no frame yet (or no token): keep the last one and try again
         const url = URL.createObjectURL(blob);
         const probe = new Image();
         probe.onload = () => {
           if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
           img.src = url;
+          card.shownIndex = index == null ? null : Number(index); // the frame a zoom refers to
           show(img, true);
           show(card.el.querySelector(".waiting"), false);
         };
@@ -596,6 +607,108 @@ const Cameras = {
       })
       .catch(() => { /* the server is unreachable for now: try again */ })
       .finally(next);
+  },
+};
+
+// ------------------------------------------------------------------ zoom: a box drawn on a camera's picture
+const Zoom = {
+  // the picture's drawn area inside its element (object-fit: contain letterboxes it)
+  contentRect(img) {
+    const b = img.getBoundingClientRect();
+    const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
+    const w = img.naturalWidth * s, h = img.naturalHeight * s;
+    return { left: b.left + (b.width - w) / 2, top: b.top + (b.height - h) / 2, width: w, height: h };
+  },
+
+  attach(card) {
+    const preview = card.el.querySelector(".preview");
+    const img = preview.querySelector("img");
+    const boxEl = preview.querySelector(".zoom-box");
+    let drag = null;
+    const point = (e) => [clamp(e.clientX, drag.rect.left, drag.rect.left + drag.rect.width),
+                          clamp(e.clientY, drag.rect.top, drag.rect.top + drag.rect.height)];
+    const draw = (e) => {
+      const [x, y] = point(e);
+      const p = preview.getBoundingClientRect();
+      Object.assign(boxEl.style, { left: `${Math.min(x, drag.x) - p.left}px`, top: `${Math.min(y, drag.y) - p.top}px`,
+                                   width: `${Math.abs(x - drag.x)}px`, height: `${Math.abs(y - drag.y)}px` });
+      show(boxEl, true);
+    };
+    preview.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0 || img.hidden || !img.naturalWidth) return;
+      const rect = this.contentRect(img);
+      drag = { rect, x: 0, y: 0, index: card.shownIndex, natural: [img.naturalWidth, img.naturalHeight] };
+      [drag.x, drag.y] = point(e);
+      preview.setPointerCapture(e.pointerId);
+      e.preventDefault();
+      draw(e);
+    });
+    preview.addEventListener("pointermove", (e) => { if (drag) draw(e); });
+    preview.addEventListener("pointerup", (e) => {
+      if (!drag) return;
+      const box = this.toFrame(card, drag, point(e));
+      drag = null;
+      if (box) this.request(card, box.box, box.index);
+      else show(boxEl, false);
+    });
+    preview.addEventListener("pointercancel", () => { drag = null; show(boxEl, false); });
+  },
+
+  // the drawn box in the camera's decoded pixels (the preview is its enhanced, larger picture)
+  toFrame(card, drag, [x1, y1]) {
+    const r = drag.rect;
+    const [fw, fh] = card.inputSize || drag.natural;
+    const sx = fw / r.width, sy = fh / r.height;
+    const x = Math.floor((Math.min(x1, drag.x) - r.left) * sx), y = Math.floor((Math.min(y1, drag.y) - r.top) * sy);
+    const w = Math.min(fw - x, Math.round(Math.abs(x1 - drag.x) * sx)), h = Math.min(fh - y, Math.round(Math.abs(y1 - drag.y) * sy));
+    return w >= 2 && h >= 2 ? { box: [x, y, w, h], index: drag.index } : null;
+  },
+
+  async fetchZoom(card, box, index, method) {
+    const body = { box, frames: 16, method, ...(index == null ? {} : { reference: index }) };
+    const resp = await fetch(`${API}/streams/${encodeURIComponent(card.name)}/zoom`, {
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
+    });
+    if (resp.ok) return { resp, blob: await resp.blob() };
+    let body422 = null;
+    try { body422 = await resp.json(); } catch (_) { /* not JSON */ }
+    const message = (body422 && body422.error) || `${resp.status} ${resp.statusText || "error"}`;
+    return { error: resp.status === 401 ? needToken(message) : message, verdict: body422 && body422.verdict };
+  },
+
+  async request(card, box, index) {
+    const el = card.el;
+    const info = el.querySelector(".zoom-info");
+    info.classList.remove("bad");
+    info.textContent = `zooming into ${box.join(",")}…`;
+    const n = ++card.zooms;
+    el.dataset.zoomBox = box.join(",");
+    const [fused, single] = await Promise.all([this.fetchZoom(card, box, index, "fused"),
+                                               this.fetchZoom(card, box, index, "single")]);
+    if (n !== card.zooms) return; // a newer box was drawn meanwhile
+    this.showImage(el.querySelector(".zoom-single"), single.blob);
+    this.showImage(el.querySelector(".zoom-fused"), fused.blob);
+    show(el.querySelector(".zoom-pair"), !!(fused.blob || single.blob));
+    const save = el.querySelector(".zoom-save");
+    show(save, !!fused.blob);
+    if (fused.blob) {
+      const h = (k) => fused.resp.headers.get(`X-Ultrares-${k}`) || "";
+      const match = /filename="([^"]+)"/.exec(fused.resp.headers.get("Content-Disposition") || "");
+      save.href = el.querySelector(".zoom-fused").src;
+      save.download = match ? match[1] : "zoom.png";
+      info.textContent = `${h("Comment")} Frames ${h("Frames")}, median registration residual ${h("Residual")}, ` +
+                         `${Number(h("Seconds")).toFixed(2)} s.`;
+    } else {
+      info.classList.add("bad");
+      info.textContent = fused.verdict ? `Fused: ${fused.error}. Do not read characters from this box.` : fused.error;
+    }
+    el.dataset.zoom = String(n);
+  },
+
+  showImage(img, blob) {
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    if (blob) img.src = URL.createObjectURL(blob); else img.removeAttribute("src");
+    img.hidden = !blob;
   },
 };
 
