@@ -158,3 +158,33 @@ def test_hung_publisher_is_detected_and_reconnected(gst_rtsp, rtsp_server, pipel
             stream.status()
         assert stream.sink.reconnects >= 1
         assert m.registry.get_sample_value("ultrares_reconnects_total", {"camera": "cam", "side": "sink"}) >= 1
+
+
+def test_a_slow_open_is_not_reported_as_a_hung_receiver(gst_rtsp, rtsp_server, pipeline, caplog, monkeypatch):
+    """Opening an output and its first write (the publisher process's start and the RTSP
+    handshake, slow on a loaded machine) have their own timeout: taking longer than watchdog_s
+    is not 'not responding', and no publish error or reconnect is counted for it. The slow start
+    is injected around the real publisher process and a real receiver."""
+    from ultrares_stream import sinks
+    from ultrares_stream.demo.server import RtspServer
+
+    class SlowStart(sinks.RemotePublisher):
+        def open(self, *args, **kwargs):
+            time.sleep(2.5)
+            return super().open(*args, **kwargs)
+
+        def send(self, data, pts):
+            if self.frames == 0:
+                time.sleep(2.5)
+            return super().send(data, pts)
+
+    monkeypatch.setattr(sinks, "RemotePublisher", SlowStart)
+    with RtspServer(port=0).start(timeout=30) as target:
+        stream, m = pipeline(rtsp_server.camera_url, target.record_url("out"), timeout_s=8.0, watchdog_s=1.5)
+        assert stream.first_output.wait(60), stream.status()
+        assert wait_for(lambda: stream.frames_out >= 10, 30)
+        warned = [r.getMessage() for r in caplog.records if "not responding" in r.getMessage()]
+        errors = m.registry.get_sample_value("ultrares_errors_total", {"camera": "cam", "stage": "publish"})
+        reconnects = stream.sink.reconnects
+        stream.stop(5)  # before the receiver goes
+    assert not warned and reconnects == 0 and not errors, (warned, reconnects, errors)

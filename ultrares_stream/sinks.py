@@ -184,8 +184,9 @@ class SinkWorker:
         Two signs: a write blocked longer than ``watchdog_s``; or, for RTSP, the
         server not answering an ``OPTIONS`` request on a side connection for
         ``watchdog_s`` since the output was opened or last answered. Either one makes the
-        writer drop the connection and reconnect. Opening is not watched: it has its own
-        timeout (the connect timeout, and the publisher process's start).
+        writer drop the connection and reconnect. Opening and the first write (the header: the
+        RTSP handshake) are not watched: they have their own timeout (the connect timeout, and
+        the publisher process's start).
         """
         probe = scheme_of(self.url) == "rtsp"  # plain RTSP only: an rtsps server expects TLS first
         last_ok, watched = time.monotonic(), None
@@ -330,8 +331,10 @@ class SinkWorker:
 
     def _write(self, pub: Publisher, enhanced, pts: int) -> bool:
         """Encode and mux one frame (and its copied packets); False when the output failed and was
-        dropped (live outputs: reconnect with a new connection or segment)."""
-        self._write_started = time.monotonic()
+        dropped (live outputs: reconnect with a new connection or segment). The first write of a
+        connection is not watched: it writes the header (the RTSP handshake), bounded by the
+        connect timeout like the open."""
+        self._write_started = time.monotonic() if pub.frames else None
         try:
             encode_s, mux_s = pub.send(enhanced.data, pts)
             pub.frames += 1
