@@ -9,7 +9,14 @@
         thawed) until the time is up; a summary table per camera at the end, and the memory of
         the service (its process and its publisher children) over the run: a leak shows as a slope.
 
-Both start GStreamer RTSP servers (the demo camera) and `ultrares serve` on 127.0.0.1.
+    .venv/bin/python scripts/faults.py timing [--seconds 75] [--fps 12]
+        a camera sending MPEG-TS over UDP at 12 fps while declaring 25, its clock set forward by
+        an hour half way, recorded by `ultrares serve` to MP4 segments: the recording's duration
+        against the time the camera sent, the largest gap between frames, and the largest
+        distance between keyframes (output time).
+
+hung-receiver and soak start GStreamer RTSP servers (the demo camera); every scenario runs
+`ultrares serve` on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -189,6 +196,45 @@ def soak(args) -> int:
     return 0
 
 
+def timing(args) -> int:
+    import threading
+
+    import av
+
+    from ultrares_stream.demo.ts_camera import send_ts_camera
+    from ultrares_stream.recording import list_segments
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ultrares-timing-") as tmp:
+        out = Path(tmp) / "cam.mp4"
+        svc = Service([("cam", f"udp://127.0.0.1:{port}", str(out))], args.model, Path(tmp))
+        try:
+            time.sleep(8.0)  # the service starts and its source listens
+            sent = send_ts_camera(f"udp://127.0.0.1:{port}?pkt_size=1316", args.seconds, args.fps,
+                                  jump_at=args.seconds / 2, size=(320, 240), stop=threading.Event())
+            time.sleep(5.0)  # the frames in flight are published
+        finally:
+            svc.proc.send_signal(signal.SIGTERM)
+            svc.proc.wait(60)
+        times, keys = [], []
+        for segment in list_segments(out):
+            with av.open(str(segment)) as c:
+                for packet in c.demux(video=0):
+                    if packet.pts is not None and packet.size:
+                        times.append(float(packet.pts * packet.time_base))
+                        if packet.is_keyframe:
+                            keys.append(times[-1])
+    times.sort()
+    span, sent_span = times[-1] - times[0], sent[-1] - sent[0]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    print(f"camera sent {len(sent)} frames over {sent_span:.1f} s (declaring 25 fps, clock +1 h at "
+          f"{args.seconds / 2:.0f} s); recorded {len(times)} frames spanning {span:.1f} s "
+          f"({100 * (span / sent_span - 1):+.1f} % of the time sent)")
+    print(f"largest gap between frames {max(gaps):.2f} s; largest distance between keyframes "
+          f"{max(b - a for a, b in zip(keys, keys[1:])) if len(keys) > 1 else float('nan'):.2f} s")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="ultrares-compact-x4")
@@ -201,6 +247,10 @@ def main() -> int:
     s.add_argument("--cameras", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=soak)
+    t = sub.add_parser("timing")
+    t.add_argument("--seconds", type=float, default=75.0)
+    t.add_argument("--fps", type=float, default=12.0)
+    t.set_defaults(func=timing)
     args = ap.parse_args()
     return args.func(args)
 

@@ -181,6 +181,21 @@ def test_keyframes_come_by_time_when_frames_are_sparse(tmp_path):
     assert len(keys) >= 15 and max(b - a for a, b in zip(keys, keys[1:])) <= 2.0 + 1e-6, keys
 
 
+def test_keyframes_stay_within_the_gop_at_an_uneven_frame_rate():
+    """12 fps in a 25 fps time base: frames 2 or 3 ticks apart; keyframes never more than the
+    GOP (50 ticks, 2 s) apart, the frame before it is exceeded taking the keyframe."""
+    from ultrares_stream.publisher import keyframe_due
+
+    pts = [round(i * 25 / 12) for i in range(300)]
+    keys, last, prev = [], None, None
+    for p in pts:
+        if keyframe_due(last, p, 50, 0 if prev is None else p - prev):
+            keys.append(p)
+            last = p
+        prev = p
+    assert max(b - a for a, b in zip(keys, keys[1:])) <= 50 and len(keys) >= len(pts) * 2 // 25 // 2
+
+
 # --- a full disk ----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -248,29 +263,6 @@ def test_an_unwritable_output_says_why(tmp_path):
 
 # --- end to end: a live MPEG-TS camera over UDP, recorded by a real Stream -------------------------
 
-def _send_ts(url: str, seconds: float, fps: float, jump_at: float | None, stop) -> list[float]:
-    """A camera: MPEG-TS over UDP that declares 25 fps but sends ``fps`` frames a second, timed by
-    its wall clock (90 kHz), its clock set forward by an hour at ``jump_at`` s. Returns the send times."""
-    c = av.open(url, "w", format="mpegts")
-    s = c.add_stream("libx264", rate=25)
-    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-    s.time_base = s.codec_context.time_base = Fraction(1, 90000)
-    s.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "keyint=12"}
-    sent, t0, i = [], time.monotonic(), 0
-    while not stop.is_set() and time.monotonic() - t0 < seconds:
-        now = time.monotonic() - t0
-        frame = av.VideoFrame.from_ndarray(np.full((72, 64), (i * 9) % 255, np.uint8), format="yuv420p")
-        frame.pts = int((now + (3600 if jump_at is not None and now >= jump_at else 0)) * 90000)
-        frame.time_base = Fraction(1, 90000)
-        c.mux(s.encode(frame))
-        sent.append(now)
-        i += 1
-        time.sleep(max(0.0, t0 + i / fps - time.monotonic()))
-    c.mux(s.encode(None))
-    c.close()
-    return sent
-
-
 @pytest.mark.timeout(120)
 def test_a_camera_slower_than_it_says_with_a_clock_jump_is_recorded_in_real_time(tmp_path, tiny_model):
     """Recordings are timed by the source: a camera advertising 25 fps and sending 12, with a +1 h
@@ -279,6 +271,7 @@ def test_a_camera_slower_than_it_says_with_a_clock_jump_is_recorded_in_real_time
 
     from conftest import free_port
     from ultrares_stream.batcher import Batcher
+    from ultrares_stream.demo.ts_camera import send_ts_camera
     from ultrares_stream.config import CameraConfig, ReconnectConfig
     from ultrares_stream.stream import Stream, UpscalerPool
 
@@ -291,8 +284,8 @@ def test_a_camera_slower_than_it_says_with_a_clock_jump_is_recorded_in_real_time
     stop, sent = threading.Event(), []
     try:
         time.sleep(1.0)  # the source is listening
-        sender = threading.Thread(target=lambda: sent.extend(
-            _send_ts(f"udp://127.0.0.1:{port}?pkt_size=1316", 8.0, 12.0, 4.0, stop)), daemon=True)
+        sender = threading.Thread(target=lambda: sent.extend(send_ts_camera(
+            f"udp://127.0.0.1:{port}?pkt_size=1316", 8.0, 12.0, jump_at=4.0, stop=stop)), daemon=True)
         sender.start()
         sender.join(60)
         assert wait_for(lambda: stream.frames_out > 0, 30)

@@ -207,11 +207,13 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
     raise UserError(f"{mask_url(text)}: unknown output kind; use rtsp://, rtmp://, or a .mp4, .mkv, .avi, .ts or .m3u8 path")
 
 
-def keyframe_due(last_key: int | None, pts: int, gop: int) -> bool:
-    """Whether the frame at ``pts`` must be a keyframe: the first, or ``gop`` ticks of output time
-    after the last one. The encoder counts frames, so when frames are dropped (a camera faster
-    than its model) a GOP of frames spans more time; this keeps keyframes ``gop`` ticks apart."""
-    return last_key is None or (gop > 0 and pts - last_key >= gop)
+def keyframe_due(last_key: int | None, pts: int, gop: int, step: int = 0) -> bool:
+    """Whether the frame at ``pts`` must be a keyframe: the first, or the last frame before the
+    GOP (``gop`` ticks of output time) would be exceeded, the next frame expected ``step`` ticks
+    later (the last spacing). The encoder counts frames, so when frames are dropped (a camera
+    faster than its model) a GOP of frames spans more time; this keeps keyframes at most ``gop``
+    ticks apart whatever the frames' spacing."""
+    return last_key is None or (gop > 0 and pts + step - last_key > gop)
 
 
 class Publisher:
@@ -234,6 +236,7 @@ class Publisher:
         self.width = self.height = 0
         self.gop = 0  # ticks (1/fps) between keyframes at most, whatever the frames' spacing
         self._last_key: int | None = None  # pts of the last keyframe asked for
+        self._last_pts: int | None = None
         self.good_size = 0  # a local file's size after its last complete write (a fragment boundary)
         self.target, self.format, self.options = output_args(self.url, live, timeout_s, keep_times)
 
@@ -286,9 +289,11 @@ class Publisher:
         frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
         frame.pts = pts
         frame.time_base = self.stream.codec_context.time_base
-        if keyframe_due(self._last_key, pts, self.gop):
+        step = 0 if self._last_pts is None else max(0, pts - self._last_pts)
+        if keyframe_due(self._last_key, pts, self.gop, step):
             frame.pict_type = av.video.frame.PictureType.I
             self._last_key = pts
+        self._last_pts = pts
         return self.stream.encode(frame)
 
     def mux(self, packets) -> None:
