@@ -1,12 +1,15 @@
-"""The generator architectures: shapes, scales, and agreement with reference forward
-passes written here with plain torch.nn.functional ops."""
+"""The generator architectures: shapes, scales, agreement with reference forward passes written
+here with plain torch.nn.functional ops, and their descriptors (recognised from the keys, rebuilt
+from them, what each declares)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact, shuffle_add_nearest
+from ultrares_stream.errors import ModelError
+from ultrares_stream.models import archs
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact, detect, shuffle_add_nearest
 
 
 def _lrelu(x):
@@ -48,7 +51,7 @@ def test_rrdbnet_matches_reference_and_scales(scale):
         ref = reference_rrdbnet(net.state_dict(), x, scale, 2)
     assert out.shape == (2, 3, 12 * scale, 16 * scale)
     assert torch.allclose(out, ref, atol=1e-5)
-    assert net.size_multiple == {4: 1, 2: 2, 1: 4}[scale]
+    assert detect(net.state_dict()).input_sizes.multiple == {4: 1, 2: 2, 1: 4}[scale]
 
 
 def test_rrdbnet_default_hyper_parameters_are_esrgans():
@@ -95,3 +98,53 @@ def test_compact_layer_layout(act):
     assert net(torch.rand(1, 3, 6, 6)).shape == (1, 3, 12, 12)
     with pytest.raises(ValueError, match="unknown activation"):
         SRVGGNetCompact(act_type="gelu")
+
+
+# --- the descriptors: one per architecture, found from the keys ----------------------------------
+
+#: a small network of every registered architecture
+SMALL = {
+    "SRVGGNetCompact": lambda: SRVGGNetCompact(num_feat=8, num_conv=3, upscale=2, act_type="lrelu"),
+    "RRDBNet": lambda: RRDBNet(scale=1, num_feat=8, num_block=2, num_grow_ch=4),
+    "RLFN": lambda: archs.RLFN(num_feat=12, num_block=2, esa_ch=8),
+    "SPAN": lambda: archs.SPAN(num_feat=8),
+}
+
+
+def test_every_registered_architecture_has_a_small_network_here():
+    assert sorted(a.name for a in archs.ARCHS) == sorted(SMALL)  # names unique, none untested
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_a_state_dict_is_recognised_by_its_own_descriptor_only_and_rebuilds_the_same_net(name):
+    torch.manual_seed(0)
+    net = SMALL[name]().eval()
+    sd = net.state_dict()
+    claims = [a.name for a in archs.ARCHS if a.detect(sd)]
+    assert claims == [name]
+    spec = detect(sd, "small")
+    rebuilt = spec.build().eval()
+    rebuilt.load_state_dict(sd, strict=True)
+    assert type(rebuilt) is type(net) and spec.scale == net.scale
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    assert archs.input_sizes(net) == spec.input_sizes
+    assert spec.bytes_per_pixel("fp16") < spec.bytes_per_pixel("fp32") and spec.supports("fp32")
+
+
+def test_what_the_descriptors_declare():
+    compact = detect(SRVGGNetCompact(num_feat=8, num_conv=5).state_dict())
+    assert compact.tile_pad == 7 and compact.input_sizes == archs.InputSizes(1, 1)  # receptive-field radius
+    rlfn = detect(archs.RLFN(num_feat=8, num_block=1).state_dict())
+    assert rlfn.input_sizes == archs.InputSizes(1, 17) and rlfn.tile_pad == 16  # the ESA pool's minimum
+    for scale, multiple in ((4, 1), (2, 2), (1, 4)):  # pixel-unshuffled bodies
+        rrdb = detect(RRDBNet(scale=scale, num_feat=4, num_block=1, num_grow_ch=4).state_dict())
+        assert rrdb.input_sizes.multiple == multiple and rrdb.scale == scale
+    assert archs.input_sizes(torch.nn.Conv2d(3, 3, 3)) == archs.InputSizes()  # no known architecture
+
+
+def test_a_state_dict_two_architectures_claim_is_refused():
+    sd = {**SRVGGNetCompact(num_feat=4, num_conv=1).state_dict(), **archs.SPAN(num_feat=4).state_dict()}
+    with pytest.raises(ModelError, match="more than one architecture"):
+        detect(sd, "mixed")

@@ -142,3 +142,33 @@ def test_import_circles_are_found():
 def test_no_import_circles_counting_function_level_imports():
     root = Path(ultrares_stream.__file__).parent
     assert import_circles(import_graph(root, "ultrares_stream")) == []
+
+
+def name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """``(line, text)`` of every string literal in ``source`` equal, case-insensitively, to one of
+    ``names`` (lower case); docstrings and other bare string statements are not code and are skipped."""
+    tree = ast.parse(source)
+    prose = {id(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+             and isinstance(node.value.value, str)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+            and node.value.lower() in names]
+
+
+def test_name_literals_are_found():
+    src = '"""RLFN: a docstring."""\nx = "rlfn"\nif arch == "SPAN":\n    """An RLFN note."""\ny = f"{x}SPAN"\n'
+    assert name_literals(src, {"rlfn", "span"}) == [(2, "rlfn"), (3, "SPAN"), (5, "SPAN")]  # f-string parts too
+
+
+def test_no_architecture_name_outside_models_archs():
+    """Architecture knowledge lives in its descriptor (``models/archs/``, one file each): nothing else
+    decides by an architecture's name."""
+    from ultrares_stream.models.archs import ARCHS
+
+    names = {arch.name.lower() for arch in ARCHS}
+    root = Path(ultrares_stream.__file__).parent
+    found = {f"{path.relative_to(root)}:{line}": text for path in sorted(root.rglob("*.py"))
+             if (root / "models" / "archs") not in path.parents
+             for line, text in name_literals(path.read_text(), names)}
+    assert not found, f"architecture names outside models/archs/ (ask the descriptor instead): {found}"

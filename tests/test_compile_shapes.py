@@ -56,8 +56,6 @@ def test_compile_runs_twelve_frame_sizes_with_a_budget_of_three(caplog):
 class _Doubler(nn.Module):
     """A net of its own class, so its ``forward`` has its own recompile count."""
 
-    size_multiple = 1
-
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)

@@ -21,8 +21,6 @@ CPU = torch.device("cpu")
 class Overflowing(nn.Module):
     """Finite in fp32 (about 1 out), Inf in fp16: the first layer's activations pass 65504."""
 
-    size_multiple = 1
-
     def __init__(self):
         super().__init__()
         self.up = nn.Conv2d(3, 3, 1)

@@ -65,10 +65,10 @@ def test_the_upscaler_averages_its_own_oriented_passes_tiled_or_whole(tiny_model
         assert torch.allclose(got, want, atol=1e-5)
         assert (got - plain.upscale(x)).abs().max() > 1e-3  # it does change the output
         assert torch.allclose(tiled.upscale(x), got, atol=1e-5)  # tiles with the exact pad agree
-        before = eight._slot._tickets
+        before = eight._gate.tickets
         eight.upscale(x)
     # each orientation is admitted on its own, so a camera's passes interleave with the eight
-    assert eight._slot._tickets - before == 8
+    assert eight._gate.tickets - before == 8
 
 
 def test_enhance_records_the_ensemble_and_refuses_a_bad_count(tmp_path, tiny_model):

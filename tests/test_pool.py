@@ -186,7 +186,7 @@ def test_a_slow_weight_change_is_prepared_off_the_frame_path_and_frames_never_wa
     src = still_clip(tmp_path / "still.mkv", frames=3000)
     pool, metrics = cpu_pool(), Metrics()
     base = pool.upscaler(pair, 0.0)
-    base.engine = slow = SlowRefit(base.engine, delay)
+    base._weights.engine = slow = SlowRefit(base.engine, delay)
     batcher = Batcher("cpu", max_batch=1, max_wait_ms=5, metrics=metrics).start()
     camera = CameraConfig(name="cam", input=str(src), output=str(tmp_path / "out.mkv"), model=pair, alpha=0.0)
     stream = Stream(camera, batcher=batcher, pool=pool, metrics=metrics).start()
@@ -242,13 +242,13 @@ def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
     import ctypes
     import threading
 
-    from ultrares_stream.upscaler import _EngineSlot
+    from ultrares_stream.pass_gate import PassGate
 
-    slot, swaps = _EngineSlot(), []
+    gate, swaps = PassGate(), []
     inside, release = threading.Event(), threading.Event()
 
     def first():  # holds a pass at alpha 0 open
-        with slot.passing(0.0, swaps.append):
+        with gate.passing(0.0, swaps.append):
             inside.set()
             release.wait(10)
 
@@ -256,7 +256,7 @@ def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
 
     def second():  # waits for alpha 1, behind the open pass
         try:
-            with slot.passing(1.0, swaps.append):
+            with gate.passing(1.0, swaps.append):
                 pass
         except KeyboardInterrupt:
             interrupted.append(True)
@@ -266,16 +266,16 @@ def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
     assert inside.wait(5)
     t2 = threading.Thread(target=second, daemon=True)
     t2.start()
-    assert wait_for(lambda: slot._tickets == 2, 5)
+    assert wait_for(lambda: gate.tickets == 2, 5)
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t2.ident), ctypes.py_object(KeyboardInterrupt))
-    with slot._gate:
-        slot._gate.notify_all()  # wake it so the interruption is raised in its wait
+    with gate._cond:
+        gate._cond.notify_all()  # wake it so the interruption is raised in its wait
     t2.join(5)
     assert interrupted and not t2.is_alive()
     third_ran = threading.Event()
 
     def third():
-        with slot.passing(0.5, swaps.append):
+        with gate.passing(0.5, swaps.append):
             third_ran.set()
 
     t3 = threading.Thread(target=third, daemon=True)
@@ -283,7 +283,7 @@ def test_a_pass_interrupted_while_waiting_for_its_turn_does_not_shut_the_gate():
     release.set()
     assert third_ran.wait(5), "the interrupted pass kept its turn: the gate is shut"
     t1.join(5), t3.join(5)
-    assert swaps == [0.0, 0.5] and slot.active == 0
+    assert swaps == [0.0, 0.5] and gate.active == 0
 
 
 def test_a_self_ensemble_on_slow_weights_takes_one_turn_so_two_alphas_refit_once_per_call(pair):
@@ -292,16 +292,16 @@ def test_a_self_ensemble_on_slow_weights_takes_one_turn_so_two_alphas_refit_once
     import threading
 
     base = Upscaler(pair, alpha=0.0, device="cpu", precision="fp32", engine="eager", tile=0)
-    base.engine = SlowRefit(base.engine, delay=0.0)
+    base._weights.engine = SlowRefit(base.engine, delay=0.0)
     views = [base.at(0.0).with_ensemble(8), base.at(1.0).with_ensemble(8)]
     x = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(5))
     fresh = {a: Upscaler(pair, alpha=a, device="cpu", precision="fp32", engine="eager", tile=0, ensemble=8)
              for a in (0.0, 1.0)}
     with torch.inference_mode():
         want = {a: fresh[a].upscale(x) for a in fresh}
-        tickets = base._slot._tickets
+        tickets = base._gate.tickets
         views[0].upscale(x)
-        assert base._slot._tickets - tickets == 1  # the eight orientations were admitted as one
+        assert base._gate.tickets - tickets == 1  # the eight orientations were admitted as one
         calls, errors, outs = 20, [], {0.0: [], 1.0: []}
         swaps = base.weight_swaps
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import need_data
-from ultrares_stream import upscaler as upscaler_mod
+from ultrares_stream import tiling as tiling_mod
 from ultrares_stream.models.archs import RRDBNet
 from ultrares_stream.models.checkpoint import read_checkpoint
 from ultrares_stream.models.registry import ResolvedModel
@@ -54,13 +54,15 @@ def test_tiled_equals_untiled_with_real_animevideov3_weights():
     x = _bird()[:, :, :48, :56]
     whole = Upscaler(ResolvedModel("anime", sd), device="cpu", precision="fp32", tile=0).upscale(x)
     tiled_up = Upscaler(ResolvedModel("anime", sd), device="cpu", precision="fp32", tile=24)
-    assert tiled_up.tile_pad == 18  # the net's receptive-field radius: tiles are exact
+    assert tiled_up.tiling.pad == 18  # the net's receptive-field radius: tiles are exact
     tiled = tiled_up.upscale(x)
     assert tiled.shape == whole.shape == (1, 3, 192, 224)
     assert (tiled - whole).abs().mean().item() < 1 / 255
     assert (tiled - whole).abs().max().item() < 1e-4
     # too little context is visible, which shows the comparison can fail
-    thin = Upscaler(ResolvedModel("anime", sd), device="cpu", precision="fp32", tile=24, tile_pad=1).upscale(x)
+    thin_up = Upscaler(ResolvedModel("anime", sd), device="cpu", precision="fp32", tile=24)
+    thin_up.tiling.pad = 1
+    thin = thin_up.upscale(x)
     assert (thin - whole).abs().max().item() > 1e-3
 
 
@@ -80,7 +82,8 @@ def test_tiled_equals_untiled_rrdbnet():
 def test_rrdbnet_x1_tiles_keep_the_size_multiple():
     torch.manual_seed(4)
     sd = RRDBNet(scale=1, num_feat=8, num_block=1, num_grow_ch=4).state_dict()
-    up = Upscaler(ResolvedModel("x1", sd), device="cpu", precision="fp32", tile=12, tile_pad=4)
+    up = Upscaler(ResolvedModel("x1", sd), device="cpu", precision="fp32", tile=12)
+    up.tiling.pad = 4
     x = torch.rand(1, 3, 30, 26)
     out = up.upscale(x)
     assert out.shape == (1, 3, 30, 26)
@@ -103,12 +106,12 @@ def test_only_tiles_visit_the_device():
             seen.append(tuple(t.shape))
             return engine(t)
 
-    up.engine = Recorder()
+    up._weights.engine = Recorder()
     x = torch.rand(2, 3, 50, 70)
     out = up.upscale(x)
     assert out.shape == (2, 3, 200, 280)
-    assert seen and all(h <= 16 + 2 * up.tile_pad and w <= 16 + 2 * up.tile_pad for _, _, h, w in seen)
-    assert all(n <= 2 * up.tile_batch for n, *_ in seen)
+    assert seen and all(h <= 16 + 2 * up.tiling.pad and w <= 16 + 2 * up.tiling.pad for _, _, h, w in seen)
+    assert all(n <= 2 * up.tiling.batch for n, *_ in seen)
 
 
 def test_tile_size_automatic_from_free_memory(monkeypatch):
@@ -118,17 +121,18 @@ def test_tile_size_automatic_from_free_memory(monkeypatch):
 
     up = Upscaler(ResolvedModel("c", SRVGGNetCompact(num_feat=8, num_conv=2).state_dict()), device="cpu",
                   precision="fp32")
-    bpp = up._bytes_per_pixel
-    monkeypatch.setattr(upscaler_mod, "_free_memory", lambda device: int(bpp * 1000 * 1000 / 0.4) + 1)
-    assert up.tile_size_for(1000, 1000) == 0  # fits whole
-    side = up.tile_size_for(1000, 1000, frames=4)  # four frames do not
+    tiling = up.tiling
+    bpp = tiling.bytes_per_pixel
+    monkeypatch.setattr(tiling_mod, "free_memory", lambda device: int(bpp * 1000 * 1000 / 0.4) + 1)
+    assert tiling.tile_size_for(1000, 1000) == 0  # fits whole
+    side = tiling.tile_size_for(1000, 1000, frames=4)  # four frames do not
     assert 32 <= side < 1000
-    needed = (side + 2 * up.tile_pad) ** 2 * bpp * 4 * up.tile_batch
+    needed = (side + 2 * tiling.pad) ** 2 * bpp * 4 * tiling.batch
     assert needed <= bpp * 1000 * 1000 * 1.1
-    up.tile = 0
-    assert up.tile_size_for(10_000, 10_000) == 0  # 0 = never tile
-    up.tile = 128
-    assert up.tile_size_for(100, 100) == 0 and up.tile_size_for(100, 300) == 128
+    tiling.tile = 0
+    assert tiling.tile_size_for(10_000, 10_000) == 0  # 0 = never tile
+    tiling.tile = 128
+    assert tiling.tile_size_for(100, 100) == 0 and tiling.tile_size_for(100, 300) == 128
 
 
 def test_cancel_stops_between_tile_batches():
@@ -152,7 +156,7 @@ def test_a_cancellable_upscale_tiles_large_frames_and_gives_the_same_result(monk
     up = Upscaler("ultrares-compact-x4", device="cpu", precision="fp32", alpha=0.0)
     x = torch.rand(1, 3, 40, 52)
     whole = up.upscale(x)
-    monkeypatch.setattr(upscaler_mod, "CANCEL_TILE", 16)
+    monkeypatch.setattr(tiling_mod, "CANCEL_TILE", 16)
     seen = []
     monkeypatch.setattr(up, "run", lambda t: seen.append(tuple(t.shape[-2:])) or Upscaler.run(up, t))
     tiled = up.upscale(x, cancel=threading.Event())

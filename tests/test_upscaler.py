@@ -14,7 +14,7 @@ from conftest import need_data
 from ultrares_stream.engine.base import cpu_supports_bf16, pick_precision
 from ultrares_stream.engine.eager import EagerEngine
 from ultrares_stream.errors import ModelError, UserError
-from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
+from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact, detect
 from ultrares_stream.models.checkpoint import read_checkpoint
 from ultrares_stream.models.registry import ResolvedModel
 from ultrares_stream.upscaler import Upscaler, resize
@@ -34,7 +34,7 @@ def test_pads_to_size_multiple_and_crops_back(scale):
     out = up.run(x)
     assert out.shape == (1, 3, 21 * scale, 30 * scale)
     # what the net gives for the frame reflect-padded to the next multiple, cropped back
-    m = net.size_multiple
+    m = detect(net.state_dict()).input_sizes.multiple
     with torch.no_grad():
         ref = net(F.pad(x, (0, (-30) % m, 0, (-21) % m), mode="reflect"))[..., : 21 * scale, : 30 * scale]
     assert torch.equal(out, ref)
@@ -123,3 +123,18 @@ def test_bad_options():
     up.set_alpha(0.9)  # no effect on a single network, but still validated
     with pytest.raises(ModelError):
         up.set_alpha(-1)
+
+
+def test_a_precision_the_architecture_is_not_safe_in_is_refused_or_avoided():
+    import dataclasses
+
+    from ultrares_stream.upscaler import choose_precision
+
+    spec = detect(_tiny().psnr)
+    only = dataclasses.replace(spec.descriptor, precisions=frozenset({"fp32"}))
+    fp32_only = dataclasses.replace(spec, descriptor=only)
+    cpu = torch.device("cpu")
+    assert choose_precision(spec, "bf16", cpu) == "bf16"
+    assert choose_precision(fp32_only, "auto", cpu) == "fp32"
+    with pytest.raises(UserError, match="does not run in bf16"):
+        choose_precision(fp32_only, "bf16", cpu)

@@ -423,7 +423,7 @@ def test_a_cancelled_upload_stops_before_its_tiles_and_releases_the_model(pair_s
     stop.set()
     with pytest.raises(Cancelled):
         upscale_upload(cache, upload, pair_spec, 0.5, None, "png", 10_000_000, stop)
-    assert not cache.get(pair_spec)._slot.busy  # the next request can use the model
+    assert not cache.get(pair_spec)._gate.busy  # the next request can use the model
     assert cache.pool.models() == [pair_spec] and not cache.pool._views  # the view was given back
     result = upscale_upload(cache, upload, pair_spec, 0.5, None, "png", 10_000_000, threading.Event())
     assert result.output_size == (1200, 1120)

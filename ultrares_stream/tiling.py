@@ -5,6 +5,8 @@ frame border); after upscaling, only the tile's own core is kept, so the seams
 carry no border artefacts and the result matches the untiled one as long as the
 pad covers the network's effective receptive field. Between tile batches a caller's
 ``cancel`` event is checked, so a long job can be stopped part-way (:class:`Cancelled`).
+
+:class:`Tiling` is an upscaler's policy: whether a batch runs whole or in tiles, and of what size.
 """
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
+
+#: tiles run through the network together (the automatic tile size is chosen for a batch of them)
+TILE_BATCH = 4
+# with a cancel event, frames larger than this (input pixels) run in tiles of this size, so that
+# the job can be stopped between tiles; a whole frame cannot be stopped mid-forward on a CPU
+CANCEL_TILE = 256
 
 class Cancelled(Exception):
     """The caller's cancel event was set: the upscale stopped between two tile batches."""
@@ -103,3 +112,74 @@ def auto_tile_size(bytes_per_pixel: float, free_bytes: int, fraction: float = 0.
     """Largest square tile (input pixels) whose activations fit in ``fraction`` of free memory."""
     side = int(math.sqrt(max(free_bytes * fraction, 1) / max(bytes_per_pixel, 1)))
     return max(minimum, side - side % step)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: the GPU's free memory, the host's available memory for the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def check_tile(tile: int | None) -> None:
+    """:class:`UserError` unless ``tile`` is None (automatic), 0 (never tile) or a positive size."""
+    if tile is not None and tile < 0:
+        raise UserError(f"tile size must be 0 (never tile) or a positive number of pixels, not {tile}")
+
+
+@dataclass
+class Tiling:
+    """When a batch of frames runs whole and when in tiles, and how.
+
+    ``tile``: None = automatic (whole frames when they fit in memory), 0 = never tile, N = tiles
+    of N x N input pixels. ``pad``: context pixels around each tile (the architecture's
+    ``tile_pad``). ``bytes_per_pixel``: the network's peak activation memory per input pixel.
+    ``multiple``: the network's input size multiple. Tiles run ``batch`` at a time on ``device``.
+    """
+
+    tile: int | None
+    pad: int
+    bytes_per_pixel: float
+    device: torch.device
+    multiple: int = 1
+    batch: int = TILE_BATCH
+
+    def __post_init__(self) -> None:
+        check_tile(self.tile)
+
+    def tile_size_for(self, height: int, width: int, frames: int = 1) -> int:
+        """0 when ``frames`` frames of ``height x width`` fit whole, else the tile side (input pixels).
+
+        Automatic (``tile=None``): the activations of a whole batch must fit in 40% of the
+        device's free memory; otherwise the largest tile whose batch of ``batch`` padded tiles
+        does (:func:`auto_tile_size`).
+        """
+        if self.tile is not None:
+            return 0 if self.tile <= 0 or (height <= self.tile and width <= self.tile) else self.tile
+        free = free_memory(self.device)
+        if frames * height * width * self.bytes_per_pixel <= free * 0.4:
+            return 0
+        per_tile_pixel = self.bytes_per_pixel * frames * self.batch
+        return max(auto_tile_size(per_tile_pixel, free) - 2 * self.pad, 32)
+
+    def upscale(self, frames: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], scale: int,
+                cancel: threading.Event | None = None) -> torch.Tensor:
+        """``run`` over NCHW ``frames`` whole, or tile by tile (:func:`upscale_tiled`) when they do not
+        fit, or when a ``cancel`` event is given and they are larger than :data:`CANCEL_TILE` (so
+        that the job can stop between tiles) unless tiling is off."""
+        h, w = frames.shape[-2:]
+        tile = self.tile_size_for(h, w, frames.shape[0])
+        if not tile and cancel is not None and self.tile != 0 and max(h, w) > CANCEL_TILE:
+            tile = CANCEL_TILE
+        if not tile:
+            return run(frames)
+        return upscale_tiled(frames, run, scale, tile, self.pad, self.batch, device=self.device,
+                             multiple=self.multiple, cancel=cancel)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_ALPHA, RECORDED_CRF, RECORDED_PRESET, StabiliseConfig
 from ..errors import UserError
-from ..models.registry import DEFAULT_MODELS
+from ..models.defaults import DEFAULT_MODELS
 from ..sizes import is_decimal, parse_size
 from ..sources import VIDEO_SUFFIXES
 from .options import add_device, add_precision, add_threads

@@ -15,7 +15,7 @@ STABILISE_HISTORY = 8  # LR frames the stabiliser runs over before a scored fram
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..models.registry import DEFAULT_MODEL
+    from ..models.defaults import DEFAULT_MODEL
     from ..settings import data_dir
 
     sr = data_dir() / "sr"
@@ -67,7 +67,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     """Which methods are scored and how the inputs are made."""
-    from ..models.registry import DEFAULT_MODEL
+    from ..models.defaults import DEFAULT_MODEL
 
     p.add_argument("--scale", type=int, default=4, help="up-scaling factor (default 4)")
     p.add_argument("--model", action="append", default=None, metavar="SPEC",
@@ -144,7 +144,7 @@ def _methods(args: argparse.Namespace) -> tuple[list[str], list[float], list[int
     from ..ensemble import check_passes
     from ..errors import UserError
     from ..models.interpolation import check_alpha
-    from ..models.registry import DEFAULT_MODEL
+    from ..models.defaults import DEFAULT_MODEL
 
     if args.scale < 1:
         raise UserError(f"--scale must be a positive integer, got {args.scale}")

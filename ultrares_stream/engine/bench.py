@@ -45,28 +45,23 @@ def _rrdb() -> nn.Module:
     return RRDBNet(num_feat=64, num_block=23, num_grow_ch=32, scale=4)
 
 
-def _compact() -> nn.Module:
-    from ..models.archs import SRVGGNetCompact
+def _shipped(name: str) -> Callable[[], nn.Module]:
+    """The network of registry model ``name`` as its checkpoint describes it, with random weights."""
 
-    return SRVGGNetCompact(num_feat=32, num_conv=6, upscale=4, act_type="prelu")
+    def build() -> nn.Module:
+        from ..models.archs import detect
+        from ..models.registry import resolve
 
+        return detect(resolve(name).psnr, name).build()
 
-def _wide() -> nn.Module:
-    from ..models.archs import SRVGGNetCompact
-
-    return SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
-
-
-def _traffic() -> nn.Module:
-    from ..models.archs import RLFN
-
-    return RLFN(num_feat=52, num_block=6, upscale=4)
+    return build
 
 
-#: model name -> its network (the shipped pairs' architectures; ``RRDB`` is ESRGAN's; the wide pair's
-#: 64 feat / 16 conv is also ``realesr-animevideov3``'s, ``ultrares-traffic-x4`` is RLFN 52 / 6)
-MODELS: dict[str, Callable[[], nn.Module]] = {"ultrares-compact-x4": _compact, "ultrares-wide-x4": _wide,
-                                              "ultrares-traffic-x4": _traffic, "RRDB": _rrdb}
+#: model name -> its network (the shipped pairs' architectures, read from their checkpoints; ``RRDB``
+#: is ESRGAN's; the wide pair's 64 feat / 16 conv is also ``realesr-animevideov3``'s)
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    name: _shipped(name) for name in ("ultrares-compact-x4", "ultrares-wide-x4", "ultrares-traffic-x4")}
+MODELS["RRDB"] = _rrdb
 SIZES = ((480, 270), (960, 540))
 #: the CPU matrix (``ultrares bench --matrix`` on a CPU): the CPU's pairs on the 320x240 camera
 CPU_MODELS = ("ultrares-compact-x4", "ultrares-wide-x4", "ultrares-traffic-x4")
@@ -263,15 +258,13 @@ def agreement(models=AGREEMENT_MODELS, frames: list[torch.Tensor] | None = None,
               precisions=("fp32",)) -> list[dict]:
     """PSNR (dB, outputs clamped to [0, 1]) of the OpenVINO engine against eager fp32 per network,
     precision and frame: ``min_db`` / ``mean_db`` over the frames."""
-    from ..models.checkpoint import build_model
-    from ..models.registry import resolve
     from .select import make_engine
 
     frames = frames if frames is not None else real_frames()
     rows = []
     for name in models:
         torch.manual_seed(0)
-        net = _rrdb().eval() if name == "RRDB" else build_model(resolve(name).psnr, name).eval()
+        net = _agreement_net(name).eval()
         with torch.no_grad():
             want = [net(x).clamp(0, 1) for x in frames]
         for prec in precisions:
@@ -282,6 +275,16 @@ def agreement(models=AGREEMENT_MODELS, frames: list[torch.Tensor] | None = None,
                          "min_db": round(min(dbs), 2), "mean_db": round(sum(dbs) / len(dbs), 2)})
             log.info("agreement %s", rows[-1])
     return rows
+
+
+def _agreement_net(name: str) -> nn.Module:
+    """A registry model with its real weights (its PSNR network), else :data:`MODELS`' (random weights)."""
+    from ..models.checkpoint import build_model
+    from ..models.registry import ENTRIES, PAIRS, resolve
+
+    if name in ENTRIES or name in PAIRS:
+        return build_model(resolve(name).psnr, name)
+    return MODELS[name]()
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

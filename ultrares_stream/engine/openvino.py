@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.archs import input_sizes
 from .base import Precision, ThreadPlan
 from .cache import EngineCache, EngineKey, ShapeRange, settings_string
 
@@ -182,7 +183,7 @@ def convert(net: nn.Module) -> Graph:
     net = copy.deepcopy(net).float().eval()
     tags = _tag_weights(net)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():  # RLFN's pad for frames under 17 px: traced as "no pad", the engine pads
+    with warnings.catch_warnings():  # a net's pad of frames under its minimum size: traced as "no pad", the engine pads
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         decoder = TorchScriptPythonDecoder(net, example_input=(torch.rand(EXAMPLE),))
     frontend = FrontEndManager().load_by_framework("pytorch")
@@ -244,7 +245,7 @@ class OpenVINOEngine:
             raise UserError(f"the openvino engine runs fp32 or bf16, not {precision}")
         self.device, self.precision = torch.device("cpu"), precision
         self.plan = plan or ThreadPlan.for_pipeline()
-        self.min_size = int(getattr(net, "min_size", 1))
+        self.min_size = input_sizes(net).minimum  # the traced graph lost the network's own pad to it
         self._template = copy.deepcopy(net).float().eval()
         for p in self._template.parameters():
             p.requires_grad_(False)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.archs import input_sizes
 from .base import Precision
 from .cache import ARTEFACT, EngineCache, EngineKey, ShapeRange, settings_string
 
@@ -91,7 +92,7 @@ def dynamic_shapes_for(shapes: ShapeRange, multiple: int = 1) -> tuple[dict[int,
 def export_program(net: nn.Module, shapes: ShapeRange, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
     """``torch.export`` of the generator over ``shapes`` (traced at the opt shape)."""
-    multiple = int(getattr(net, "size_multiple", 1))
+    multiple = input_sizes(net).multiple
     # Trace at the opt shape, but never at size 1 on a dynamic dim (export would specialise it).
     example_shape = [lo if lo == hi else max(opt, 2) for lo, opt, hi in zip(shapes.min_shape, shapes.opt_shape,
                                                                              shapes.max_shape)]

@@ -25,19 +25,19 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..settings import SHIPPED_WEIGHTS_DIR, cache_dir, data_dir, weights_dir
-from typing import TYPE_CHECKING
+from .archs import StateDict, compact, rlfn, rrdbnet, span
+from .checkpoint import infer_arch, read_checkpoint
+from .defaults import DEFAULT_MODEL, DEFAULT_MODELS, default_model
 
-if TYPE_CHECKING:  # torch is imported when a checkpoint is read, not for ``ultrares --help``
-    from .checkpoint import StateDict
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "ENTRIES", "PAIRS", "ModelEntry", "ResolvedModel", "default_model",
+           "entry_path", "fetch", "local_path", "resolve", "verify_download"]
 
-DEFAULT_MODEL = "ultrares-compact-x4"  # the CPU's default, and the default of `ultrares eval`
-#: the default pair per device type (docs/model_card.md, "Defaults"): in real time on a 2-core CPU,
-#: the compact pair; on a GPU, where speed is not the limit, the strong traffic pair
-DEFAULT_MODELS = {"cpu": DEFAULT_MODEL, "cuda": "ultrares-traffic-x4"}
 _RE = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _GDRIVE = "https://drive.google.com/uc?export=download&id="
-_RLFN = "https://github.com/bytedance/RLFN/raw/bccfde91bf8b2de80789ec033a029e6f2a932330/model_zoo"
-_SPAN = "https://github.com/Amazingren/NTIRE2024_ESR/raw/6404fa48dde4a4adbf241a51debdc661aef20449/model_zoo"
+_RLFN_ZOO = "https://github.com/bytedance/RLFN/raw/bccfde91bf8b2de80789ec033a029e6f2a932330/model_zoo"
+_SPAN_ZOO = "https://github.com/Amazingren/NTIRE2024_ESR/raw/6404fa48dde4a4adbf241a51debdc661aef20449/model_zoo"
+#: the architectures of the entries, as their descriptors name them
+_COMPACT, _RLFN, _RRDB, _SPAN = (a.ARCH.name for a in (compact, rlfn, rrdbnet, span))
 
 
 @dataclass(frozen=True)
@@ -54,45 +54,45 @@ class ModelEntry:
 
 
 ENTRIES: dict[str, ModelEntry] = {e.name: e for e in [
-    ModelEntry("ultrares-compact-x4-psnr", "ultrares-compact-x4-psnr.safetensors", "SRVGGNetCompact", 4, None,
+    ModelEntry("ultrares-compact-x4-psnr", "ultrares-compact-x4-psnr.safetensors", _COMPACT, 4, None,
                note="shipped; trained by this project (L1), see docs/model_card.md"),
-    ModelEntry("ultrares-compact-x4-gan", "ultrares-compact-x4-gan.safetensors", "SRVGGNetCompact", 4, None,
+    ModelEntry("ultrares-compact-x4-gan", "ultrares-compact-x4-gan.safetensors", _COMPACT, 4, None,
                note="shipped; trained by this project (L1 + perceptual + RaGAN)"),
-    ModelEntry("ultrares-wide-x4-psnr", "ultrares-wide-x4-psnr.safetensors", "SRVGGNetCompact", 4, None,
+    ModelEntry("ultrares-wide-x4-psnr", "ultrares-wide-x4-psnr.safetensors", _COMPACT, 4, None,
                note="shipped; trained by this project (L1), 64 feat / 16 conv: for GPUs and recorded footage"),
-    ModelEntry("ultrares-wide-x4-gan", "ultrares-wide-x4-gan.safetensors", "SRVGGNetCompact", 4, None,
+    ModelEntry("ultrares-wide-x4-gan", "ultrares-wide-x4-gan.safetensors", _COMPACT, 4, None,
                note="shipped; trained by this project (L1 + perceptual + RaGAN), 64 feat / 16 conv"),
-    ModelEntry("ultrares-traffic-x4-psnr", "ultrares-traffic-x4-psnr.safetensors", "RLFN", 4, None,
+    ModelEntry("ultrares-traffic-x4-psnr", "ultrares-traffic-x4-psnr.safetensors", _RLFN, 4, None,
                note="shipped; RLFN fine-tuned by this project on traffic degradations (L1), then with a plate "
                     "reader's loss, from bytedance/RLFN (Apache-2.0, ultrares-traffic-x4.NOTICE.md): for GPUs "
                     "and recorded footage"),
-    ModelEntry("ultrares-traffic-x4-gan", "ultrares-traffic-x4-gan.safetensors", "RLFN", 4, None,
+    ModelEntry("ultrares-traffic-x4-gan", "ultrares-traffic-x4-gan.safetensors", _RLFN, 4, None,
                note="shipped; fine-tuned from ultrares-traffic-x4-psnr (L1 + perceptual + RaGAN)"),
-    ModelEntry("RRDB_PSNR_x4", "RRDB_PSNR_x4.pth", "RRDBNet", 4, _GDRIVE + "1pJ_T-V1dpb1ewoEra1TGSWl5e6H7M4NN",
+    ModelEntry("RRDB_PSNR_x4", "RRDB_PSNR_x4.pth", _RRDB, 4, _GDRIVE + "1pJ_T-V1dpb1ewoEra1TGSWl5e6H7M4NN",
                size_bytes=66_900_000, note="ESRGAN paper, PSNR-oriented; no hash published upstream"),
-    ModelEntry("RRDB_ESRGAN_x4", "RRDB_ESRGAN_x4.pth", "RRDBNet", 4, _GDRIVE + "1TPrz5QKd8DHHt1k8SRtm6tMiPjz_Qene",
+    ModelEntry("RRDB_ESRGAN_x4", "RRDB_ESRGAN_x4.pth", _RRDB, 4, _GDRIVE + "1TPrz5QKd8DHHt1k8SRtm6tMiPjz_Qene",
                size_bytes=66_900_000, note="ESRGAN paper, final GAN model; no hash published upstream"),
-    ModelEntry("RealESRNet_x4plus", "RealESRNet_x4plus.pth", "RRDBNet", 4, f"{_RE}/v0.1.1/RealESRNet_x4plus.pth",
+    ModelEntry("RealESRNet_x4plus", "RealESRNet_x4plus.pth", _RRDB, 4, f"{_RE}/v0.1.1/RealESRNet_x4plus.pth",
                size_bytes=67_000_000, note="Real-ESRGAN, L1-trained on synthetic degradations"),
-    ModelEntry("RealESRGAN_x4plus", "RealESRGAN_x4plus.pth", "RRDBNet", 4, f"{_RE}/v0.1.0/RealESRGAN_x4plus.pth",
+    ModelEntry("RealESRGAN_x4plus", "RealESRGAN_x4plus.pth", _RRDB, 4, f"{_RE}/v0.1.0/RealESRGAN_x4plus.pth",
                size_bytes=67_000_000, note="Real-ESRGAN, GAN-trained"),
-    ModelEntry("realesr-general-x4v3", "realesr-general-x4v3.pth", "SRVGGNetCompact", 4,
+    ModelEntry("realesr-general-x4v3", "realesr-general-x4v3.pth", _COMPACT, 4,
                f"{_RE}/v0.2.5.0/realesr-general-x4v3.pth", size_bytes=4_900_000,
                note="Real-ESRGAN general compact (denoising)"),
-    ModelEntry("realesr-general-wdn-x4v3", "realesr-general-wdn-x4v3.pth", "SRVGGNetCompact", 4,
+    ModelEntry("realesr-general-wdn-x4v3", "realesr-general-wdn-x4v3.pth", _COMPACT, 4,
                f"{_RE}/v0.2.5.0/realesr-general-wdn-x4v3.pth", size_bytes=4_900_000,
                note="Real-ESRGAN general compact, weak denoise (keeps texture)"),
-    ModelEntry("realesr-animevideov3", "realesr-animevideov3.pth", "SRVGGNetCompact", 4,
+    ModelEntry("realesr-animevideov3", "realesr-animevideov3.pth", _COMPACT, 4,
                f"{_RE}/v0.2.5.0/realesr-animevideov3.pth", size_bytes=2_334_339,
                sha256="4e1e09ba96d08bd4b8455e8897c3242a3501e3766f359941ea894122e158a932",
                note="Real-ESRGAN anime video compact"),
-    ModelEntry("rlfn-x4", "rlfn_x4.pth", "RLFN", 4, f"{_RLFN}/rlfn_x4.pth", size_bytes=2_212_893,
+    ModelEntry("rlfn-x4", "rlfn_x4.pth", _RLFN, 4, f"{_RLFN_ZOO}/rlfn_x4.pth", size_bytes=2_212_893,
                sha256="8c7edb57dfc89048bafba29d591d4c27d4099964b4a9e22df23d6dc257a637c0",
                note="RLFN (Apache-2.0), PSNR-oriented, clean bicubic pairs"),
-    ModelEntry("rlfn-s-x4", "rlfn_s_x4.pth", "RLFN", 4, f"{_RLFN}/rlfn_s_x4.pth", size_bytes=1_919_005,
+    ModelEntry("rlfn-s-x4", "rlfn_s_x4.pth", _RLFN, 4, f"{_RLFN_ZOO}/rlfn_s_x4.pth", size_bytes=1_919_005,
                sha256="f769c5a88433786b2db0c2b24da6ca6c92a24c62344b9354a390f8a74388e89d",
                note="RLFN-S (Apache-2.0), PSNR-oriented, clean bicubic pairs"),
-    ModelEntry("span-ch28-x4", "span_ch28_x4.pth", "SPAN", 4, f"{_SPAN}/team38_span_ch28_slim.pth",
+    ModelEntry("span-ch28-x4", "span_ch28_x4.pth", _SPAN, 4, f"{_SPAN_ZOO}/team38_span_ch28_slim.pth",
                size_bytes=618_658, sha256="6c80f05048313289c6526e5fc9726688d7bb3dfdd6ae3c8b1e7dd09f601e5971",
                note="SPAN 28 ch, collapsed (MIT), PSNR-oriented, clean bicubic pairs"),
 ]}
@@ -188,22 +188,13 @@ def verify_download(entry: ModelEntry, path: Path, sha256: str) -> None:
     size = path.stat().st_size
     if entry.size_bytes and not 0.9 * entry.size_bytes <= size <= 1.1 * entry.size_bytes:
         raise ModelError(f"{entry.filename}: {size} bytes, expected about {entry.size_bytes}")
-    from .checkpoint import infer_arch, read_checkpoint
-
     spec = infer_arch(read_checkpoint(path), entry.filename)
     if spec.arch != entry.arch or spec.scale != entry.scale:
         raise ModelError(f"{entry.filename}: holds {spec.describe()}, expected {entry.arch} x{entry.scale}")
 
 
-def default_model(device_type: str = "cpu") -> str:
-    """The pair used when none is named, for a device type (``cpu``, ``cuda``)."""
-    return DEFAULT_MODELS.get(device_type, DEFAULT_MODEL)
-
-
 def resolve(spec: str | None = None, download: bool | None = None, device_type: str = "cpu") -> ResolvedModel:
     """Turn a model spec into state dicts (see the module docstring); no spec: the device's default."""
-    from .checkpoint import read_checkpoint
-
     spec = spec or default_model(device_type)
     if spec in PAIRS:
         a, b = PAIRS[spec]

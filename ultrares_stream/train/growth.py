@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..models.archs import compact
 from ..models.checkpoint import StateDict, infer_arch
 
 
@@ -19,7 +20,7 @@ def deepen_compact(sd: StateDict, num_conv: int, source: str = "init weights") -
     arch = infer_arch(sd, source)
     spec = dict(arch.kwargs)
     have = spec.get("num_conv")
-    if arch.arch != "SRVGGNetCompact" or spec["act_type"] != "prelu":
+    if arch.descriptor is not compact.ARCH or spec["act_type"] != "prelu":
         raise UserError(f"{source}: deepening needs an SRVGGNetCompact with PReLU activations")
     if num_conv < have:
         raise UserError(f"{source} has {have} body convs; cannot shrink it to {num_conv}")

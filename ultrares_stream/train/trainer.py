@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..models.archs import SRVGGNetCompact
+from ..models.archs import SRVGGNetCompact, compact
 from ..models.checkpoint import build_model, infer_arch, read_checkpoint, save_checkpoint
 from .data import CropSampler, PairSampler, build_pairs, build_pool
 from .degradations import DegradationConfig, degrade
@@ -130,13 +130,13 @@ class Trainer:
         if spec.scale != cfg.scale:
             raise UserError(f"--init {cfg.init}: a x{spec.scale} net, training is x{cfg.scale}")
         have = dict(spec.kwargs).get("num_conv")
-        if spec.arch == "SRVGGNetCompact" and have < cfg.num_conv:
+        if spec.descriptor is compact.ARCH and have < cfg.num_conv:
             log.info("deepening %s from %d to %d body convs (new layers start as identity)",
                      cfg.init, have, cfg.num_conv)
             sd = deepen_compact(sd, cfg.num_conv, str(cfg.init))
             spec = infer_arch(sd, str(cfg.init))
         if cfg.reparam:
-            if spec.arch != "SRVGGNetCompact" or dict(spec.kwargs)["act_type"] != "prelu":
+            if spec.descriptor is not compact.ARCH or dict(spec.kwargs)["act_type"] != "prelu":
                 raise UserError(f"--reparam trains SRVGGNetCompact (PReLU) nets; {cfg.init} is {spec.describe()}")
             return RepCompact.from_compact(sd, str(cfg.init))
         net = spec.build()
