@@ -11,7 +11,6 @@ import torch
 from ultrares_stream.engine.cache import EngineCache, ShapeRange
 from ultrares_stream.engine.select import make_engine
 from ultrares_stream.engine.tensorrt import relative_error, tensorrt_available
-from ultrares_stream.engine.transfer import FramePipe
 from ultrares_stream.models.archs import RRDBNet, SRVGGNetCompact
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
@@ -113,19 +112,6 @@ def test_compile_engine_swaps_weights_in_place_on_cuda():
     second = engine(x)
     assert relative_error(first, eager_fp32(compact(0), x)) < 1e-2
     assert relative_error(second, eager_fp32(compact(1), x)) < 1e-2
-
-
-def test_frame_pipe_overlapped_on_cuda_matches_cpu():
-    gpu_engine = make_engine("eager", compact(0), CUDA, "fp32")
-    cpu_engine = make_engine("eager", compact(0), torch.device("cpu"), "fp32")
-    gpu, cpu = FramePipe(gpu_engine, CUDA), FramePipe(cpu_engine, "cpu")
-    batches = [torch.randint(0, 256, (n, 48, 64, 3), dtype=torch.uint8) for n in (2, 3, 1, 2)]
-    pending = [gpu.submit(b) for b in batches]  # several in flight at once
-    for batch, p in zip(batches, pending):
-        out = gpu.result(p)
-        want = cpu(batch)
-        assert out.shape == want.shape == (batch.shape[0], 192, 256, 3)
-        assert (out.int() - want.int()).abs().max() <= 1
 
 
 def test_tensorrt_frames_outside_the_shape_range_run_on_eager(tmp_path, caplog):

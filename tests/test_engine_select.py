@@ -10,7 +10,6 @@ import torch
 from ultrares_stream.engine import EagerEngine
 from ultrares_stream.engine.compile import CompiledEngine, batch_bucket
 from ultrares_stream.engine.select import Probes, choose_backend, make_engine
-from ultrares_stream.engine.transfer import FramePipe
 from ultrares_stream.errors import UserError
 from ultrares_stream.models.archs import SRVGGNetCompact
 
@@ -132,20 +131,6 @@ def test_compile_engine_on_cpu_matches_eager_and_swaps_weights_in_place():
     big = torch.rand(5, 3, 10, 14)  # more than max_batch: two chunks (4 + 1)
     with torch.no_grad():
         torch.testing.assert_close(engine(big), net_b(big), rtol=1e-4, atol=1e-4)
-
-
-def test_frame_pipe_uint8_round_trip_on_cpu():
-    engine = EagerEngine(tiny_net(), CPU, "fp32")
-    pipe = FramePipe(engine, CPU)
-    frames = torch.randint(0, 256, (2, 9, 7, 3), dtype=torch.uint8)
-    out = pipe(frames)
-    assert out.dtype == torch.uint8 and out.shape == (2, 18, 14, 3)
-    with torch.no_grad():
-        want = tiny_net()(frames.permute(0, 3, 1, 2).float() / 255)
-    want = (want.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    assert torch.equal(out, want)
-    with pytest.raises(ValueError, match="uint8 NHWC"):
-        pipe.submit(frames.float())
 
 
 def test_bench_matrix_on_cpu_measures_and_reports_unavailable_backends():

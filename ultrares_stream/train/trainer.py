@@ -262,22 +262,30 @@ class Trainer:
         loss.backward()
         self.opt_g.step()
         if gan:
-            for q in self.d.parameters():
-                q.requires_grad_(True)
-            for group in self.opt_d.param_groups:
-                group["lr"] = lr_at(self.step, cfg.lr, cfg.steps)
-            with self._autocast():
-                d_loss = ragan_d_loss(self.d(hr).float(), self.d(sr.detach()).float())
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
-            logs["d"] = float(d_loss.detach())
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.g.parameters()):
-                e.mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+            logs["d"] = self._discriminator_step(sr, hr)
+        self._update_ema()
         self.step += 1
         logs["loss"] = float(loss.detach())
         return logs
+
+    def _discriminator_step(self, sr: torch.Tensor, hr: torch.Tensor) -> float:
+        """One optimiser step of the discriminator (GAN stage) on this batch; its loss."""
+        for q in self.d.parameters():
+            q.requires_grad_(True)
+        for group in self.opt_d.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg.lr, self.cfg.steps)
+        with self._autocast():
+            d_loss = ragan_d_loss(self.d(hr).float(), self.d(sr.detach()).float())
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        return float(d_loss.detach())
+
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema_decay
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.g.parameters()):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> float | None:
@@ -304,13 +312,10 @@ class Trainer:
         return float(evaluate(self._val_pairs, run, self.cfg.scale)["psnr"])
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self, resume: bool = True, until: int | None = None) -> Path:
-        """Train to ``cfg.steps`` (or step ``until``, or the time budget), checkpointing along the way."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    def _prepare_samplers(self) -> None:
+        """The crop sampler over the image pool, and the H.264 pair and plate samplers when asked
+        for, each continuing from a resumed checkpoint's state."""
         cfg = self.cfg
-        if resume:
-            self.resume()
         pool = build_pool(cfg.images, cfg.videos)
         if cfg.plates:
             from .plates import plate_images
@@ -340,6 +345,27 @@ class Trainer:
                  infer_arch(self.shipped_state_dict(self.g)).describe()
                  + (" (re-parameterisable training form)" if cfg.reparam else ""), cfg.batch, cfg.crop,
                  "bf16 autocast" if self.bf16 else "fp32")
+
+    def _step_on_next_batch(self) -> dict[str, float]:
+        """A training step on the next batch: plate crops, H.264 frame pairs or image crops, by
+        their shares."""
+        cfg = self.cfg
+        if self.plate_sampler is not None and self.rng.random() < cfg.plate_share:
+            hr, boxes, texts = self.plate_sampler.batch(cfg.batch)
+            return self.train_step(hr, plates=(boxes, texts))
+        if self.pair_sampler is not None and self.rng.random() < cfg.pair_prob:
+            lr_img, hr = self.pair_sampler.batch(cfg.batch)
+            return self.train_step(hr, lr_img)
+        return self.train_step(self.sampler.batch(cfg.batch))
+
+    def fit(self, resume: bool = True, until: int | None = None) -> Path:
+        """Train to ``cfg.steps`` (or step ``until``, or the time budget), checkpointing along the way."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        self._prepare_samplers()
         deadline = time.monotonic() + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
         started = time.monotonic()
         last_ckpt = time.monotonic()
@@ -349,14 +375,7 @@ class Trainer:
             task = bar.add_task(f"train {cfg.stage}", total=cfg.steps, completed=self.step, info="")
             stop = min(cfg.steps, until or cfg.steps)
             while self.step < stop and time.monotonic() < deadline:
-                if self.plate_sampler is not None and self.rng.random() < cfg.plate_share:
-                    hr, boxes, texts = self.plate_sampler.batch(cfg.batch)
-                    logs = self.train_step(hr, plates=(boxes, texts))
-                elif self.pair_sampler is not None and self.rng.random() < cfg.pair_prob:
-                    lr_img, hr = self.pair_sampler.batch(cfg.batch)
-                    logs = self.train_step(hr, lr_img)
-                else:
-                    logs = self.train_step(self.sampler.batch(cfg.batch))
+                logs = self._step_on_next_batch()
                 for k, v in logs.items():
                     avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
                 info = " ".join(f"{k} {v:.4f}" for k, v in avg.items())
