@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import wait_for
 from ultrares_stream.batcher import Enhanced
 from ultrares_stream.frame_queue import FrameQueue
 from ultrares_stream.recording import (RetentionPolicy, SegmentedOutput, expired, list_segments, segment_folder,
@@ -51,15 +52,6 @@ def decode_all(path: Path) -> list[tuple[int, int]]:
     """Every frame's size, decoding the file to its end (raises on a broken file)."""
     with av.open(str(path)) as c:
         return [(f.width, f.height) for f in c.decode(video=0)]
-
-
-def wait_for(cond, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 # --- naming and retention: pure functions --------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -86,27 +85,17 @@ def model_alone(upscaler, frames: list, width: int, height: int, batch: int, war
 
 def _in_threads(upscaler, batches: list, callers: int) -> float:
     """Wall seconds for ``callers`` threads to upscale ``batches`` (thread i takes i, i + callers ...)."""
-    errors: list[BaseException] = []
+    from .engine.timing import wall_in_threads
 
-    def work(mine: list) -> None:
-        try:
+    def job(mine: list):
+        def run() -> None:
             with torch.inference_mode():
                 for b in mine:
                     upscaler.upscale(b)
                 _sync(upscaler.device)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors.append(exc)
+        return run
 
-    threads = [threading.Thread(target=work, args=(batches[i::callers],), name=f"bench-model-{i}")
-               for i in range(callers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
+    return wall_in_threads([job(batches[i::callers]) for i in range(callers)])
 
 
 def pipeline(upscaler, path: Path, n: int, batch: int, max_wait_ms: float = 10.0, preset: str = "auto",

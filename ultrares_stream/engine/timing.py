@@ -23,19 +23,18 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def concurrent_passes(engine, x: torch.Tensor, callers: int, passes: int) -> float:
-    """Wall seconds for ``callers`` threads each running ``passes`` passes of ``engine`` on ``x``
-    at once (the CPU batcher's frame-parallel workers); an error in a pass is raised here."""
+def wall_in_threads(jobs: list) -> float:
+    """Wall seconds for each of ``jobs`` (callables) to run on a thread of its own, all at once
+    (the CPU batcher's frame-parallel workers); an error in a job is raised here."""
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def work(job) -> None:
         try:
-            for _ in range(passes):
-                engine(x)
+            job()
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, name=f"bench-pass-{i}") for i in range(callers)]
+    threads = [threading.Thread(target=work, args=(job,), name=f"bench-pass-{i}") for i, job in enumerate(jobs)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -44,6 +43,17 @@ def concurrent_passes(engine, x: torch.Tensor, callers: int, passes: int) -> flo
     if errors:
         raise errors[0]
     return time.perf_counter() - t0
+
+
+def concurrent_passes(engine, x: torch.Tensor, callers: int, passes: int) -> float:
+    """Wall seconds for ``callers`` threads each running ``passes`` passes of ``engine`` on ``x``
+    at once; an error in a pass is raised here."""
+
+    def job() -> None:
+        for _ in range(passes):
+            engine(x)
+
+    return wall_in_threads([job] * callers)
 
 
 def time_cpu_engines(engines: dict, plan: ThreadPlan, size: tuple[int, int], rounds: int = 3,

@@ -40,9 +40,9 @@ from ..metrics import Metrics
 from ..models import registry
 from ..sizes import PRESETS, is_decimal
 from . import api_docs, uploads
-from .errors import ApiError
+from .errors import ApiError, queued
 from .guard import AccessPolicy, Guard
-from .jobs import JobQueue, JobTimeout, QueueFull
+from .jobs import JobQueue
 from ..config import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
 from .zoom import ZOOM_WAITING, ZOOM_WORKERS, add_zoom_route
@@ -414,14 +414,8 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
     cancel = threading.Event()
     job = partial(upscale_upload, ctx.upscalers, upload, spec, alpha, size.strip() or None, format,
                   limits.max_output_pixels, cancel, ensemble)
-    try:
-        result = await ctx.jobs.run(job, timeout=limits.request_timeout, cancel=cancel)
-    except QueueFull as exc:
-        raise ApiError(429, f"the server is busy with other images; try again in {exc.retry_after} s",
-                       {"Retry-After": str(exc.retry_after)}) from None
-    except JobTimeout as exc:
-        raise ApiError(503, f"upscaling took longer than {exc.seconds:g} s; try a smaller image or output size",
-                       {"Retry-After": str(exc.retry_after)}) from None
+    result = await queued(ctx.jobs, job, timeout=limits.request_timeout, cancel=cancel, busy="other images",
+                          slow=("upscaling", "try a smaller image or output size"))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.filename or "image").stem)[:80] or "image"
     (w, h), (ow, oh) = result.input_size, result.output_size
     return Response(result.data, media_type=result.media_type, headers={

@@ -19,8 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ApiError
-from .jobs import JobQueue, JobTimeout, QueueFull
+from .errors import ApiError, queued
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +91,8 @@ def add_zoom_route(app: FastAPI, ctx, errors: dict) -> None:
         from ..fusion.live import ZoomError
 
         try:
-            result = await ctx.zooms.run(partial(run_zoom, stream, request), timeout=ZOOM_TIMEOUT_S)
-        except QueueFull as exc:
-            raise ApiError(429, f"the server is busy with other zooms; try again in {exc.retry_after} s",
-                           {"Retry-After": str(exc.retry_after)}) from None
-        except JobTimeout as exc:
-            raise ApiError(503, f"the zoom took longer than {exc.seconds:g} s; try a smaller box or fewer frames",
-                           {"Retry-After": str(exc.retry_after)}) from None
+            result = await queued(ctx.zooms, partial(run_zoom, stream, request), timeout=ZOOM_TIMEOUT_S,
+                                  busy="other zooms", slow=("the zoom", "try a smaller box or fewer frames"))
         except ZoomError as exc:
             status = 422 if exc.kind == "box" else 409
             raise ApiError(status, str(exc), {"Retry-After": "1"} if status == 409 else None) from None
