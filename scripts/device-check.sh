@@ -40,7 +40,7 @@ echo "exit $?"; tail -n 5 "$OUT/pytest-gpu.log"
 # matrix.py ENGINES OUTFILE: one JSON row per line, the target cases first, flushed as they finish
 cat >"$WORK/matrix.py" <<'PY'
 import json, os, sys
-from ultrares_stream.engine.bench import cases, run_matrix
+from ultrares_stream.engine.matrix import cases, run_matrix
 
 engines, out = sys.argv[1].split(","), sys.argv[2]
 order = cases(("ultrares-compact-x4",), ((960, 540),)) + cases(("RRDB",), ((480, 270),)) + \

@@ -20,7 +20,7 @@ import torch
 
 from ultrares_stream.quality.datasets import traffic_video_pairs
 from ultrares_stream.quality.evaluate import bicubic_upscale, to_image, to_input
-from ultrares_stream.quality.metrics import psnr_y
+from ultrares_stream.quality.scores import psnr_y
 from ultrares_stream.settings import data_dir
 from ultrares_stream.temporal import Stabiliser, StabiliserSettings
 from ultrares_stream.upscaler import Upscaler

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a small learned multi-frame fusion network on synthetic passes over synthetic plates.
 
-Data: ``ultrares_stream.train.plates`` draws plates (never the AGPL ``plates/us`` photos, which are
+Data: ``ultrares_stream.train.plate_images`` draws plates (never the AGPL ``plates/us`` photos, which are
 for evaluation only); each picture is seen in a 16-frame synthetic pass (``fusion.synthetic``:
 sub-pixel shifts, +-3 % zoom), shrunk x1/4 with MATLAB bicubic, encoded with libx264 at a
 random camera bitrate (lossless, 0.3 or 0.1 bit/pixel) and decoded. The box around one plate is
@@ -35,7 +35,7 @@ from ultrares_stream.fusion.synthetic import lr_to_hr, random_motions, render
 from ultrares_stream.fusion.tracking import track
 from ultrares_stream.quality.datasets import h264_roundtrip, parse_bitrate
 from ultrares_stream.quality.matlab_resize import imresize
-from ultrares_stream.train.plates import plate_image
+from ultrares_stream.train.plate_images import plate_image
 
 FRAMES, SCALE, PICTURE = 16, 4, 256
 BITRATES = ("lossless", "0.3bpp", "0.1bpp")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ultrares_stream.colour import float_to_uint8, uint8_to_float
-from ultrares_stream.quality.metrics import psnr_y
+from ultrares_stream.quality.scores import psnr_y
 from ultrares_stream.upscaler import Upscaler
 
 PRESETS = ("medium", "faster", "veryfast")

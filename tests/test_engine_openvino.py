@@ -223,7 +223,7 @@ def test_auto_on_cpu_does_not_measure_tiny_networks(cache):
 def test_real_timing_probe_runs_each_engine_under_the_plan():
     """The default timing: interleaved rounds, ``plan.streams`` passes at once; only that it
     returns a positive time per engine is asserted (CI machines may be loaded)."""
-    from ultrares_stream.engine.bench import time_cpu_engines
+    from ultrares_stream.engine.timing import time_cpu_engines
 
     engines = {"a": EagerEngine(build("compact-prelu"), CPU, "fp32"),
                "b": EagerEngine(build("compact-prelu"), CPU, "fp32", channels_last=True)}
@@ -232,7 +232,7 @@ def test_real_timing_probe_runs_each_engine_under_the_plan():
 
 
 def test_cpu_matrix_rows_side_by_side():
-    from ultrares_stream.engine.bench import BenchCase, run_cpu_matrix
+    from ultrares_stream.engine.matrix import BenchCase, run_cpu_matrix
 
     case = BenchCase("tiny x4", lambda: build("compact-prelu"), 16, 12)
     engines = ["eager-nchw", "openvino"] if OK else ["eager-nchw", "eager-channels-last"]

@@ -134,7 +134,7 @@ def test_compile_engine_on_cpu_matches_eager_and_swaps_weights_in_place():
 
 
 def test_bench_matrix_on_cpu_measures_and_reports_unavailable_backends():
-    from ultrares_stream.engine.bench import BenchCase, format_table, run_matrix
+    from ultrares_stream.engine.matrix import BenchCase, format_table, run_matrix
 
     case = BenchCase("tiny x2", tiny_net, 32, 24, scale=2)
     rows = run_matrix(["eager", "tensorrt"], batches=(1, 2), device="cpu", precision="fp32",

@@ -20,7 +20,7 @@ from ultrares_stream.fusion.registration import register, translation
 from ultrares_stream.fusion.synthetic import PassSettings, render, synthetic_pass
 from ultrares_stream.fusion.tracking import track
 from ultrares_stream.quality.matlab_resize import imresize
-from ultrares_stream.quality.plates import char_accuracy
+from ultrares_stream.quality.plate_reading import char_accuracy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,7 +55,7 @@ def passes():
 @pytest.fixture(scope="module")
 def reader():
     pytest.importorskip("rapidocr_onnxruntime")
-    from ultrares_stream.quality.plates import rapidocr_reader
+    from ultrares_stream.quality.plate_reading import rapidocr_reader
 
     return rapidocr_reader()
 

@@ -1,4 +1,4 @@
-"""Plate readability (quality.plates, ``ultrares eval --task plates``) with the real OCR on the
+"""Plate readability (quality.plate_reading, ``ultrares eval --task plates``) with the real OCR on the
 demo scene's synthetic plates, and the scoring's pure parts."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from ultrares_stream.demo.scene import render_scene_frame
 from ultrares_stream.errors import UserError
-from ultrares_stream.quality import plates as P
+from ultrares_stream.quality import plate_reading as P
 
 pytest.importorskip("rapidocr_onnxruntime", reason="RapidOCR is installed by the [dev] extra")
 

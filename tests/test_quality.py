@@ -14,7 +14,7 @@ from ultrares_stream.errors import UserError
 from ultrares_stream.quality.datasets import load_pairs, parse_bitrate, traffic_video_pairs
 from ultrares_stream.quality.evaluate import bicubic_upscale, evaluate
 from ultrares_stream.quality.matlab_resize import cubic, imresize
-from ultrares_stream.quality.metrics import psnr_y, rgb_to_y, sharpness_y, ssim_y
+from ultrares_stream.quality.scores import psnr_y, rgb_to_y, sharpness_y, ssim_y
 
 pytestmark = pytest.mark.timeout(120)
 

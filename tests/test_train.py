@@ -282,7 +282,7 @@ def test_reparam_training_with_a_teacher_ships_plain_compact_weights(tmp_path):
 
 
 def test_synthetic_plates_are_reproducible_plate_like_pictures():
-    from ultrares_stream.train.plates import draw_plate, plate_images
+    from ultrares_stream.train.plate_images import draw_plate, plate_images
 
     a, b, c = plate_images(3, seed=5), plate_images(3, seed=5), plate_images(3, seed=6)
     assert all(x.shape == (256, 256, 3) and x.dtype == np.uint8 for x in a)
@@ -299,7 +299,7 @@ def test_synthetic_plates_are_reproducible_plate_like_pictures():
 
 
 def test_plate_crops_hold_the_whole_plate_and_its_box_maps_onto_the_lr():
-    from ultrares_stream.train.plates import labelled_plate_images
+    from ultrares_stream.train.plate_images import labelled_plate_images
     from ultrares_stream.train.reader import PlateCropSampler
 
     labelled = labelled_plate_images(30, seed=2)
@@ -316,7 +316,7 @@ def test_plate_crops_hold_the_whole_plate_and_its_box_maps_onto_the_lr():
 
 def test_the_plate_reader_learns_and_its_loss_trains_the_generator(tmp_path):
     from ultrares_stream.models.checkpoint import save_checkpoint
-    from ultrares_stream.train.plates import labelled_plate_images
+    from ultrares_stream.train.plate_images import labelled_plate_images
     from ultrares_stream.train.reader import PlateCropSampler, PlateReader, ctc_loss, decode, plate_crops
 
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="auto",
                    help="libx264 preset of the pipeline's encoder (default auto, as the service: ultrafast when "
                         "the model runs on the CPU, else veryfast)")
-    p.add_argument("--matrix", action="store_true", help="engines x batch sizes table (ultrares_stream.engine.bench)")
+    p.add_argument("--matrix", action="store_true", help="engines x batch sizes table (ultrares_stream.engine.matrix)")
     p.add_argument("--batches", default=None, help="batch sizes for --matrix (default 1,4,8; 1 on the CPU)")
     p.add_argument("--rounds", type=int, default=5, help="--matrix on the CPU: interleaved rounds (default 5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _matrix(args: argparse.Namespace) -> list[dict]:
     """The engine matrix: on the CPU the CPU engines side by side in interleaved rounds
-    (``engine.bench.run_cpu_matrix``), on CUDA the GPU backends (``run_matrix``)."""
+    (``engine.matrix.run_cpu_matrix``), on CUDA the GPU backends (``run_matrix``)."""
     from ..engine import pick_device
-    from ..engine.bench import run_cpu_matrix, run_matrix
+    from ..engine.matrix import run_cpu_matrix, run_matrix
     from ..engine.select import CPU_CANDIDATES
 
     cpu = pick_device(args.device).type == "cpu"
@@ -78,7 +78,7 @@ def _matrix(args: argparse.Namespace) -> list[dict]:
 
 
 def _bench(args: argparse.Namespace, console) -> int:
-    from ..bench import format_report, run_bench
+    from ..pipeline_bench import format_report, run_bench
 
     r = run_bench(args.input, args.frames, args.model, args.engine, args.device, args.precision, args.batch,
                   args.threads, args.preset)

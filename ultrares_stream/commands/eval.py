@@ -216,7 +216,7 @@ def _report_quality(args: argparse.Namespace, rows: list, per_image: list, notes
 
 
 def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float], ensembles: list[int]) -> int:
-    """``--task plates``: character accuracy of an OCR on each method's plates (quality.plates)."""
+    """``--task plates``: character accuracy of an OCR on each method's plates (quality.plate_reading)."""
     import csv
 
     from rich.console import Console
@@ -224,7 +224,7 @@ def run_plates(args: argparse.Namespace, models: list[str], alphas: list[float],
 
     from ..errors import UserError
     from ..quality.evaluate import model_label, upscaler_fn
-    from ..quality.plates import photo_samples, rapidocr_reader, read_annotations, score_plates
+    from ..quality.plate_reading import photo_samples, rapidocr_reader, read_annotations, score_plates
     from ..upscaler import Upscaler
 
     plates = [p for d in args.dataset for p in read_annotations(d)][: args.max_plates]
@@ -275,7 +275,7 @@ def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
 
     from ..errors import UserError
     from ..quality.evaluate import upscaler_fn
-    from ..quality.plates import photo_samples, rapidocr_reader, read_annotations
+    from ..quality.plate_reading import photo_samples, rapidocr_reader, read_annotations
     from ..quality.plates_clip import ClipProtocol, markdown, score_clip_plates
     from ..upscaler import Upscaler
 

@@ -3,7 +3,7 @@
 ``eager`` (PyTorch), ``compile`` (torch.compile, CUDA graphs on CUDA) and ``tensorrt``
 (torch-tensorrt, optional extra); :func:`select.make_engine` builds one by name and
 ``auto`` picks the fastest usable (see :mod:`.select`). Compiled engines are cached
-on disk (:mod:`.cache`); :mod:`.bench` measures the backends side by side.
+on disk (:mod:`.cache`); :mod:`.matrix` measures the backends side by side.
 """
 from .base import Engine, Precision, pick_device, pick_precision
 from .cache import EngineCache, EngineKey, ShapeRange

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .matlab_resize import imresize
-from .metrics import psnr_y, sharpness_y, ssim_y
+from .scores import psnr_y, sharpness_y, ssim_y
 
 log = logging.getLogger(__name__)
 

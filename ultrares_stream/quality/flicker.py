@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from .metrics import rgb_to_y
+from .scores import rgb_to_y
 
 STATIC_LEVELS = 2
 

@@ -33,7 +33,7 @@ from ..fusion.synthetic import PassSettings, lr_to_hr, random_motions, render, t
 from ..fusion.tracking import crop_box, track
 from .datasets import h264_roundtrip, parse_bitrate
 from .matlab_resize import imresize
-from .plates import char_accuracy
+from .plate_reading import char_accuracy
 
 BITRATES = ("lossless", "0.3bpp", "0.1bpp")
 COUNTS = (1, 4, 8, 16)

@@ -1,7 +1,7 @@
 """A small plate reader (CRNN + CTC) for the plate-aware training loss, trained on synthetic plates.
 
 ``ultrares train --plate-loss W`` adds ``W`` x the CTC loss of this reader on the plates of the
-synthetic plate images (:mod:`.plates`) as the generator upscales them: the generator is pushed
+synthetic plate images (:mod:`.plate_images`) as the generator upscales them: the generator is pushed
 to draw characters a reader can tell apart, not only to be close to the HR pixels on average.
 The reader is this project's own, trained here on synthetic plates only (``ultrares train
 --stage reader``), so it is independent of the OCR that scores plate readability in
@@ -148,7 +148,7 @@ def train_reader(out: Path, steps: int = 3000, images: int = 3000, batch: int = 
     Returns {"steps", "minutes", "accuracy"} (exact-string accuracy on held-out synthetic plates)."""
     from ..models.checkpoint import save_checkpoint
     from .degradations import bicubic_down, gaussian_blur
-    from .plates import labelled_plate_images
+    from .plate_images import labelled_plate_images
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

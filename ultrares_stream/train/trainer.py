@@ -39,7 +39,7 @@ class TrainConfig:
     stage: str = "psnr"  # psnr | gan
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
-    plates: int = 0  # synthetic plate/text images added to the pool (train.plates)
+    plates: int = 0  # synthetic plate/text images added to the pool (train.plate_images)
     scale: int = 4
     num_feat: int = 32
     num_conv: int = 6
@@ -318,7 +318,7 @@ class Trainer:
         cfg = self.cfg
         pool = build_pool(cfg.images, cfg.videos)
         if cfg.plates:
-            from .plates import plate_images
+            from .plate_images import plate_images
 
             pool += plate_images(cfg.plates, seed=cfg.seed)
             log.info("%d synthetic plate images", cfg.plates)
@@ -332,7 +332,7 @@ class Trainer:
                 self.pair_sampler.set_state(self._pair_sampler_state)
             log.info("%.0f %% of batches from %d H.264 frame pairs", 100 * cfg.pair_prob, len(self.pair_sampler))
         if self.reader is not None:
-            from .plates import labelled_plate_images
+            from .plate_images import labelled_plate_images
             from .reader import PlateCropSampler
 
             self.plate_sampler = PlateCropSampler(labelled_plate_images(max(cfg.plates, 200), seed=cfg.seed + 3),

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UserError
 from .base import ThreadPlan, pick_device, pick_precision
 from .cache import EngineCache, ShapeRange
-from .timing import concurrent_passes, time_cpu_engines, torch_threads  # noqa: F401 - re-exported
+from .timing import concurrent_passes, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
 
 
-if __name__ == "__main__":  # python -m ultrares_stream.engine.bench [fp32,bf16]: the agreement table
+if __name__ == "__main__":  # python -m ultrares_stream.engine.matrix [fp32,bf16]: the agreement table
     import json
     import sys
 
