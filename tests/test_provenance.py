@@ -99,6 +99,7 @@ def test_snapshots_carry_a_jpeg_comment():
 
     from ultrares_stream.stream import Stream
 
-    fake = SimpleNamespace(_jpeg=None, _latest=SimpleNamespace(data=np.full((72, 64), 128, np.uint8)))
+    fake = SimpleNamespace(_jpeg=None, _latest=SimpleNamespace(data=np.full((72, 64), 128, np.uint8),
+                                                               source=SimpleNamespace(index=0)))
     jpeg = Stream.snapshot_jpeg(fake)
     assert b"Machine-enhanced" in Image.open(BytesIO(jpeg)).info.get("comment", b"")

@@ -328,6 +328,18 @@ class Publisher:
             except OSError:
                 pass
 
+    def holds_frames(self) -> bool:
+        """Whether the output holds a whole video frame (a network output: assumed)."""
+        import av
+
+        if "://" in self.target:
+            return True
+        try:
+            with av.open(self.target) as c:
+                return any(packet.size for packet in c.demux(video=0))
+        except (av.error.FFmpegError, OSError):
+            return False
+
     def cut_back(self) -> None:
         """After a failed write to a local file: drop the partial fragment at its end."""
         if "://" in self.target or not os.path.exists(self.target):

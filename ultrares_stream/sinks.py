@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,10 @@ class SinkHooks:
 WRITE_FAILURES = {errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EROFS: "output-error",
                   errno.EACCES: "output-error", errno.EPERM: "output-error", errno.ENOTDIR: "output-error",
                   errno.EISDIR: "output-error", errno.ENOENT: "output-error"}
+
+
+#: free bytes a full disk must have again before recording resumes in a new segment
+RESUME_FREE_BYTES = 512 * 1024
 
 
 def failure_state(exc: BaseException) -> str:
@@ -229,6 +234,7 @@ class SinkWorker:
         while True:
             pub = None
             try:
+                self._check_space()
                 pub = self._publisher(made_by)
                 if self.hooks.copy_from is not None:
                     pub.open(width, height, self.hooks.fps(), copy_from=self.hooks.copy_from())
@@ -251,9 +257,21 @@ class SinkWorker:
                     raise
 
     def _forget(self, pub: Publisher) -> None:
-        """A segment that holds no frame (its open or first write failed) is removed."""
-        if self.hooks.segments is not None and pub.frames == 0:
+        """A segment that holds no frame (its open or first write failed, or its frames were all
+        in the fragment a full disk cut off) is removed."""
+        if self.hooks.segments is not None and (pub.frames == 0 or not pub.holds_frames()):
             self.hooks.segments.discard_last()
+
+    def _check_space(self) -> None:
+        """After a full disk: raise ENOSPC until the segments' folder has :data:`RESUME_FREE_BYTES`
+        free again, so that a still-full disk is not tried with a segment a second."""
+        segments = self.hooks.segments
+        if self.state != "disk-full" or segments is None or not segments.paths:
+            return
+        free = shutil.disk_usage(segments.paths[-1].parent).free
+        if free < RESUME_FREE_BYTES:
+            raise OSError(errno.ENOSPC, f"waiting for free space ({free / 1e6:.1f} MB free, "
+                                        f"{RESUME_FREE_BYTES / 1e6:.1f} MB needed to resume recording)")
 
     def _run(self) -> None:
         self._set_state("waiting")
