@@ -65,5 +65,8 @@ def test_an_unwritable_output_makes_the_camera_say_why(tmp_path, tiny_model, mak
             assert wait_for(lambda: svc.cameras["cam"].state == "output-error", 40), svc.status()
             cause = svc.cameras["cam"].status()["cause"]
             assert "not-a-folder" in cause and "Not a directory" in cause, cause
+            sample = svc.metrics.registry.get_sample_value
+            assert sample("ultrares_camera_state", {"camera": "cam", "state": "output-error"}) == 1
+            assert sample("ultrares_camera_state", {"camera": "cam", "state": "running"}) == 0
         finally:
             svc.stop(10)

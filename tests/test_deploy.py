@@ -96,7 +96,7 @@ def _touch_all(metrics: Metrics, cameras=("cam-a",)) -> None:
             continue
         for cam in cameras:
             values = {"camera": cam, "stage": "decode", "side": "source", "direction": "in",
-                      "device": "cuda:0", "kind": "allocated", "status": "200"}
+                      "device": "cuda:0", "kind": "allocated", "status": "200", "state": "running"}
             child = metric.labels(**{n: values[n] for n in metric._labelnames}) if metric._labelnames else metric
             if isinstance(metric, Counter):
                 child.inc()

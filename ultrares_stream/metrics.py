@@ -44,6 +44,9 @@ class Metrics:
                                     "Seconds since the camera's last decoded frame", cam, registry=r)
         self.up = Gauge("ultrares_camera_up", "1 while the camera's source is connected and delivering", cam,
                         registry=r)
+        self.camera_state = Gauge("ultrares_camera_state", "1 for the camera's current state (running, degraded, "
+                                  "disk-full, output-error, ...: docs/recording.md), 0 for the others",
+                                  ["camera", "state"], registry=r)
         self.alpha = Gauge("ultrares_alpha", "Network interpolation weight in use (0 faithful, 1 detailed)", cam,
                            registry=r)
         self.model = Info("ultrares_model", "Model, alpha, engine and output size per camera", cam, registry=r)

@@ -38,6 +38,9 @@ DROP_WARN_RATIO = 0.1
 DROP_WARN_EVERY_S = 30.0
 
 
+#: every state a camera reports (docs/recording.md, "Camera states"), one ultrares_camera_state series each
+CAMERA_STATES = ("starting", "running", "degraded", "connecting", "reconnecting", "ended", "publisher-reconnecting",
+                 "publisher-hung", "disk-full", "output-error", "failed", "finished")
 #: a publisher's state -> the camera's, while it is not publishing
 SINK_PROBLEMS = {"hung": "publisher-hung", "reconnecting": "publisher-reconnecting", "disk-full": "disk-full",
                  "output-error": "output-error"}
@@ -168,6 +171,8 @@ class Stream:
     # --- metrics --------------------------------------------------------------
     def _bind_metrics(self, m) -> None:
         n = self.name
+        for state in CAMERA_STATES:
+            m.camera_state.labels(n, state).set_function(lambda state=state: float(self.state == state))
         m.frames_in.labels(n)
         m.frames_out.labels(n)
         m.frames_dropped.labels(n)
