@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -209,10 +210,10 @@ def output_args(url: str, live: bool = True, timeout_s: float = 5.0,
 
 def keyframe_due(last_key: int | None, pts: int, gop: int, step: int = 0) -> bool:
     """Whether the frame at ``pts`` must be a keyframe: the first, or the last frame before the
-    GOP (``gop`` ticks of output time) would be exceeded, the next frame expected ``step`` ticks
-    later (the last spacing). The encoder counts frames, so when frames are dropped (a camera
-    faster than its model) a GOP of frames spans more time; this keeps keyframes at most ``gop``
-    ticks apart whatever the frames' spacing."""
+    GOP (``gop`` ticks of output time) would be exceeded, the next frame expected up to ``step``
+    ticks later (the largest recent spacing). The encoder counts frames, so when frames are
+    dropped (a camera faster than its model) a GOP of frames spans more time; this keeps
+    keyframes at most ``gop`` ticks apart unless a gap is longer than any recent one."""
     return last_key is None or (gop > 0 and pts + step - last_key > gop)
 
 
@@ -237,6 +238,7 @@ class Publisher:
         self.gop = 0  # ticks (1/fps) between keyframes at most, whatever the frames' spacing
         self._last_key: int | None = None  # pts of the last keyframe asked for
         self._last_pts: int | None = None
+        self._steps: deque[int] = deque(maxlen=50)  # the last spacings between frames (ticks)
         self.good_size = 0  # a local file's size after its last complete write (a fragment boundary)
         self.target, self.format, self.options = output_args(self.url, live, timeout_s, keep_times)
 
@@ -289,8 +291,9 @@ class Publisher:
         frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
         frame.pts = pts
         frame.time_base = self.stream.codec_context.time_base
-        step = 0 if self._last_pts is None else max(0, pts - self._last_pts)
-        if keyframe_due(self._last_key, pts, self.gop, step):
+        if self._last_pts is not None:
+            self._steps.append(max(0, pts - self._last_pts))
+        if keyframe_due(self._last_key, pts, self.gop, max(self._steps, default=0)):
             frame.pict_type = av.video.frame.PictureType.I
             self._last_key = pts
         self._last_pts = pts
