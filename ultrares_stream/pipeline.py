@@ -86,6 +86,8 @@ def build(spec: PipelineSpec, *, batcher: Batcher, router: Callable[[], Route], 
     policy = "drop_oldest" if source.live else "block"
     frames = FrameQueue(spec.queue_size, policy if spec.queue_policy == "auto" else spec.queue_policy,
                         on_drop=hooks.on_drop)
+    stabiliser = Stabiliser(spec.stabilise) if spec.stabilise is not None else None
+    lane = Lane(device.DEVICE_STAGES if spec.stages is None else spec.stages, stabiliser, router)
     enhanced = FrameQueue(max(4, spec.queue_size * 2), policy, on_drop=hooks.on_drop)
     sink = SinkWorker(spec.output, spec.encoder, enhanced, name=spec.name, live=source.live, reconnect=spec.reconnect,
                       metrics=metrics,
@@ -93,8 +95,6 @@ def build(spec: PipelineSpec, *, batcher: Batcher, router: Callable[[], Route], 
                                       metadata=hooks.metadata,
                                       copy_from=(lambda: source.copied_streams) if spec.copy else None,
                                       segments=segmented_output(spec.output, source.live, spec.recording)))
-    stabiliser = Stabiliser(spec.stabilise) if spec.stabilise is not None else None
-    lane = Lane(device.DEVICE_STAGES if spec.stages is None else spec.stages, stabiliser, router)
     return Pipeline(spec.name, source, frames, lane, enhanced, sink, batcher, hooks.on_frame)
 
 
