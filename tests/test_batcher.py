@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ultrares_stream.batcher import Batcher, enhance_batch
-from ultrares_stream.stages import DEVICE_STAGES, Route
+from ultrares_stream.batcher import Batcher
+from ultrares_stream.stages import DEVICE_STAGES, Route, enhance_frames
 from ultrares_stream.colour import pack_yuv420p, split_yuv420p
 from ultrares_stream.frame_queue import FrameQueue
 from ultrares_stream.metrics import Metrics
@@ -48,9 +48,9 @@ def test_split_and_pack_are_inverse():
     assert torch.equal(pack_yuv420p(y, u, v), t)
 
 
-def test_enhance_batch_converts_colour_once_and_exactly(upscaler):
+def test_enhance_frames_converts_colour_once_and_exactly(upscaler):
     frames = [yuv_frame(32, 24, s) for s in range(3)]
-    out = enhance_batch(upscaler, frames, 32, 24)
+    out = enhance_frames(upscaler, frames, 32, 24)
     assert out.shape == (3, 48 * 3 // 2, 64) and out.dtype == np.uint8
     for src, dst in zip(frames, out):
         y_in = src[:24].astype(int).repeat(2, 0).repeat(2, 1)
@@ -59,8 +59,8 @@ def test_enhance_batch_converts_colour_once_and_exactly(upscaler):
         assert np.abs(dst[48:].astype(int).mean() - src[24:].astype(int).mean()) < 1.0
 
 
-def test_enhance_batch_output_size(upscaler):
-    out = enhance_batch(upscaler, [yuv_frame(32, 24)], 32, 24, size=(50, 40))
+def test_enhance_frames_output_size(upscaler):
+    out = enhance_frames(upscaler, [yuv_frame(32, 24)], 32, 24, size=(50, 40))
     assert out.shape == (1, 60, 50)
 
 
@@ -208,7 +208,7 @@ def test_frame_parallel_workers_return_every_frame_in_order_and_ran_side_by_side
         w, h = c.size
         assert [e.source.index for e in c.got] == list(range(12)), "every frame, in decode order"
         for i, e in enumerate(c.got):
-            assert np.array_equal(e.data, enhance_batch(upscaler, [yuv_frame(w, h, seed=i)], w, h)[0])
+            assert np.array_equal(e.data, enhance_frames(upscaler, [yuv_frame(w, h, seed=i)], w, h)[0])
     assert Slow.peak >= 2, "batches ran one after another"
     assert set(seen_threads) == {1}, "each batch on one torch thread"
 

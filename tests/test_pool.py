@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import wait_for
-from ultrares_stream.batcher import Batcher, enhance_batch
+from ultrares_stream.batcher import Batcher
+from ultrares_stream.stages import enhance_frames
 from ultrares_stream.config import CameraConfig
 from ultrares_stream.engine import select
 from ultrares_stream.metrics import Metrics
@@ -150,7 +151,7 @@ def test_alpha_change_on_a_running_camera_builds_nothing_drops_nothing_and_chang
     with av.open(str(src)) as c:
         frame = next(c.decode(video=0)).reformat(format="yuv420p").to_ndarray()
     fresh = Upscaler(pair, alpha=1.0, device="cpu", precision="fp32", engine="eager", tile=0)
-    expect = enhance_batch(fresh, [frame], 64, 48)[0]
+    expect = enhance_frames(fresh, [frame], 64, 48)[0]
     assert np.array_equal(stream._latest.data, expect)
     print(f"\nalpha change: set_alpha {call_s * 1e3:.2f} ms in the caller's thread, weight swap "
           f"{stream.upscaler.last_swap_s * 1e3:.2f} ms in the batcher, first new frame published "
@@ -192,7 +193,7 @@ def test_a_slow_weight_change_is_prepared_off_the_frame_path_and_frames_never_wa
     stream = Stream(camera, batcher=batcher, pool=pool, metrics=metrics).start()
     with av.open(str(src)) as c:
         frame = next(c.decode(video=0)).reformat(format="yuv420p").to_ndarray()
-    expect = {a: enhance_batch(Upscaler(pair, alpha=a, device="cpu", precision="fp32", engine="eager", tile=0),
+    expect = {a: enhance_frames(Upscaler(pair, alpha=a, device="cpu", precision="fp32", engine="eager", tile=0),
                                [frame], 64, 48)[0] for a in (0.0, 0.5, 1.0)}
     try:
         assert stream.first_output.wait(30)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ultrares_stream.batcher import Batcher, enhance_batch
-from ultrares_stream.stages import DEVICE_STAGES, Route
+from ultrares_stream.batcher import Batcher
+from ultrares_stream.stages import DEVICE_STAGES, Route, enhance_frames
 from ultrares_stream.colour import rgb_to_yuv420p
 from ultrares_stream.config import StabiliseConfig, parse_config
 from ultrares_stream.errors import UserError
@@ -140,7 +140,7 @@ def test_live_batcher_and_recorded_path_give_the_same_frames(upscaler):
     frames = [_yuv(_scene(t, rng)) for t in range(6)]
     h, w = 40, 64
     recorded_stab = Stabiliser(StabiliserSettings())
-    recorded = [enhance_batch(upscaler, [f], w, h, stabiliser=recorded_stab)[0] for f in frames]
+    recorded = [enhance_frames(upscaler, [f], w, h, stabiliser=recorded_stab)[0] for f in frames]
     client = _Client(upscaler, StabiliserSettings())
     batcher = Batcher("cpu", max_batch=1)
     for i, f in enumerate(frames):
@@ -148,7 +148,7 @@ def test_live_batcher_and_recorded_path_give_the_same_frames(upscaler):
     assert len(client.out) == len(frames)
     for a, b in zip(recorded, client.out):
         assert np.array_equal(a, b)
-    plain = [enhance_batch(upscaler, [f], w, h)[0] for f in frames]
+    plain = [enhance_frames(upscaler, [f], w, h)[0] for f in frames]
     assert any(not np.array_equal(a, b) for a, b in zip(recorded, plain))  # the stabiliser did act
 
 
@@ -157,7 +157,7 @@ def test_frame_parallel_workers_stabilise_frame_after_frame_like_the_recorded_pa
     frames = [_yuv(_scene(t, rng)) for t in range(8)]
     h, w = 40, 64
     stab = Stabiliser(StabiliserSettings())
-    sequential = [enhance_batch(upscaler, [f], w, h, stabiliser=stab)[0] for f in frames]
+    sequential = [enhance_frames(upscaler, [f], w, h, stabiliser=stab)[0] for f in frames]
     client = _Client(upscaler, StabiliserSettings())
     client.queue = FrameQueue(16, "block")
     batcher = Batcher("cpu", max_batch=1, max_wait_ms=0, workers=3)

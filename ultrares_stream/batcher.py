@@ -32,7 +32,7 @@ import torch
 
 from .frame_queue import FrameQueue
 from .sources import Frame
-from .stages import DeviceBatch, DeviceClock, Item, Route, Stage, enhance_frames, run_stages, split_point
+from .stages import DeviceBatch, DeviceClock, Item, Route, Stage, run_stages, split_point
 from .temporal import Stabiliser
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,6 @@ class BatchClient(Protocol):
 
         A client may also have an integer ``failed`` attribute: frames lost to inference errors are counted there.
         """
-
-
-def enhance_batch(upscaler, frames: list[np.ndarray] | np.ndarray, width: int, height: int,
-                  size: tuple[int, int] | None = None, stabiliser: Stabiliser | None = None) -> np.ndarray:
-    """Packed yuv420p uint8 frames (same size, one camera, in order) -> upscaled packed yuv420p
-    uint8 (N, H'*3/2, W'), stabilised by ``stabiliser`` when given: the device stages without the
-    batcher (:func:`stages.enhance_frames`)."""
-    return enhance_frames(upscaler, list(frames), width, height, size, stabiliser)
 
 
 def default_max_batch(device_type: str) -> int:
