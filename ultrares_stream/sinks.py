@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 import threading
 import time
@@ -270,8 +271,9 @@ class SinkWorker:
             return
         free = shutil.disk_usage(segments.paths[-1].parent).free
         if free < RESUME_FREE_BYTES:
-            raise OSError(errno.ENOSPC, f"waiting for free space ({free / 1e6:.1f} MB free, "
-                                        f"{RESUME_FREE_BYTES / 1e6:.1f} MB needed to resume recording)")
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: waiting for free space "
+                                        f"({free / 1e6:.1f} MB free, {RESUME_FREE_BYTES / 1e6:.1f} MB "
+                                        "needed to resume recording)")
 
     def _run(self) -> None:
         self._set_state("waiting")
