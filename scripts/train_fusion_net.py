@@ -28,55 +28,33 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
+from ultrares_stream.fusion import learned
 from ultrares_stream.fusion.crop import FusionSettings, frame_uses, fuse_tracked
-from ultrares_stream.fusion.synthetic import lr_to_hr, random_motions, render
+from ultrares_stream.fusion.synthetic import random_motions, render
 from ultrares_stream.fusion.tracking import track
 from ultrares_stream.quality.datasets import h264_roundtrip, parse_bitrate
-from ultrares_stream.quality.matlab_resize import imresize
 from ultrares_stream.train.plate_images import plate_image
 
-FRAMES, SCALE, PICTURE = 16, 4, 256
+SCALE, PICTURE = 4, 256
 BITRATES = ("lossless", "0.3bpp", "0.1bpp")
 LR_CROP = (12, 28)  # LR (h, w) of the box the network sees: 48x112 HR
 
 log = logging.getLogger("train_fusion_net")
 
 
-class FusionNet(nn.Module):
-    """Registered stack (3 x FRAMES) + classical fusion (3) -> a correction of the fusion."""
-
-    def __init__(self, features: int = 32, depth: int = 6):
-        super().__init__()
-        layers = [nn.Conv2d(3 * FRAMES + 3, features, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(features, 3, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, stack: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        return fused + self.body(torch.cat([stack, fused], 1))
-
-
 def registered_stack(frames, box, settings: FusionSettings):
-    """(stack FRAMES x 3 x H x W, classical fusion 3 x H x W) on the box's HR grid, 0-1 floats."""
+    """(stack 16 x 3 x H x W, classical fusion 3 x H x W) on the box's HR grid, 0-1 floats: what
+    ``fusion.crop.fuse_box`` gives the network, cut to the box."""
     s = settings.scale
     ref, (cx, cy, cw, ch), tracked = track(frames, 0, box, settings.margin, settings.search, settings.pad)
-    uses = frame_uses(tracked, [0.0] * len(frames), [1.0] * len(frames), settings)
+    times = [k / 25 for k in range(len(frames))]
+    uses = frame_uses(tracked, times, [1.0] * len(frames), settings)
     fused = fuse_tracked(ref.shape[:2], tracked, uses, settings)
-    c, x0, y0 = lr_to_hr(s), (box[0] - cx) * s, (box[1] - cy) * s
+    stack = learned.registered_stack(tracked, learned.stack_order(0, times, uses), fused, s)
+    x0, y0 = (box[0] - cx) * s, (box[1] - cy) * s
     cut = (slice(y0, y0 + box[3] * s), slice(x0, x0 + box[2] * s))
-    stack = []
-    for t, u in zip(tracked, uses):
-        if u.weight <= 0:  # lost or rejected: the fusion stands in for it
-            stack.append(fused[cut])
-            continue
-        up = imresize(t.patch.astype(np.float32), scale=s).astype(np.float32)
-        hr = cv2.warpPerspective(up, c @ t.registration.warp @ np.linalg.inv(c), (cw * s, ch * s),
-                                 flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-        stack.append(hr[cut])
-    return np.stack(stack).transpose(0, 3, 1, 2) / 255.0, fused[cut].transpose(2, 0, 1) / 255.0
+    return stack[:, cut[0], cut[1]].transpose(0, 3, 1, 2) / 255.0, fused[cut].transpose(2, 0, 1) / 255.0
 
 
 def sample(rng: np.random.Generator):
@@ -113,6 +91,16 @@ def save(path: Path, net, opt, step: int) -> None:
     tmp.replace(path)
 
 
+def export(checkpoint: Path, to: Path = learned.WEIGHTS) -> None:
+    """The checkpoint's weights alone, as the safetensors file the package ships."""
+    from safetensors.torch import save_file
+
+    state = torch.load(checkpoint)
+    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(to),
+              metadata={"step": str(state["step"]), "trained_by": "scripts/train_fusion_net.py"})
+    log.info("exported step %d to %s", state["step"], to)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/fusion-net"))
@@ -122,12 +110,15 @@ def main() -> int:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", action="store_true", help="write OUT/fusion-net.pt's weights to the package and stop")
     args = p.parse_args()
+    if args.export:
+        return export(args.out / "fusion-net.pt") or 0
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=args.out / "train.log", level=logging.INFO, format="%(asctime)s %(message)s")
-    net = FusionNet()
+    net = learned.fusion_net()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ckpt, step = args.out / "fusion-net.pt", 0
     if args.resume and ckpt.is_file():

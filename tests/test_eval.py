@@ -167,7 +167,7 @@ def test_plates_clip_gap_table_and_buckets():
                  {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "bicubic",
                   "n": 1, "accuracy": 0.2},
                  {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "fusion",
-                  "n": 16, "accuracy": acc}]
+                  "n": 16, "accuracy": acc, "verdict": "unreadable" if width < 80 else "fused"}]
     table = {(r["method"], r["n"]): r["lossless"] for r in gap_table(rows, protocol)}
     assert table[("fusion", 16)] == pytest.approx((0.4, 0.25))  # (0.4 - 0.2) / (1 - 0.2)
     assert table[("bicubic", 1)] == pytest.approx((0.2, 0.0))
@@ -176,6 +176,7 @@ def test_plates_clip_gap_table_and_buckets():
     assert [bucket(w) for w in (10, 80, 119, 120)] == ["< 80 px", "80-120 px", "80-120 px", ">= 120 px"]
     text = markdown(rows, protocol, [0.2, 0.3])
     assert "| fusion | 16 | +25 % (0.400) |" in text and BUCKETS[1][2] in text and "median 0.250 s" in text
+    assert "| lossless | 1 of 2 | 0.200 | 0.600 |" in text  # the unreadable verdict's share and worth
 
 
 def test_plates_clip_window_and_box_stay_aligned():
@@ -209,4 +210,6 @@ def test_eval_plates_clip_command(tmp_path):
     assert "16-frame fusion (tracking included), one thread" in md
     rows = read_rows(out / "plates_clip.csv")
     assert {r["bitrate"] for r in rows} == {"-", "lossless", "0.3bpp", "0.1bpp"}
-    assert {r["method"] for r in rows} == {"original", "bicubic", "temporal mean", "fusion", "fusion, true motion"}
+    assert {r["method"] for r in rows} == {"original", "bicubic", "temporal mean", "fusion", "classical fusion",
+                                           "fusion, true motion"}
+    assert {r["verdict"] for r in rows if r["method"] == "fusion"} <= {"fused", "unreadable"}

@@ -301,3 +301,41 @@ def test_zoom_auto_without_its_detector_or_with_a_box_is_a_one_line_error(clip, 
     err = capsys.readouterr().err.strip()
     assert "pip install rapidocr-onnxruntime" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "plates").exists()
+
+
+def test_zoom_read_gives_each_character_a_confidence_and_never_reads_an_unreadable_crop(clip, tmp_path):
+    pytest.importorskip("rapidocr_onnxruntime")
+    path, boxes = clip
+    x, y, w, h = boxes[0]
+    runs = {}
+    for name, box in (("plate", (x, y, w, h)), ("tiny", (x, y, 8, 4))):
+        out = tmp_path / f"{name}.png"
+        proc = subprocess.run([sys.executable, "-m", "ultrares_stream", "zoom", str(path), "--at", "0",
+                               "--box", ",".join(map(str, box)), "--read", "-o", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with Image.open(out) as im:
+            runs[name] = (proc.stdout, dict(im.info))
+    said, info = runs["plate"]
+    text, confidences = info["ultrares:read"], info["ultrares:read-confidence"].split()
+    assert text and f"read: {text} (" in said
+    assert [c.split("=")[0] for c in confidences] == list(text)
+    assert all(0.0 <= float(c.split("=")[1]) <= 1.0 for c in confidences)
+    said, info = runs["tiny"]
+    assert "not read (unreadable)" in said and "ultrares:read" not in info
+
+
+def test_the_learned_refinement_is_nearer_the_truth_than_the_classical_fusion(passes):
+    from ultrares_stream.fusion.crop import LEARNED
+    from ultrares_stream.fusion.learned import refiner
+
+    if refiner() is None:
+        pytest.skip("the learned fusion's weights or torch are not installed")
+    gains = []
+    for _, frames, box, hr in passes:
+        times = [k / 25 for k in range(16)]
+        plain = fuse_box(frames, times, 0, box, FusionSettings(learned=False))
+        refined = fuse_box(frames, times, 0, box)
+        assert refined.method.endswith(LEARNED) and not plain.method.endswith(LEARNED)
+        gains.append(psnr(refined.image, hr) - psnr(plain.image, hr))
+    assert np.mean(gains) > 0.3, np.round(gains, 2)

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=positive_int, default=5, help="--auto: detect regions every N frames (default 5)")
     p.add_argument("--seconds", type=float, default=20.0, help="--auto: the first SECONDS of the clip (default 20)")
     p.add_argument("--frames", type=positive_int, default=16, help="frames around TIME to fuse (default 16)")
+    p.add_argument("--read", action="store_true",
+                   help="also read the fused crop with the OCR (RapidOCR, [dev] extra): the text with each "
+                        "character's confidence, printed and kept in the PNG; never on an 'unreadable' crop")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output image (PNG keeps all provenance); with --auto a folder")
     p.set_defaults(func=run)
@@ -66,6 +69,23 @@ def run(args: argparse.Namespace) -> int:
     return run_box(args)
 
 
+def reading(args: argparse.Namespace):
+    """crop -> (provenance keys, a line to print) for ``--read``; nothing without it. The OCR is
+    loaded first, so a missing one fails before the work."""
+    if not args.read:
+        return lambda crop: ({}, "")
+    from ..fusion.evidence import read, reading_tags
+    from ..quality.plate_reading import READER_NAME, character_reader
+
+    reader = character_reader()
+
+    def read_crop(crop):
+        got = read(crop, reader, READER_NAME)
+        return reading_tags(got), ("; " + got.line() if got else "; not read (unreadable)")
+
+    return read_crop
+
+
 def run_box(args: argparse.Namespace) -> int:
     import time
 
@@ -77,13 +97,15 @@ def run_box(args: argparse.Namespace) -> int:
 
     box = parse_box(args.box)
     format_for_path(args.output)  # an unsupported extension fails before the work
+    read_crop = reading(args)
     frames = frames_around(args.clip, args.at, args.frames)
     check_inside(box, frames.rgb[frames.reference].shape)
     start = time.perf_counter()
     crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
     seconds = time.perf_counter() - start
-    write_image(picture(crop.image), args.output, provenance=tags(crop))
-    print(f"{args.output}: {crop.summary()}; {seconds:.2f} s")
+    keys, said = read_crop(crop)
+    write_image(picture(crop.image), args.output, provenance={**tags(crop), **keys})
+    print(f"{args.output}: {crop.summary()}; {seconds:.2f} s{said}")
     return 0
 
 
@@ -96,12 +118,15 @@ def run_auto(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.output.is_dir():
         raise UserError(f"-o {args.output}: with --auto the output is a folder, and this is a file")
+    read_crop = reading(args)
     clip, plates = auto_zoom(args.clip, args.frames, args.every, args.seconds)
     args.output.mkdir(parents=True, exist_ok=True)
     for plate in plates:
         path = args.output / f"plate-{plate.track.id:02d}.png"
-        write_image(picture(plate.crop.image), path, provenance={**tags(plate.crop), "ultrares:track": str(plate.track.id)})
-        print(f"{path}: {plate.crop.summary()}")
+        keys, said = read_crop(plate.crop)
+        write_image(picture(plate.crop.image), path,
+                    provenance={**tags(plate.crop), **keys, "ultrares:track": str(plate.track.id)})
+        print(f"{path}: {plate.crop.summary()}{said}")
     if plates:
         sheet = args.output / "contact-sheet.png"
         write_image(picture(contact_sheet(plates)), sheet, provenance=sheet_tags(plates))

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import learned
 from .evidence import FrameUse, FusedCrop, judge
 from .fuse import FuseSettings, Observation, build_problem, robust_fuse
 from .tracking import Tracked, track
 
 METHOD = "NCC + ECC affine registration, robust shift-and-add with Huber back-projection, TV, unsharp"
+LEARNED = "; learned refinement (ultrares-fusion-x4)"
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,8 @@ class FusionSettings:
     """How a box is fused: output ``scale``, the margin fused around the box, the tracker's
     ``search`` radius and patch ``pad`` (LR pixels), when a frame is rejected (ECC correlation
     under ``min_correlation``, residual over ``max_residual_ratio`` x the median), the extra
-    weight of I-frames, and the robust fusion's own settings."""
+    weight of I-frames, the robust fusion's own settings, and whether the learned refinement
+    (:mod:`.learned`) corrects the fusion where its weights are installed."""
 
     scale: int = 4
     margin: int = 8
@@ -32,6 +35,7 @@ class FusionSettings:
     max_residual_ratio: float = 3.0
     keyframe_weight: float = 1.0
     fuse: FuseSettings = field(default_factory=FuseSettings)
+    learned: bool = True
 
 
 def frame_uses(tracked: list[Tracked], times: list[float], quality: list[float],
@@ -68,8 +72,12 @@ def fuse_box(frames: list[np.ndarray], times: list[float], ref_index: int, box: 
     quality = [settings.keyframe_weight if key else 1.0 for key in keyframes]
     uses = frame_uses(tracked, times, quality, settings)
     fused = fuse_tracked(ref.shape[:2], tracked, uses, settings)
+    refiner, method = learned.refiner() if settings.learned else None, METHOD
+    if refiner is not None:
+        stack = learned.registered_stack(tracked, learned.stack_order(ref_index, times, uses), fused, settings.scale)
+        fused, method = refiner.refine(stack, fused), METHOD + LEARNED
     s = settings.scale
     x0, y0 = (box[0] - cx) * s, (box[1] - cy) * s
     image = np.clip(np.round(fused[y0: y0 + box[3] * s, x0: x0 + box[2] * s]), 0, 255).astype(np.uint8)
     verdict, reason = judge(box, uses)
-    return FusedCrop(image, box, (cx, cy, cw, ch), s, METHOD, times[ref_index], uses, verdict, reason)
+    return FusedCrop(image, box, (cx, cy, cw, ch), s, method, times[ref_index], uses, verdict, reason)

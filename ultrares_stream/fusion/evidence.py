@@ -74,6 +74,40 @@ def judge(box: tuple[int, int, int, int], frames: list[FrameUse],
     return READABLE, ""
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What an OCR read on a fused crop: each character with its confidence (0-1), and the reader."""
+
+    chars: tuple[tuple[str, float], ...]
+    reader: str
+
+    @property
+    def text(self) -> str:
+        return "".join(c for c, _ in self.chars)
+
+    def line(self) -> str:
+        """One line for people: the text, then each character's confidence."""
+        if not self.chars:
+            return "read: nothing"
+        return f"read: {self.text} (" + ", ".join(f"{c} {p:.2f}" for c, p in self.chars) + ")"
+
+
+def read(crop: FusedCrop, reader, name: str) -> Reading | None:
+    """The OCR's reading of ``crop`` (``reader``: RGB uint8 -> [(char, confidence)]); None where the
+    verdict is unreadable: no characters are read into a crop that cannot hold them."""
+    if crop.verdict == UNREADABLE:
+        return None
+    return Reading(tuple(reader(crop.image)), name)
+
+
+def reading_tags(reading: Reading | None) -> dict[str, str]:
+    """Provenance keys for a reading (none where nothing was read)."""
+    if reading is None:
+        return {}
+    return {"ultrares:read": reading.text, "ultrares:reader": reading.reader,
+            "ultrares:read-confidence": " ".join(f"{c}={p:.2f}" for c, p in reading.chars)}
+
+
 def tags(crop: FusedCrop) -> dict[str, str]:
     """Provenance text for the PNG (the keys of :func:`ultrares_stream.provenance.tags`, plus the
     fusion's own ``ultrares:*`` keys)."""

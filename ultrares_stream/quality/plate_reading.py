@@ -167,14 +167,36 @@ def photo_samples(plates: Iterable[Plate]):
         yield p.image.name, cache[p.image], p.box, p.text
 
 
-def rapidocr_reader() -> Reader:
-    """RapidOCR's text recogniser (PP-OCR, onnxruntime) on a plate crop; no detection step."""
+def rapidocr_engine(needed_by: str = "the plate evaluation"):
+    """RapidOCR (PP-OCR on onnxruntime, its model files in its wheel); UserError where it is missing."""
     try:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError:
-        raise UserError("the plate evaluation needs RapidOCR: pip install rapidocr-onnxruntime "
+        raise UserError(f"{needed_by} needs RapidOCR: pip install rapidocr-onnxruntime "
                         "(installed by `make test` / the [dev] extra)") from None
-    engine = RapidOCR()
+    return RapidOCR()
+
+
+#: what ``ultrares zoom --read`` says read the text, for the provenance
+READER_NAME = "RapidOCR PP-OCR recogniser (onnxruntime)"
+
+
+def character_reader(needed_by: str = "--read") -> Callable[[np.ndarray], list[tuple[str, float]]]:
+    """RGB crop -> [(character, confidence 0-1), ...]: RapidOCR's recogniser, each character
+    with the probability its CTC step gave it."""
+    engine = rapidocr_engine(needed_by)
+
+    def read(crop: np.ndarray) -> list[tuple[str, float]]:
+        result, _ = engine.text_rec(np.ascontiguousarray(crop[:, :, ::-1]), return_word_box=True)
+        text, _mean, (_steps, _words, _cols, _states, confidences) = result[0]
+        return list(zip(text, (float(c) for c in confidences))) if text else []
+
+    return read
+
+
+def rapidocr_reader() -> Reader:
+    """RapidOCR's text recogniser (PP-OCR, onnxruntime) on a plate crop; no detection step."""
+    engine = rapidocr_engine()
 
     def read(crop: np.ndarray) -> str:
         result, _ = engine(np.ascontiguousarray(crop[:, :, ::-1]), use_det=False, use_cls=False, use_rec=True)

@@ -13,19 +13,21 @@ the bicubic of the reference frame at the same bitrate.
 
 Methods: bicubic of the reference frame; the single-frame network on it; the registered temporal
 mean of the first N frames (LR, bicubic warps, then bicubic x4); the fusion of the first N frames
-(:func:`ultrares_stream.fusion.crop.fuse_box`) and, to show what registration costs, the same
-fusion of all the frames with the true motion.
+(:func:`ultrares_stream.fusion.crop.fuse_box`, with its learned refinement where installed, and
+at the largest N the classical fusion alone beside it) and, to show what registration costs, the
+same fusion of all the frames with the true motion.
 """
 from __future__ import annotations
 
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
+from ..fusion import learned
 from ..fusion.crop import FusionSettings, frame_uses, fuse_box
 from ..fusion.fuse import Observation, build_problem, robust_fuse
 from ..fusion.registration import translation
@@ -126,22 +128,28 @@ def true_motion_fusion(frames: list[np.ndarray], warps: list[np.ndarray], box, s
 
 
 def method_outputs(frames: list[np.ndarray], warps: list[np.ndarray], box, model: Callable | None,
-                   protocol: ClipProtocol, timings: list[float]) -> dict[tuple[str, int], np.ndarray]:
-    """(method, N) -> the x4 picture of ``box`` for every method and frame count."""
+                   protocol: ClipProtocol, timings: list[float]) -> dict[tuple[str, int], tuple[np.ndarray, str]]:
+    """(method, N) -> (the x4 picture of ``box``, the fusion's verdict or "") for every method and
+    frame count; at the largest N also the classical fusion alone where the learned refinement is on."""
     s, fs = protocol.scale, protocol.fusion
-    out = {("bicubic", 1): single_frame(frames[0], box, lambda lr: imresize(lr, scale=s), s, fs.margin)}
+    out = {("bicubic", 1): (single_frame(frames[0], box, lambda lr: imresize(lr, scale=s), s, fs.margin), "")}
     if model is not None:
-        out[("model", 1)] = single_frame(frames[0], box, model, s, fs.margin)
+        out[("model", 1)] = (single_frame(frames[0], box, model, s, fs.margin), "")
     times = [i / 25 for i in range(len(frames))]
+    top = max(protocol.counts)
     for n in protocol.counts:
         if n > 1:
-            out[("temporal mean", n)] = registered_mean(frames[:n], box, fs)
+            out[("temporal mean", n)] = (registered_mean(frames[:n], box, fs), "")
         start = time.perf_counter()
-        out[("fusion", n)] = fuse_box(frames[:n], times[:n], 0, box, fs, [True] + [False] * (n - 1)).image
-        if n == max(protocol.counts):
+        crop = fuse_box(frames[:n], times[:n], 0, box, fs, [True] + [False] * (n - 1))
+        out[("fusion", n)] = (crop.image, crop.verdict)
+        if n == top:
             timings.append(time.perf_counter() - start)
-        if protocol.true_motion and n == max(protocol.counts):
-            out[("fusion, true motion", n)] = true_motion_fusion(frames[:n], warps[:n], box, fs)
+        if n == top and fs.learned and learned.refiner() is not None:
+            plain = fuse_box(frames[:n], times[:n], 0, box, replace(fs, learned=False), [True] + [False] * (n - 1))
+            out[("classical fusion", n)] = (plain.image, plain.verdict)
+        if protocol.true_motion and n == top:
+            out[("fusion, true motion", n)] = (true_motion_fusion(frames[:n], warps[:n], box, fs), "")
     return out
 
 
@@ -158,14 +166,14 @@ def score_plate(image: np.ndarray, box, text: str, reader, model, protocol: Clip
     read_at = (inner[0] - lbox[0] * s, inner[1] - lbox[1] * s, inner[2], inner[3])
     plate = window[inner[1]: inner[1] + inner[3], inner[0]: inner[0] + inner[2]]
     text_read = reader(np.ascontiguousarray(plate))
-    rows = [{"bitrate": "-", "method": "original", "n": 1, "read": text_read,
+    rows = [{"bitrate": "-", "method": "original", "n": 1, "read": text_read, "verdict": "",
              "accuracy": char_accuracy(text_read, text, fold=True)}]
     for bitrate in protocol.bitrates:
         frames = encode(clean, bitrate)
-        for (method, n), out in method_outputs(frames, warps, lbox, model, protocol, timings).items():
+        for (method, n), (out, verdict) in method_outputs(frames, warps, lbox, model, protocol, timings).items():
             x, y, w, h = read_at
             got = reader(np.ascontiguousarray(out[max(0, y): y + h, max(0, x): x + w]))
-            rows.append({"bitrate": bitrate, "method": method, "n": n, "read": got,
+            rows.append({"bitrate": bitrate, "method": method, "n": n, "read": got, "verdict": verdict,
                          "accuracy": char_accuracy(got, text, fold=True)})
     return rows
 
@@ -207,6 +215,20 @@ def gap_table(rows: list[dict], protocol: ClipProtocol, widths: tuple[int, int] 
     return table
 
 
+def verdict_table(rows: list[dict], protocol: ClipProtocol) -> list[str]:
+    """Markdown lines: per bitrate, how many of the largest N's fused crops were judged unreadable,
+    and the character accuracy of those and of the rest (what the verdict is worth)."""
+    top = max(protocol.counts)
+    lines = ["| bitrate | judged unreadable | their accuracy | accuracy of the rest |", "| --- | ---: | ---: | ---: |"]
+    for b in protocol.bitrates:
+        fused = [r for r in rows if r["method"] == "fusion" and r["n"] == top and r["bitrate"] == b]
+        flagged = [r["accuracy"] for r in fused if r.get("verdict") == "unreadable"]
+        rest = [r["accuracy"] for r in fused if r.get("verdict") != "unreadable"]
+        mean = (lambda xs: f"{np.mean(xs):.3f}" if xs else "-")
+        lines.append(f"| {b} | {len(flagged)} of {len(fused)} | {mean(flagged)} | {mean(rest)} |")
+    return lines
+
+
 def markdown(rows: list[dict], protocol: ClipProtocol, timings: list[float]) -> str:
     """The overall table (every N) and the by-width table (the largest N) in Markdown."""
     plates = len({(r["image"], r["truth"], r["width"]) for r in rows})
@@ -226,6 +248,7 @@ def markdown(rows: list[dict], protocol: ClipProtocol, timings: list[float]) -> 
             if (line["method"], line["n"]) == ("model", 1) or (line["n"] == top and line["method"] != "bicubic"):
                 cells = [f"{100 * line[b][1]:+.0f} %" for b in protocol.bitrates]
                 lines.append(f"| {line['method']} (N={line['n']}) | {label} | {count} | " + " | ".join(cells) + " |")
+    lines += ["", f"The fusion's verdict, N = {top}:", ""] + verdict_table(rows, protocol)
     if timings:
         lines += ["", f"{top}-frame fusion (tracking included), one thread: median {np.median(timings):.3f} s, "
                       f"p90 {np.percentile(timings, 90):.3f} s, max {max(timings):.3f} s over {len(timings)} crops."]
