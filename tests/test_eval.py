@@ -179,6 +179,23 @@ def test_plates_clip_gap_table_and_buckets():
     assert "| lossless | 1 of 2 | 0.200 | 0.600 |" in text  # the unreadable verdict's share and worth
 
 
+def test_scene_passes_follow_the_demo_scenes_plates_in_their_own_motion():
+    from ultrares_stream.demo.scene import render_scene_frame
+    from ultrares_stream.quality.plates_clip import ClipProtocol, scene_passes, scene_starts
+
+    protocol = ClipProtocol(counts=(1, 16))
+    (start, passes), = scene_passes(scene_starts(2)[1:], protocol, (640, 480))
+    assert start == 50 and passes
+    boxes: list = []
+    first = render_scene_frame(start, 640, 480, plates=boxes)
+    for p in passes:
+        assert len(p.frames) == 16 and p.frames[0].shape == (120, 160, 3) and p.warps is None
+        assert np.array_equal(p.picture, first)
+        assert (*p.box, p.text) in [(x, y, w, h, t.replace(" ", "")) for x, y, w, h, t in boxes]
+    moved = np.abs(passes[0].frames[15].astype(int) - passes[0].frames[0].astype(int)).mean()
+    assert moved > 1.0  # the vehicles moved: a real pass, not one frame repeated
+
+
 def test_plates_clip_window_and_box_stay_aligned():
     from ultrares_stream.quality.plates_clip import lr_box, pass_window
 
@@ -204,12 +221,15 @@ def test_eval_plates_clip_command(tmp_path):
                                               for x, y, w, h, t in boxes[:2]))
     out = tmp_path / "out"
     assert main(["eval", "--task", "plates-clip", "--dataset", str(folder), "--bicubic-only",
-                 "--limit", "2", "--out-dir", str(out)]) == 0
+                 "--limit", "2", "--scene-windows", "1", "--out-dir", str(out)]) == 0
     md = (out / "plates_clip.md").read_text()
     assert "2 plates" in md and "| fusion | 16 |" in md and "| temporal mean | 16 |" in md
+    photos, scene = md.split("## The demo scene's plates in their own motion")
+    assert "| fusion | 16 |" in scene and "true motion" not in scene  # the scene's motion is not known
     assert "16-frame fusion (tracking included), one thread" in md
     rows = read_rows(out / "plates_clip.csv")
     assert {r["bitrate"] for r in rows} == {"-", "lossless", "0.3bpp", "0.1bpp"}
+    assert {r["image"] for r in rows if r["image"].startswith("scene@")} == {"scene@0"}
     assert {r["method"] for r in rows} == {"original", "bicubic", "temporal mean", "fusion", "classical fusion",
                                            "fusion, true motion"}
     assert {r["verdict"] for r in rows if r["method"] == "fusion"} <= {"fused", "unreadable"}

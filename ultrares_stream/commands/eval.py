@@ -63,6 +63,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="plates task: score the first N plates only")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="plates-clip task: N plates spread evenly over the set (default all)")
+    p.add_argument("--scene-windows", type=int, default=8, metavar="N",
+                   help="plates-clip task: also score the demo scene's plates in their own motion over N 16-frame "
+                        "windows (default 8; 0: none)")
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -276,7 +279,7 @@ def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
     from ..errors import UserError
     from ..quality.evaluate import upscaler_fn
     from ..quality.plate_reading import photo_samples, rapidocr_reader, read_annotations
-    from ..quality.plates_clip import ClipProtocol, markdown, score_clip_plates
+    from ..quality.plates_clip import ClipProtocol, markdown, scene_starts, score_clip_plates, score_scene_plates
     from ..upscaler import Upscaler
 
     if args.scale != 4:
@@ -284,6 +287,8 @@ def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
     cv2.setNumThreads(1)  # the fusion's speed is measured on one core
     torch.set_num_threads(1)
     plates = [p for d in args.dataset for p in read_annotations(d)]
+    if args.scene_windows < 0:
+        raise UserError(f"--scene-windows must be 0 or more, got {args.scene_windows}")
     if args.limit is not None:
         if args.limit < 1:
             raise UserError(f"--limit must be at least 1, got {args.limit}")
@@ -296,8 +301,15 @@ def run_plates_clip(args: argparse.Namespace, models: list[str]) -> int:
         model = upscaler_fn(up)
     protocol = ClipProtocol()
     progress = lambda i: log.info("plates-clip: %d / %d plates", i, len(plates))  # noqa: E731
-    rows, timings = score_clip_plates(photo_samples(plates), rapidocr_reader(), model, protocol, progress)
+    reader = rapidocr_reader()
+    rows, timings = score_clip_plates(photo_samples(plates), reader, model, protocol, progress)
     text = markdown(rows, protocol, timings)
+    if args.scene_windows > 0:
+        scene = score_scene_plates(reader, model, protocol, scene_starts(args.scene_windows),
+                                   lambda s: log.info("plates-clip: scene window at frame %d", s))
+        text += ("\n## The demo scene's plates in their own motion\n\n" + markdown(scene, protocol, [])
+                 if scene else "")
+        rows += scene
     print(text)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
