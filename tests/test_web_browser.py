@@ -223,7 +223,7 @@ def test_api_docs_render_the_operations_in_chromium(tmp_path):
     from ultrares_stream.web.app import create_app
 
     expected = {"/api/v1/upscale", "/api/v1/models", "/api/v1/info", "/api/v1/streams", "/api/v1/streams/{name}",
-                "/api/v1/streams/{name}/snapshot.jpg", "/api/v1/streams/{name}/zoom"}
+                "/api/v1/streams/{name}/snapshot.jpg", "/api/v1/streams/{name}/zoom", "/api/v1/zoom"}
     for token in (None, "docs-token"):
         app = create_app(FakeService(), device="cpu", api_token=token, allowed_hosts=["127.0.0.1"])
         with serve(app) as base, chromium(tmp_path) as driver:
@@ -322,6 +322,65 @@ def test_a_box_drawn_on_a_camera_shows_the_fused_zoom_beside_one_frame(tmp_path,
     finally:
         svc.stop(10)
         http.stop()
+
+
+#: (video, x, y in the clip's pixels) -> the screen offset from the video element's centre
+CLIP_TO_OFFSET = """
+    const v = arguments[0], b = v.getBoundingClientRect();
+    const s = Math.min(b.width / v.videoWidth, b.height / v.videoHeight);
+    const left = (b.width - v.videoWidth * s) / 2, top = (b.height - v.videoHeight * s) / 2;
+    return [Math.round(left + arguments[1] * s - b.width / 2), Math.round(top + arguments[2] * s - b.height / 2)];"""
+
+
+def test_a_box_drawn_on_an_uploaded_clip_shows_the_fused_zoom_beside_one_frame(tmp_path):
+    """The page's clip view: a file that is not a video says so; a real H.264 clip is shown, seeked
+    to 0.8 s with the Seconds field, and a box dragged over the plate there gives the fused x4 crop
+    (POST /api/v1/zoom) beside the one frame's bicubic x4, both 4x the box, and the provenance line."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.test_zoom_api import box_at, panning_clip
+    from ultrares_stream.web.app import create_app
+
+    clip, _, boxes = panning_clip(tmp_path / "pass.mp4", 40)
+    not_a_clip = tmp_path / "notes.mp4"
+    not_a_clip.write_text("shopping list, not a video\n" * 20)
+    with serve(create_app(device="cpu")) as base, chromium(tmp_path) as driver:
+        find = lambda css: driver.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+        ready = lambda: driver.execute_script("return document.body.dataset.clipReady")  # noqa: E731
+        driver.get(base + "/#clip")
+        find("#clip-input").send_keys(str(not_a_clip))
+        wait_for(lambda: find("#clip-error").is_displayed() and "cannot show notes.mp4" in find("#clip-error").text,
+                 20, "the error for a file that is not a video")
+        find("#clip-input").send_keys(str(clip))
+        wait_for(lambda: ready() == "0.000", 20, "the clip's first frame")
+        assert not find("#clip-error").is_displayed() and "160×120" in find("#clip-info").text
+        seconds = find("#clip-at")
+        seconds.clear()
+        seconds.send_keys("0.8", Keys.TAB)
+        wait_for(lambda: ready() == "0.800", 20, f"the frame at 0.8 s ({ready()}, {seconds.get_attribute('value')})")
+        x, y, w, h = box_at(boxes[0], 20)  # the plate in frame 20 (0.8 s at 25 fps)
+        video = find("#clip-video")
+        at = lambda px, py: driver.execute_script(CLIP_TO_OFFSET, video, px, py)  # noqa: E731
+        (x0, y0), (x1, y1) = at(x - 1, y - 1), at(x + w + 1, y + h + 1)
+        ActionChains(driver).move_to_element_with_offset(video, x0, y0).click_and_hold() \
+            .move_to_element_with_offset(video, (x0 + x1) // 2, (y0 + y1) // 2) \
+            .move_to_element_with_offset(video, x1, y1).release().perform()
+        wait_for(lambda: driver.execute_script("return document.getElementById('clip-zoom').dataset.zoom"), 60,
+                 "the clip zoom")
+        drawn = [int(v) for v in driver.execute_script("return document.getElementById('clip-zoom').dataset.zoomBox")
+                 .split(",")]
+        assert abs(drawn[0] - (x - 1)) <= 1 and abs(drawn[2] - (w + 2)) <= 2, (drawn, (x, y, w, h))
+        sizes = driver.execute_script("""return ['.zoom-fused', '.zoom-single'].map((c) =>
+            [document.querySelector('#clip-zoom ' + c).naturalWidth, document.querySelector('#clip-zoom ' + c).naturalHeight])""")
+        assert sizes == [[4 * drawn[2], 4 * drawn[3]]] * 2, (sizes, drawn)
+        text = find("#clip-zoom").text
+        assert "Machine-fused from 16 frames" in text and "around 0.800 s" in text, text
+        assert "One frame (bicubic ×4)" in text and "Frames 16 of 16" in text, text
+        assert find("#clip-zoom .zoom-save").get_attribute("download").startswith("pass-zoom-0.800s-")
+        shot = Path(os.environ.get("ULTRARES_SCREENSHOT_DIR", tmp_path)) / "web-clip-zoom-test.png"
+        driver.save_screenshot(str(shot))
 
 
 def make_screenshot(dest: Path) -> None:

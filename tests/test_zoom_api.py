@@ -298,3 +298,159 @@ def live_zooms(base: str, duration: float) -> tuple[list[float], list[float]]:
     stop.set()
     sampler.join()
     return seconds, during
+
+
+# ----------------------------------------------------------------------------- an uploaded clip
+CLIP_LIMIT = 512 * 1024  # the clip app's upload limit (bytes)
+
+
+@pytest.fixture(scope="module")
+def clip_app(tmp_path_factory):
+    """The app alone (no cameras; token set; uploads up to CLIP_LIMIT bytes and 200x150 pixels) over
+    real HTTP, and a 40-frame H.264 clip of the demo scene panning: (base URL, clip, HR picture, boxes).
+    Temporary files go to a folder of this module's own while it runs."""
+    import tempfile
+
+    from ultrares_stream.web.app import create_app
+
+    path, picture, boxes = panning_clip(tmp_path_factory.mktemp("clip") / "pass.mp4", 40)
+    app = create_app(device="cpu", api_token=TOKEN, max_upload_bytes=CLIP_LIMIT, max_pixels=200 * 150)
+    http = HttpServer(app, "127.0.0.1", free_port()).start()
+    saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("tmp"))
+    try:
+        yield http.url, path, picture, boxes
+    finally:
+        tempfile.tempdir = saved
+        http.stop()
+
+
+def post_clip(base: str, clip: bytes, fields: dict, headers: dict | None = None, name: str = "pass.mp4") -> httpx.Response:
+    return httpx.post(f"{base}/api/v1/zoom", files={"clip": (name, clip, "video/mp4")}, data=fields,
+                      headers=AUTH if headers is None else headers, timeout=30)
+
+
+def grey_clip(path, width: int, height: int) -> bytes:
+    """Two grey H.264 frames of ``width`` x ``height``: the file's bytes."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for k in range(2):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 100, np.uint8), format="rgb24")
+            frame.pts = k
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path.read_bytes()
+
+
+def clip_folders() -> set:
+    import tempfile
+    from pathlib import Path
+
+    return set(Path(tempfile.gettempdir()).glob("ultrares-clip-*"))
+
+
+def test_a_clip_zoom_is_what_ultrares_zoom_writes_beside_the_single_frame(clip_app, tmp_path):
+    from ultrares_stream.cli import main
+
+    base, path, picture, boxes = clip_app
+    box, at = box_at(boxes[0], 20), 20 / 25
+    fields = {"at": str(at), "box": ",".join(map(str, box)), "frames": "16"}
+    fused = post_clip(base, path.read_bytes(), fields)
+    assert fused.status_code == 200, fused.text
+    image, info = png_info(fused.content)
+    assert image.shape == (box[3] * 4, box[2] * 4, 3)
+    assert info["Comment"].startswith("Machine-fused from 16 frames") and "Not an original recording" in info["Comment"]
+    assert info["ultrares:verdict"] == "fused" and info["ultrares:reference"] == f"{at:.3f}"
+    assert len(info["ultrares:timestamps"].split(",")) == 16 and info["ultrares:box"] == fields["box"]
+    h = fused.headers
+    assert h["x-ultrares-frames"] == "16 of 16" and h["x-ultrares-model"] == "multi-frame fusion"
+    assert h["x-ultrares-reference-time"] == f"{at:.3f}" and h["x-ultrares-comment"] == info["Comment"]
+    assert h["x-ultrares-output-size"] == f"{box[2] * 4}x{box[3] * 4}" and float(h["x-ultrares-residual"]) >= 0
+    assert 'filename="pass-zoom-0.800s-' in h["content-disposition"] and h["content-disposition"].endswith('-fused.png"')
+    # the command line's crop of the same box, pixel for pixel, with the same provenance
+    assert main(["zoom", str(path), "--at", str(at), "--box", fields["box"], "-o", str(tmp_path / "cli.png")]) == 0
+    cli_image, cli_info = png_info((tmp_path / "cli.png").read_bytes())
+    assert np.array_equal(image, cli_image) and cli_info == info
+
+    single = post_clip(base, path.read_bytes(), {**fields, "method": "single"})
+    assert single.status_code == 200, single.text
+    one, one_info = png_info(single.content)
+    assert one.shape == image.shape and one_info["ultrares:verdict"] == "single frame"
+    assert "One frame of pass.mp4" in one_info["Comment"] and single.headers["x-ultrares-frames"] == "1 of 1"
+    hr = truth(picture, 20, box)
+    assert luma_psnr(image, hr) > luma_psnr(one, hr) + 0.5, (luma_psnr(image, hr), luma_psnr(one, hr))
+
+
+@pytest.mark.parametrize("fields, status, words", [
+    ({"at": "0.8", "box": "150,100,30,10"}, 422, ["box 150,100,30,10 is outside the 160x120 frame"]),
+    ({"at": "0.8", "box": "-1,0,20,8"}, 422, ["box -1,0,20,8 is outside"]),
+    ({"at": "0.8", "box": "10,10,30"}, 422, ["box must be X,Y,W,H"]),
+    ({"at": "0.8", "box": "10,10,1,8"}, 422, ["at least 2 pixels"]),
+    ({"at": "9", "box": "10,10,30,10"}, 422, ["at 9 s is past the end of pass.mp4", "last frame is at 1.560 s"]),
+    ({"at": "-1", "box": "10,10,30,10"}, 422, ["at: "]),
+    ({"at": "nan", "box": "10,10,30,10"}, 422, ["at: ", "finite"]),
+    ({"box": "10,10,30,10"}, 422, ["at: "]),
+    ({"at": "0.8", "box": "10,10,30,10", "frames": "0"}, 422, ["frames: "]),
+    ({"at": "0.8", "box": "10,10,30,10", "frames": "65"}, 422, ["frames: "]),
+    ({"at": "0.8", "box": "10,10,30,10", "method": "sharpest"}, 422, ["method: "]),
+])
+def test_a_clip_zoom_that_cannot_be_made_says_why(clip_app, fields, status, words):
+    before = clip_folders()
+    resp = post_clip(clip_app[0], clip_app[1].read_bytes(), fields)
+    assert resp.status_code == status and resp.headers["content-type"] == "application/json", resp.text
+    message = resp.json()["error"]
+    assert all(w in message for w in words) and "Traceback" not in message, message
+    assert clip_folders() <= before  # the upload's temporary folder is gone
+
+
+def test_a_bad_or_oversized_clip_is_refused_with_nothing_left_behind(clip_app, tmp_path):
+    base, path = clip_app[0], clip_app[1]
+    data, fields, before = path.read_bytes(), {"at": "0.5", "box": "10,10,30,10"}, clip_folders()
+    for blob, status, words in [
+        (b"shopping list, not a video\n" * 40, 400, ["notes.mp4: cannot decode the video"]),
+        (data[: len(data) // 3], 400, ["notes.mp4: cannot decode the video"]),  # cut short: no index
+        (b"", 400, ["empty"]),
+        (data + bytes(CLIP_LIMIT), 413, [f"over {CLIP_LIMIT:,} bytes"]),  # within the form's overhead
+    ]:
+        resp = post_clip(base, blob, fields, name="notes.mp4")
+        assert resp.status_code == status, (status, resp.text)
+        message = resp.json()["error"]
+        assert all(w in message for w in words) and "/" not in message.replace("X,Y,W,H", ""), message
+    resp = post_clip(base, grey_clip(tmp_path / "big.mp4", 256, 192), fields)
+    assert resp.status_code == 413 and "256x192 = 49,152 pixels; the limit is 30,000" in resp.json()["error"], resp.text
+    assert clip_folders() <= before
+    assert post_clip(base, data, {**fields, "box": "75,42,29,6"}).status_code == 200  # the server is fine
+    from fastapi.testclient import TestClient
+
+    from ultrares_stream.web.app import create_app
+
+    with TestClient(create_app(device="cpu", max_upload_bytes=CLIP_LIMIT)) as client:  # in-process: the
+        resp = client.post("/api/v1/zoom", files={"clip": ("big.mp4", bytes(3 * CLIP_LIMIT))}, data=fields)
+        # body is sent whole before the early answer, which over a socket may cut the client's sending short
+    assert resp.status_code == 413 and "request body is over" in resp.json()["error"], resp.text
+
+
+def test_an_unreadable_clip_zoom_returns_the_verdict_instead_of_an_image(clip_app):
+    base, path, _, boxes = clip_app
+    x, y, _, _ = box_at(boxes[0], 20)
+    resp = post_clip(base, path.read_bytes(), {"at": "0.8", "box": f"{x},{y},8,4"})
+    assert resp.status_code == 422 and resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert body["verdict"] == "unreadable" and "under 12x6" in body["reasons"][0]
+    assert body["error"].startswith("unreadable:") and body["frames"].endswith("of 16")
+
+
+def test_clip_zoom_follows_the_access_rules(clip_app):
+    base, path = clip_app[0], clip_app[1]
+    fields = {"at": "0.8", "box": "75,42,29,6"}
+    assert post_clip(base, path.read_bytes(), fields, headers={}).status_code == 401
+    cross = post_clip(base, path.read_bytes(), fields, headers={**AUTH, "Origin": "http://evil.example"})
+    assert cross.status_code == 403 and "cross-origin" in cross.json()["error"]
+    same = post_clip(base, path.read_bytes(), fields, headers={**AUTH, "Origin": base})
+    assert same.status_code == 200, same.text
+    schema = httpx.get(f"{base}/openapi.json", headers=AUTH, timeout=10).json()
+    op = schema["paths"]["/api/v1/zoom"]["post"]
+    assert "image/png" in op["responses"]["200"]["content"]
+    assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ZoomUnreadable")

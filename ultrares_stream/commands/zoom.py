@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from .options import positive_int
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..fusion.evidence import FusedCrop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,11 +92,39 @@ def reading(args: argparse.Namespace):
     return read_crop
 
 
-def run_box(args: argparse.Namespace) -> int:
+class ClipCrop(NamedTuple):
+    """The x4 picture of a box of a clip (HxWx3 uint8), the fused crop it is (None: one frame's
+    bicubic x4), the reference frame's time (s) and the seconds the fusion or resize took."""
+
+    image: np.ndarray
+    crop: FusedCrop | None
+    time: float
+    seconds: float
+
+
+def clip_crop(clip: Path, at: float, box: tuple[int, int, int, int], count: int, single: bool = False) -> ClipCrop:
+    """``box`` of ``clip``'s frame nearest ``at`` s, fused x4 from the ``count`` frames around it
+    (``single``: that frame's bicubic x4, for comparison). What ``ultrares zoom`` writes and
+    ``POST /api/v1/zoom`` answers; UserError for a bad clip, time or box."""
     import time
 
     from ..fusion.crop import fuse_box
     from ..fusion.decode import frames_around
+    from ..fusion.live import single_frame
+
+    frames = frames_around(clip, at, 1 if single else count)
+    ref = frames.rgb[frames.reference]
+    check_inside(box, ref.shape)
+    start = time.perf_counter()
+    if single:
+        image, crop = single_frame(ref, box), None
+    else:
+        crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
+        image = crop.image
+    return ClipCrop(image, crop, frames.times[frames.reference], time.perf_counter() - start)
+
+
+def run_box(args: argparse.Namespace) -> int:
     from ..fusion.evidence import tags
     from ..fusion.live import picture
     from ..images import format_for_path, write_image
@@ -98,14 +132,10 @@ def run_box(args: argparse.Namespace) -> int:
     box = parse_box(args.box)
     format_for_path(args.output)  # an unsupported extension fails before the work
     read_crop = reading(args)
-    frames = frames_around(args.clip, args.at, args.frames)
-    check_inside(box, frames.rgb[frames.reference].shape)
-    start = time.perf_counter()
-    crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
-    seconds = time.perf_counter() - start
-    keys, said = read_crop(crop)
-    write_image(picture(crop.image), args.output, provenance={**tags(crop), **keys})
-    print(f"{args.output}: {crop.summary()}; {seconds:.2f} s{said}")
+    made = clip_crop(args.clip, args.at, box, args.frames)
+    keys, said = read_crop(made.crop)
+    write_image(picture(made.image), args.output, provenance={**tags(made.crop), **keys})
+    print(f"{args.output}: {made.crop.summary()}; {made.seconds:.2f} s{said}")
     return 0
 
 

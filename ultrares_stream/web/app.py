@@ -45,6 +45,7 @@ from .guard import AccessPolicy, Guard
 from .jobs import JobQueue
 from ..config import WEB_ALPHA
 from .upscaling import UpscalerCache, upscale_upload
+from .clip_zoom import CLIP_ZOOM_WAITING, CLIP_ZOOM_WORKERS, add_clip_zoom_route
 from .zoom import ZOOM_WAITING, ZOOM_WORKERS, add_zoom_route
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class _Context:
         self.upscalers = UpscalerCache(device, pool=getattr(service, "pool", None))  # one pool per process
         self.jobs = JobQueue(workers, queue_size)
         self.zooms = JobQueue(ZOOM_WORKERS, ZOOM_WAITING)  # zooms never wait behind an upscale
+        self.clip_zooms = JobQueue(CLIP_ZOOM_WORKERS, CLIP_ZOOM_WAITING)  # nor a camera's behind a clip's
         self._custom_info: ModelInfo | None = None
 
     # -- models
@@ -287,6 +289,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
         yield
         ctx.jobs.shutdown()
         ctx.zooms.shutdown()
+        ctx.clip_zooms.shutdown()
 
     app = FastAPI(
         title="UltraRes Stream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -308,6 +311,7 @@ def create_app(service=None, metrics: Metrics | None = None, *, api_token: str |
     _add_info_routes(app, ctx)
     _add_upscale_route(app, ctx)
     _add_stream_routes(app, ctx)
+    add_clip_zoom_route(app, ctx, ERROR_RESPONSES)
     log.debug("web app ready (model %s, token %s)", ctx.default_model, "on" if api_token else "off")
     return app
 
@@ -402,9 +406,7 @@ async def _upscale(ctx: _Context, image: UploadFile, model: str, alpha: float, s
     """Read, check and upscale one upload on the job queue; the image response, or ApiError/UserError."""
     check_passes(ensemble)  # a bad count is a 400 before the upload is read
     limits = ctx.limits
-    data = await image.read(limits.max_upload_bytes + 1)
-    if len(data) > limits.max_upload_bytes:
-        raise ApiError(413, f"the upload is over {limits.max_upload_bytes:,} bytes; send a smaller file")
+    data = await uploads.read_bounded(image, limits.max_upload_bytes)
     spec = ctx.check_model(model)
     if size.strip():
         from ..sizes import parse_size
@@ -516,8 +518,8 @@ def _install_error_handlers(app: FastAPI, on_invalid_upscale: Callable[[], None]
         return _error(500, f"internal error ({exc.__class__.__name__}); the server log has the details")
 
 
-#: the page loads only its own script, styles and the images it makes (blob:/data: URLs)
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+#: the page loads only its own script, styles, the images it makes and the clip chosen (blob:/data: URLs)
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 

@@ -41,6 +41,14 @@ class Upload:
         return self.image.size
 
 
+async def read_bounded(upload, max_bytes: int) -> bytes:
+    """The bytes of ``upload`` (a FastAPI ``UploadFile``); 413 when over ``max_bytes``, read no further."""
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, f"the upload is over {max_bytes:,} bytes; send a smaller file")
+    return data
+
+
 def identify(data: bytes, max_pixels: int) -> Upload:
     """Open ``data`` as an image from its header; 415 if it is not one we read, 413 if too many pixels."""
     if not data:

@@ -97,12 +97,12 @@ def add_zoom_route(app: FastAPI, ctx, errors: dict) -> None:
             status = 422 if exc.kind == "box" else 409
             raise ApiError(status, str(exc), {"Retry-After": "1"} if status == 409 else None) from None
         if result.verdict == "unreadable":
-            return unreadable(result)
+            return unreadable(result.crop)
         return zoom_response(name, result)
 
 
-def unreadable(result) -> JSONResponse:
-    crop = result.crop
+def unreadable(crop) -> JSONResponse:
+    """422: the fused crop's ``unreadable`` verdict, its reason and frames, instead of an image."""
     rejected = [f"{f.time:.3f} s: {f.rejected}" for f in crop.frames if f.weight <= 0]
     return JSONResponse({"error": f"unreadable: {crop.reason}", "verdict": "unreadable", "reasons": [crop.reason],
                          "frames": f"{len(crop.used)} of {len(crop.frames)}", "rejected": rejected},
@@ -115,22 +115,29 @@ def _header(text: str) -> str:
 
 
 def zoom_response(name: str, result) -> Response:
-    from ..fusion.live import png
-
-    prov = result.tags
-    h, w = result.image.shape[:2]
-    x, y, bw, bh = (int(v) for v in prov["ultrares:box"].split(","))
-    residuals = [f.residual for f in result.crop.used] if result.crop is not None else []
+    """A camera's zoom (:class:`~ultrares_stream.fusion.live.Zoom`) as its PNG answer."""
+    x, y, bw, bh = result.tags["ultrares:box"].split(",")
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60] or "camera"
     method = "fused" if result.crop is not None else "single"
-    return Response(png(result.image, prov), media_type="image/png", headers={
+    return png_response(result.image, result.tags, result.crop, result.seconds, {
         "Content-Disposition": f'inline; filename="{stem}-zoom-{result.reference.index}-{x}_{y}_{bw}_{bh}-{method}.png"',
-        "X-Ultrares-Model": prov["ultrares:model"], "X-Ultrares-Method": _header(prov["ultrares:method"]),
+        "X-Ultrares-Reference-Index": str(result.reference.index)})
+
+
+def png_response(image: np.ndarray, prov: dict[str, str], crop, seconds: float, headers: dict[str, str]) -> Response:
+    """A zoom's x4 ``image`` as PNG with its provenance ``prov`` (text chunks and X-Ultrares-*
+    headers); ``crop``: the fused crop (None for a single frame), for its residuals."""
+    from ..fusion.live import png
+
+    h, w = image.shape[:2]
+    _, _, bw, bh = prov["ultrares:box"].split(",")
+    residuals = [f.residual for f in crop.used] if crop is not None else []
+    return Response(png(image, prov), media_type="image/png", headers={
+        **headers, "X-Ultrares-Model": prov["ultrares:model"], "X-Ultrares-Method": _header(prov["ultrares:method"]),
         "X-Ultrares-Frames": prov["ultrares:frames"], "X-Ultrares-Verdict": _header(prov["ultrares:verdict"]),
-        "X-Ultrares-Box": prov["ultrares:box"], "X-Ultrares-Reference-Index": str(result.reference.index),
-        "X-Ultrares-Reference-Time": prov["ultrares:reference"],
+        "X-Ultrares-Box": prov["ultrares:box"], "X-Ultrares-Reference-Time": prov["ultrares:reference"],
         "X-Ultrares-Residual": f"{np.median(residuals):.2f}" if residuals else "",
         "X-Ultrares-Input-Size": f"{bw}x{bh}", "X-Ultrares-Output-Size": f"{w}x{h}",
-        "X-Ultrares-Seconds": f"{result.seconds:.3f}", "X-Ultrares-Comment": _header(prov["Comment"]),
+        "X-Ultrares-Seconds": f"{seconds:.3f}", "X-Ultrares-Comment": _header(prov["Comment"]),
         "Cache-Control": "no-store",
     })

@@ -1,5 +1,5 @@
-// UltraRes Stream web page: upscale an image (before/after compare, zoom, download) and
-// watch/steer the live cameras. Plain ES2020, no build step; talks to /api/v1.
+// UltraRes Stream web page: upscale an image (before/after compare, zoom, download),
+// watch/steer the live cameras, and zoom into a box of a camera's view or an uploaded clip. Plain ES2020, no build step; talks to /api/v1.
 "use strict";
 
 const API = "/api/v1";
@@ -62,7 +62,7 @@ function needToken(message) {
 
 // ------------------------------------------------------------------ tabs and token
 function selectTab(name) {
-  for (const tab of ["image", "cameras"]) {
+  for (const tab of ["image", "cameras", "clip"]) {
     const on = tab === name;
     $(`tab-${tab}`).classList.toggle("active", on);
     $(`tab-${tab}`).setAttribute("aria-selected", String(on));
@@ -524,7 +524,7 @@ const Cameras = {
       </div>`;
     el.querySelector(".camera-name").textContent = name;
     el.querySelector("img").alt = `latest enhanced frame of ${name}`;
-    const card = { name, el, busyUntil: 0, snapTimer: null, shownIndex: null, inputSize: null, zooms: 0 };
+    const card = { name, el, busyUntil: 0, snapTimer: null, shownIndex: null, inputSize: null };
     Zoom.attach(card);
     const slider = el.querySelector(".camera-alpha");
     slider.addEventListener("input", () => {
@@ -610,82 +610,107 @@ const Cameras = {
   },
 };
 
-// ------------------------------------------------------------------ zoom: a box drawn on a camera's picture
+// ------------------------------------------------------------------ zoom: a box drawn on a picture (camera or clip)
 const Zoom = {
   // the picture's drawn area inside its element (object-fit: contain letterboxes it)
-  contentRect(img) {
-    const b = img.getBoundingClientRect();
-    const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
-    const w = img.naturalWidth * s, h = img.naturalHeight * s;
+  contentRect(el, naturalWidth, naturalHeight) {
+    const b = el.getBoundingClientRect();
+    const s = Math.min(b.width / naturalWidth, b.height / naturalHeight);
+    const w = naturalWidth * s, h = naturalHeight * s;
     return { left: b.left + (b.width - w) / 2, top: b.top + (b.height - h) / 2, width: w, height: h };
   },
 
-  attach(card) {
-    const preview = card.el.querySelector(".preview");
-    const img = preview.querySelector("img");
-    const boxEl = preview.querySelector(".zoom-box");
+  // Box drawing on `surface` (the picture's container, holding `boxEl`): `target()` says where the
+  // picture is ({rect, size: the frame's pixels, ref: what the box refers to}) or null when there is
+  // none yet; `onBox(box, ref)` gets the box in the frame's pixels.
+  drawOn(surface, boxEl, target, onBox) {
     let drag = null;
     const point = (e) => [clamp(e.clientX, drag.rect.left, drag.rect.left + drag.rect.width),
                           clamp(e.clientY, drag.rect.top, drag.rect.top + drag.rect.height)];
     const draw = (e) => {
       const [x, y] = point(e);
-      const p = preview.getBoundingClientRect();
+      const p = surface.getBoundingClientRect();
       Object.assign(boxEl.style, { left: `${Math.min(x, drag.x) - p.left}px`, top: `${Math.min(y, drag.y) - p.top}px`,
                                    width: `${Math.abs(x - drag.x)}px`, height: `${Math.abs(y - drag.y)}px` });
       show(boxEl, true);
     };
-    preview.addEventListener("pointerdown", (e) => {
-      if (e.button !== 0 || img.hidden || !img.naturalWidth) return;
-      const rect = this.contentRect(img);
-      drag = { rect, x: 0, y: 0, index: card.shownIndex, natural: [img.naturalWidth, img.naturalHeight] };
+    surface.addEventListener("pointerdown", (e) => {
+      const where = e.button === 0 ? target() : null;
+      if (!where) return;
+      drag = { ...where, x: 0, y: 0 };
       [drag.x, drag.y] = point(e);
-      preview.setPointerCapture(e.pointerId);
+      surface.setPointerCapture(e.pointerId);
       e.preventDefault();
       draw(e);
     });
-    preview.addEventListener("pointermove", (e) => { if (drag) draw(e); });
-    preview.addEventListener("pointerup", (e) => {
+    surface.addEventListener("pointermove", (e) => { if (drag) draw(e); });
+    surface.addEventListener("pointerup", (e) => {
       if (!drag) return;
-      const box = this.toFrame(card, drag, point(e));
+      const box = this.toFrame(drag, point(e));
+      const ref = drag.ref;
       drag = null;
-      if (box) this.request(card, box.box, box.index);
-      else show(boxEl, false);
+      if (box) onBox(box, ref); else show(boxEl, false);
     });
-    preview.addEventListener("pointercancel", () => { drag = null; show(boxEl, false); });
+    surface.addEventListener("pointercancel", () => { drag = null; show(boxEl, false); });
   },
 
-  // the drawn box in the camera's decoded pixels (the preview is its enhanced, larger picture)
-  toFrame(card, drag, [x1, y1]) {
+  attach(card) {
+    const preview = card.el.querySelector(".preview");
+    const img = preview.querySelector("img");
+    const target = () => (img.hidden || !img.naturalWidth ? null : {
+      rect: this.contentRect(img, img.naturalWidth, img.naturalHeight),
+      // the box is in the camera's decoded pixels (the preview is its enhanced, larger picture)
+      size: card.inputSize || [img.naturalWidth, img.naturalHeight], ref: card.shownIndex,
+    });
+    this.drawOn(preview, preview.querySelector(".zoom-box"), target, (box, index) => this.request(card, box, index));
+  },
+
+  // the drawn box in the frame's pixels
+  toFrame(drag, [x1, y1]) {
     const r = drag.rect;
-    const [fw, fh] = card.inputSize || drag.natural;
+    const [fw, fh] = drag.size;
     const sx = fw / r.width, sy = fh / r.height;
     const x = Math.floor((Math.min(x1, drag.x) - r.left) * sx), y = Math.floor((Math.min(y1, drag.y) - r.top) * sy);
     const w = Math.min(fw - x, Math.round(Math.abs(x1 - drag.x) * sx)), h = Math.min(fh - y, Math.round(Math.abs(y1 - drag.y) * sy));
-    return w >= 2 && h >= 2 ? { box: [x, y, w, h], index: drag.index } : null;
+    return w >= 2 && h >= 2 ? [x, y, w, h] : null;
+  },
+
+  // a zoom's answer: {resp, blob} (the PNG) or {error, verdict} (the JSON refusal)
+  async answer(resp) {
+    if (resp.ok) return { resp, blob: await resp.blob() };
+    let body = null;
+    try { body = await resp.json(); } catch (_) { /* not JSON */ }
+    const message = (body && body.error) || `${resp.status} ${resp.statusText || "error"}`;
+    return { error: resp.status === 401 ? needToken(message) : message, verdict: body && body.verdict };
   },
 
   async fetchZoom(card, box, index, method) {
     const body = { box, frames: 16, method, ...(index == null ? {} : { reference: index }) };
-    const resp = await fetch(`${API}/streams/${encodeURIComponent(card.name)}/zoom`, {
+    return this.answer(await fetch(`${API}/streams/${encodeURIComponent(card.name)}/zoom`, {
       method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
-    });
-    if (resp.ok) return { resp, blob: await resp.blob() };
-    let body422 = null;
-    try { body422 = await resp.json(); } catch (_) { /* not JSON */ }
-    const message = (body422 && body422.error) || `${resp.status} ${resp.statusText || "error"}`;
-    return { error: resp.status === 401 ? needToken(message) : message, verdict: body422 && body422.verdict };
+    }));
   },
 
   async request(card, box, index) {
-    const el = card.el;
-    const info = el.querySelector(".zoom-info");
-    info.classList.remove("bad");
-    info.textContent = `zooming into ${box.join(",")}…`;
-    const n = ++card.zooms;
-    el.dataset.zoomBox = box.join(",");
+    const n = this.start(card.el, box, `zooming into ${box.join(",")}…`);
     const [fused, single] = await Promise.all([this.fetchZoom(card, box, index, "fused"),
                                                this.fetchZoom(card, box, index, "single")]);
-    if (n !== card.zooms) return; // a newer box was drawn meanwhile
+    if (n === Number(card.el.dataset.zoomRequest)) this.show(card.el, fused, single); // else a newer box was drawn
+  },
+
+  // a new zoom of `box` into the panel under `el`: its number (an older answer is then dropped)
+  start(el, box, text) {
+    const info = el.querySelector(".zoom-info");
+    info.classList.remove("bad");
+    info.textContent = text;
+    el.dataset.zoomBox = box.join(",");
+    el.dataset.zoomRequest = String(Number(el.dataset.zoomRequest || 0) + 1);
+    return Number(el.dataset.zoomRequest);
+  },
+
+  // the fused crop beside the single frame, the provenance line, a link to save the PNG
+  show(el, fused, single) {
+    const info = el.querySelector(".zoom-info");
     this.showImage(el.querySelector(".zoom-single"), single.blob);
     this.showImage(el.querySelector(".zoom-fused"), fused.blob);
     show(el.querySelector(".zoom-pair"), !!(fused.blob || single.blob));
@@ -702,13 +727,128 @@ const Zoom = {
       info.classList.add("bad");
       info.textContent = fused.verdict ? `Fused: ${fused.error}. Do not read characters from this box.` : fused.error;
     }
-    el.dataset.zoom = String(n);
+    el.dataset.zoom = el.dataset.zoomRequest;
   },
 
   showImage(img, blob) {
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
     if (blob) img.src = URL.createObjectURL(blob); else img.removeAttribute("src");
     img.hidden = !blob;
+  },
+};
+
+// ------------------------------------------------------------------ clip zoom: a box drawn on a frame of an uploaded clip
+// The browser shows the clip (<video>, seeked to a time); the server fuses the box from the clip's
+// frames around that time (POST /api/v1/zoom, the clip uploaded with each box).
+const Clip = {
+  file: null,
+  url: null,
+  shownTime: null, // the time of the frame the video shows (requestVideoFrameCallback), else currentTime
+
+  init() {
+    const video = $("clip-video");
+    $("clip-input").addEventListener("change", () => this.choose($("clip-input").files[0]));
+    video.addEventListener("loadedmetadata", () => this.loaded());
+    video.addEventListener("error", () => this.fail());
+    video.addEventListener("seeked", () => this.seeked());
+    $("clip-time").addEventListener("input", () => this.seek(Number($("clip-time").value)));
+    $("clip-at").addEventListener("change", () => {
+      const t = parseFloat($("clip-at").value);
+      if (Number.isFinite(t)) this.seek(t); // an emptied field is not a time
+    });
+    const target = () => (!this.file || !video.videoWidth ? null : {
+      rect: Zoom.contentRect(video, video.videoWidth, video.videoHeight),
+      size: [video.videoWidth, video.videoHeight], ref: this.shownTime ?? video.currentTime,
+    });
+    this.drawn = $("clip-box");
+    Zoom.drawOn($("clip-stage"), this.drawn, target, (box, at) => this.request(box, at));
+  },
+
+  error(message) {
+    $("clip-error").textContent = message;
+    show($("clip-error"), !!message);
+  },
+
+  choose(file) {
+    if (!file) return;
+    this.error("");
+    const limit = state.info && state.info.max_upload_bytes;
+    if (limit && file.size > limit) {
+      this.error(`${file.name} is ${fmtBytes(file.size)}; this server accepts up to ${fmtBytes(limit)}. ` +
+                 "Cut the clip to the seconds around the vehicle first.");
+      return;
+    }
+    if (this.url) URL.revokeObjectURL(this.url);
+    this.file = file;
+    this.url = URL.createObjectURL(file);
+    this.shownTime = null;
+    show(this.drawn, false);
+    delete document.body.dataset.clipReady;
+    $("clip-info").textContent = `${file.name} · ${fmtBytes(file.size)}`;
+    $("clip-video").src = this.url;
+  },
+
+  loaded() {
+    const video = $("clip-video");
+    show($("clip-empty"), false);
+    show(video, true);
+    const time = $("clip-time");
+    time.max = String(video.duration || 0);
+    time.disabled = false;
+    $("clip-at").disabled = false;
+    $("clip-info").textContent = `${this.file.name} · ${video.videoWidth}×${video.videoHeight} · ` +
+                                 `${(video.duration || 0).toFixed(2)} s · ${fmtBytes(this.file.size)}`;
+    this.seek(0);
+  },
+
+  fail() {
+    if (!this.file) return;
+    show($("clip-video"), false);
+    show($("clip-empty"), true);
+    this.error(`This browser cannot show ${this.file.name} (its container or codec). Convert it to MP4 (H.264) ` +
+               "or WebM, or zoom with `ultrares zoom` on the command line, which reads any format FFmpeg does.");
+  },
+
+  seek(t) {
+    const video = $("clip-video");
+    if (!video.videoWidth) return;
+    video.currentTime = clamp(t, 0, video.duration || 0);
+  },
+
+  seeked() {
+    const video = $("clip-video");
+    const shown = (t) => {
+      this.shownTime = t;
+      $("clip-time").value = String(t);
+      if (document.activeElement !== $("clip-at")) $("clip-at").value = t.toFixed(3); // not under the typing
+      $("clip-time-value").textContent = `${t.toFixed(3)} s`;
+      document.body.dataset.clipReady = t.toFixed(3);
+    };
+    this.shownTime = null;
+    shown(video.currentTime);
+    show(this.drawn, false); // a box belongs to the frame it was drawn on
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback((_, meta) => shown(meta.mediaTime));
+  },
+
+  async fetchZoom(box, at, method) {
+    const form = new FormData();
+    form.append("clip", this.file, this.file.name);
+    form.append("at", at.toFixed(3));
+    form.append("box", box.join(","));
+    form.append("frames", $("clip-frames").value);
+    form.append("method", method);
+    try {
+      return await Zoom.answer(await fetch(`${API}/zoom`, { method: "POST", headers: authHeaders(), body: form }));
+    } catch (_) {
+      return { error: "Could not reach the server. Is it still running?" };
+    }
+  },
+
+  async request(box, at) {
+    const el = $("clip-zoom");
+    const n = Zoom.start(el, box, `zooming into ${box.join(",")} at ${at.toFixed(3)} s (uploading the clip)…`);
+    const [fused, single] = await Promise.all([this.fetchZoom(box, at, "fused"), this.fetchZoom(box, at, "single")]);
+    if (n === Number(el.dataset.zoomRequest)) Zoom.show(el, fused, single); // else a newer box was drawn
   },
 };
 
@@ -728,11 +868,14 @@ function ms(v) { return typeof v === "number" ? `${(v * 1000).toFixed(0)} ms` : 
 document.addEventListener("DOMContentLoaded", () => {
   $("tab-image").addEventListener("click", () => selectTab("image"));
   $("tab-cameras").addEventListener("click", () => selectTab("cameras"));
+  $("tab-clip").addEventListener("click", () => selectTab("clip"));
   if (location.hash === "#cameras") selectTab("cameras");
+  if (location.hash === "#clip") selectTab("clip");
   initToken();
   initDropzone();
   initSettings();
   initViewer();
+  Clip.init();
   setSplit(0.5);
   loadServerInfo();
 });
