@@ -43,24 +43,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """``X,Y,W,H`` -> ints; UserError naming the option otherwise."""
-    from ..errors import UserError
+    from ..errors import FieldError
 
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"--box must be X,Y,W,H in pixels, e.g. 412,280,40,16; got {text!r}") from None
+        raise FieldError("box", f"must be X,Y,W,H in pixels, e.g. 412,280,40,16; got {text!r}") from None
     if w < 2 or h < 2:
-        raise UserError(f"--box {text}: W and H must be at least 2 pixels")
+        raise FieldError("box", f"{text}: W and H must be at least 2 pixels")
     return x, y, w, h
 
 
 def check_inside(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> None:
-    from ..errors import UserError
+    from ..errors import FieldError
 
     x, y, w, h = box
     fh, fw = shape[:2]
     if x < 0 or y < 0 or x + w > fw or y + h > fh:
-        raise UserError(f"--box {x},{y},{w},{h} is outside the {fw}x{fh} frame")
+        raise FieldError("box", f"{x},{y},{w},{h} is outside the {fw}x{fh} frame")
 
 
 def run(args: argparse.Namespace) -> int:

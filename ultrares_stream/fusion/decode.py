@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import FieldError, UserError
 
 
 @dataclass
@@ -54,7 +54,7 @@ def frames_around(path: str | Path, at: float, count: int) -> Frames:
     if not path.is_file():
         raise UserError(f"clip not found: {path}")
     if at < 0:
-        raise UserError(f"--at {at:g}: the time must be >= 0 seconds")
+        raise FieldError("at", f"{at:g}: the time must be >= 0 seconds")
     try:
         decoded, fps, last = _decoded(path, at, count)
     except av.FFmpegError as exc:
@@ -62,7 +62,7 @@ def frames_around(path: str | Path, at: float, count: int) -> Frames:
     if last is None:
         raise UserError(f"{path}: no frames decoded")
     if not decoded or at > decoded[-1][0] + 1.0 / fps:
-        raise UserError(f"--at {at:g} s is past the end of {path.name} (its last frame is at {last:.3f} s)")
+        raise FieldError("at", f"{at:g} s is past the end of {path.name} (its last frame is at {last:.3f} s)")
     times = [t for t, _ in decoded]
     ref = int(np.argmin([abs(t - at) for t in times]))
     lo = max(0, min(ref - count // 2, len(decoded) - count))

@@ -20,7 +20,7 @@ from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import Response
 
 from .. import provenance
-from ..errors import UserError
+from ..errors import FieldError, UserError
 from . import uploads
 from .errors import ApiError, queued
 from .zoom import ZoomUnreadable, low_priority, png_response, unreadable
@@ -41,14 +41,13 @@ class ClipRequest:
     single: bool
 
 
-def api_error(exc: UserError) -> ApiError:
-    """The shared clip code's UserError as an answer: the request's ``at`` or ``box`` out of range
-    is 422 naming the field (the CLI says ``--at``, ``--box``), anything else about the clip 400."""
-    message = str(exc)
-    for option in ("--at ", "--box "):
-        if message.startswith(option):
-            return ApiError(422, message[2:])
-    return ApiError(400, message)
+def api_error(exc: UserError, shown=lambda text: text) -> ApiError:
+    """The shared clip code's UserError as an answer: a field of the request (``at``, ``box``) out of
+    range is 422 naming it, anything else about the clip 400; ``shown`` rewrites the message (hides
+    server paths)."""
+    if isinstance(exc, FieldError):
+        return ApiError(422, shown(f"{exc.field} {exc.detail}"))
+    return ApiError(400, shown(str(exc)))
 
 
 def clip_name(filename: str | None) -> str:
@@ -88,7 +87,7 @@ def run_clip_zoom(data: bytes, name: str, request: ClipRequest, max_pixels: int)
         except ApiError:
             raise
         except UserError as exc:
-            raise api_error(UserError(str(exc).replace(str(path), name).replace(folder, ""))) from None
+            raise api_error(exc, lambda text: text.replace(str(path), name).replace(folder, "")) from None
 
 
 def single_tags(box: tuple[int, int, int, int], at: float, name: str) -> dict[str, str]:
