@@ -502,11 +502,7 @@ const Cameras = {
       <div class="preview"><span class="waiting">waiting for the first frame…</span><img alt="" hidden draggable="false"><div class="zoom-box" hidden></div></div>
       <div class="zoom-panel">
         <p class="zoom-hint hint">Draw a box on the picture to zoom into it: ×4, fused from the camera's last 16 frames.</p>
-        <div class="zoom-pair" hidden>
-          <figure><figcaption>One frame (bicubic ×4)</figcaption><img class="zoom-single" alt="the box in one frame, bicubic ×4"></figure>
-          <figure><figcaption>Fused <a class="zoom-save" href="#" download hidden>save PNG</a></figcaption><img class="zoom-fused" alt="the box fused from several frames, ×4"></figure>
-        </div>
-        <p class="zoom-info" aria-live="polite"></p>
+        ${zoomPairHTML()}
       </div>
       <dl class="stats">
         <div><dt>Input</dt><dd data-k="input">–</dd></div>
@@ -740,12 +736,18 @@ const Zoom = {
 // ------------------------------------------------------------------ clip zoom: a box drawn on a frame of an uploaded clip
 // The browser shows the clip (<video>, seeked to a time); the server fuses the box from the clip's
 // frames around that time (POST /api/v1/zoom, the clip uploaded with each box).
+/** The single-frame / fused pictures and the info line of a zoom (one markup for cameras and clips). */
+function zoomPairHTML() {
+  return $("zoom-pair").innerHTML;
+}
+
 const Clip = {
   file: null,
   url: null,
   shownTime: null, // the time of the frame the video shows (requestVideoFrameCallback), else currentTime
 
   init() {
+    $("clip-zoom").innerHTML = zoomPairHTML();
     const video = $("clip-video");
     $("clip-input").addEventListener("change", () => this.choose($("clip-input").files[0]));
     video.addEventListener("loadedmetadata", () => this.loaded());
