@@ -174,6 +174,8 @@ class StabiliseConfig(_Strict):
     strength: float = Field(1.0, ge=0, le=1, description="weight of the held output on still pixels; below 1 "
                                                          "held detail fades into new detail")
     cut: float = Field(0.5, gt=0, le=1, description="share of moving pixels that marks a scene cut")
+    noise: float = Field(2.0, ge=0, le=20, description="still rises to this many times the camera's measured "
+                                                       "noise level (moving in proportion); 0: fixed thresholds")
 
     @model_validator(mode="after")
     def _order(self) -> StabiliseConfig:
@@ -190,7 +192,7 @@ class StabiliseConfig(_Strict):
         if not self.enabled:
             return None
         return StabiliserSettings(still=self.still, moving=self.moving, window=self.window, strength=self.strength,
-                                  cut=self.cut)
+                                  cut=self.cut, noise=self.noise)
 
 
 class RecordingConfig(_Strict):

@@ -11,6 +11,12 @@ sensor noise, takes the new output unchanged and is never ghosted; a still pixel
 output. The reference follows the input at the same rate as the output, so a slow change of
 light, each frame below the threshold, still adds up and refreshes the output.
 
+The thresholds follow the camera's noise: its *noise level* is the median change, from one
+frame to the next, of the pixels that changed at all among those the previous frame held still
+(a coded H.264 block of a still wall changes by noise; a skipped one not at all, and counting
+those would put the level at zero), averaged slowly over frames. The ``still`` threshold rises
+to ``noise`` times that level when that is higher, and ``moving`` in proportion.
+
 Everything stays on the inference device; the per-camera state is the reference LR frame and
 the last output (a reference to the tensor, not a copy). It resets on a scene cut (most of the frame changed),
 on a size, model or alpha change and when the camera reconnects (:meth:`reset`).
@@ -28,13 +34,43 @@ class StabiliserSettings:
     """``still``/``moving``: LR change (0..255 levels) up to which a pixel counts as still, and
     from which it counts as moving (linear in between), over a ``window`` x ``window``
     neighbourhood. ``strength``: the weight of the held output on still pixels (below 1, held
-    detail fades into new detail). ``cut``: share of moving LR pixels that marks a scene cut."""
+    detail fades into new detail). ``cut``: share of moving LR pixels that marks a scene cut.
+    ``noise``: ``still`` rises to this many times the camera's noise level (levels), ``moving``
+    in proportion; 0 keeps the thresholds fixed."""
 
     still: float = 2.0
     moving: float = 4.0
     window: int = 3
     strength: float = 1.0
     cut: float = 0.5
+    noise: float = 2.0
+
+
+#: weight of each frame's noise measurement in the camera's running noise level
+NOISE_RATE = 0.05
+#: fewest changed, held pixels a frame needs to measure the noise level
+NOISE_MIN_PIXELS = 64
+
+
+def frame_noise(lr: torch.Tensor, prev_lr: torch.Tensor, held: torch.Tensor | None) -> float | None:
+    """Median change (levels, largest channel) since ``prev_lr`` of the pixels that changed at
+    all, among those ``held`` still (N1HW bool; None: all), every other row and column; None
+    when fewer than ``NOISE_MIN_PIXELS`` qualify."""
+    change = (lr[..., ::2, ::2] - prev_lr[..., ::2, ::2]).abs().amax(1, keepdim=True) * 255.0
+    mask = change > 0.5
+    if held is not None:
+        mask &= held[..., ::2, ::2]
+    picked = change[mask]
+    return float(picked.median()) if picked.numel() >= NOISE_MIN_PIXELS else None
+
+
+def noise_thresholds(still: float, moving: float, factor: float, level: float) -> tuple[float, float]:
+    """(still, moving) raised for a camera whose noise level is ``level``: ``still`` to
+    ``factor * level`` where that is higher, ``moving`` by the same ratio."""
+    if still <= 0 or factor * level <= still:
+        return still, moving
+    ratio = factor * level / still
+    return still * ratio, moving * ratio
 
 
 def stillness(lr: torch.Tensor, ref_lr: torch.Tensor, still: float, moving: float, window: int = 3) -> torch.Tensor:
@@ -69,6 +105,9 @@ class Stabiliser:
         self._prev_out: torch.Tensor | None = None
         self._key: tuple | None = None
         self._reset = False
+        self._last_lr: torch.Tensor | None = None  # the previous input as it came (noise level)
+        self._held: torch.Tensor | None = None  # LR pixels the previous frame held fully still
+        self.noise: float | None = None  # the camera's noise level (levels), once measured
         self.resets = 0  # how many times the state was dropped (for tests and metrics)
 
     def reset(self) -> None:
@@ -79,14 +118,15 @@ class Stabiliser:
         """Stabilise ``out`` (1CHW, the network's output for ``lr``) in place and return it.
         ``key`` names what made it (model, alpha, output size): a new key starts afresh."""
         s = self.settings
-        ref_lr, prev_out = self._prev_lr, self._prev_out
+        ref_lr, prev_out, raw, held = self._prev_lr, self._prev_out, lr, None
         fresh = (self._reset or ref_lr is None or key != self._key or ref_lr.shape != lr.shape
                  or prev_out.shape != out.shape)
         if not fresh:
-            weight = stillness(lr, ref_lr, s.still, s.moving, s.window)
+            weight = stillness(lr, ref_lr, *self.thresholds(lr), s.window)
             if float((weight < 0.5).float().mean()) > s.cut:  # a scene cut: nothing to carry over
                 fresh = True
             else:
+                held = weight >= 1.0
                 weight.mul_(s.strength)
                 blend_(out, prev_out, weight)
                 lr = torch.lerp(lr, ref_lr, weight)  # the input the blended output stands for
@@ -94,7 +134,20 @@ class Stabiliser:
             self.resets += 1
         self._reset = False
         self._prev_lr, self._prev_out, self._key = lr, out, key
+        self._last_lr, self._held = raw, held
         return out
+
+    def thresholds(self, lr: torch.Tensor) -> tuple[float, float]:
+        """This frame's (still, moving): the settings' raised for the camera's noise level, which
+        ``lr`` updates (against the previous input, on the pixels it held still)."""
+        s, last = self.settings, self._last_lr
+        if s.noise <= 0:
+            return s.still, s.moving
+        if last is not None and last.shape == lr.shape:
+            level = frame_noise(lr, last, self._held)
+            if level is not None:
+                self.noise = level if self.noise is None else self.noise + NOISE_RATE * (level - self.noise)
+        return noise_thresholds(s.still, s.moving, s.noise, self.noise or 0.0)
 
 
 def stabilise_batch(stabilisers: list[Stabiliser | None], lr: torch.Tensor, out: torch.Tensor,

@@ -57,6 +57,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="quality task, traffic datasets: also score each model with the temporal stabiliser run "
                         "over the 8 LR frames before each scored frame (its cost in PSNR)")
     p.add_argument("--frames", type=int, default=60, help="flicker task: consecutive frames per clip (default 60)")
+    p.add_argument("--noise", type=float, action="append", default=[], metavar="SIGMA",
+                   help="flicker task: also score each clip as a noisy camera sees it: sensor noise of SIGMA levels, "
+                        "then H.264 at --bitrate (repeatable; quality.flicker.noisy_clip_frames)")
     p.add_argument("--profile", action="store_true",
                    help="flicker task: also write a picture per clip (temporal profile of a row and a moving crop)")
     p.add_argument("--max-plates", type=int, default=None, metavar="N",
@@ -329,7 +332,7 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
     from ..errors import UserError
     from ..quality.datasets import videos_in
     from ..quality.evaluate import bicubic_upscale, model_label
-    from ..quality.flicker import clip_frames, measure, upscaler_methods
+    from ..quality.flicker import measure, upscaler_methods
     from ..upscaler import Upscaler
 
     if args.frames < 2:
@@ -347,22 +350,36 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
                 break
     results: dict[str, dict[str, float]] = {}
     for clip in clips:
-        frames = clip_frames(clip, args.frames)
-        if len(frames) < 2:
-            raise UserError(f"{clip}: fewer than 2 frames in its second half")
-        methods = {"bicubic": lambda lr: bicubic_upscale(lr, args.scale)}
-        for label, up in ups:
-            methods.update(upscaler_methods(up, label, settings))
-        if args.profile:
-            methods = _recording(methods, frames, args.scale)
-        results[clip.stem] = measure(frames, methods, args.scale)
-        log.info("%s: %d frames, flicker %s", clip.name, len(frames),
-                 ", ".join(f"{k} {v:.3f}" for k, v in results[clip.stem].items()))
-        if args.profile:
-            _write_profile(methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png")
+        for name, frames, scene in _flicker_inputs(clip, args):
+            methods = {"bicubic": lambda lr: bicubic_upscale(lr, args.scale)}
+            for label, up in ups:
+                methods.update(upscaler_methods(up, label, settings))
+            profile = args.profile and scene is None
+            if profile:
+                methods = _recording(methods, frames, args.scale)
+            results[name] = measure(frames, methods, args.scale, scene=scene)
+            log.info("%s: %d frames, flicker %s", name, len(frames),
+                     ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()))
+            if profile:
+                _write_profile(methods, args.out_dir / f"flicker_{_slug(clip.stem)}.png")
 
     _report_flicker(args, results, settings)
     return 0
+
+
+def _flicker_inputs(clip, args: argparse.Namespace):
+    """(name, camera frames, scene frames or None) of a clip: as it is, then one noisy camera per
+    ``--noise`` sigma (static pixels from the clean scene)."""
+    from ..errors import UserError
+    from ..quality.flicker import clip_frames, noisy_clip_frames
+
+    frames = clip_frames(clip, args.frames)
+    if len(frames) < 2:
+        raise UserError(f"{clip}: fewer than 2 frames in its second half")
+    yield clip.stem, frames, None
+    for sigma in args.noise:
+        scene, camera = noisy_clip_frames(clip, args.frames, sigma, args.bitrate)
+        yield f"{clip.stem} noise {sigma:g}", camera, scene
 
 
 def _report_flicker(args: argparse.Namespace, results: dict[str, dict[str, float]], settings) -> None:
@@ -389,9 +406,21 @@ def _report_flicker(args: argparse.Namespace, results: dict[str, dict[str, float
         f"# Flicker x{args.scale}\n\n{args.frames} consecutive frames from the second half of each clip, "
         "upscaled in order; mean |change of Y| between frames on static pixels (no channel of the input changed "
         "by 2 levels or more in the 3x3 neighbourhood), divided by bicubic's. Stabiliser: the default "
-        f"settings ({settings}).\n\n" + "\n".join(lines) + "\n\nAbsolute values (Y levels):\n\n" +
+        f"settings ({settings}).{_noise_note(args)}\n\n" + "\n".join(lines) + "\n\nAbsolute values (Y levels):\n\n" +
         "\n".join(f"- {c}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) for c, r in results.items()) + "\n")
     log.info("wrote %s", out / "flicker.md")
+
+
+def _noise_note(args: argparse.Namespace) -> str:
+    """What the ``noise SIGMA`` columns are (empty without ``--noise``)."""
+    if not args.noise:
+        return ""
+    from ..quality.flicker import NOISY_CONTEXT
+
+    return (" Columns `CLIP noise SIGMA`: the clip as a camera with sensor noise delivers it (Gaussian, SIGMA levels "
+            "at mid-grey, growing with the square root of the signal, seeded), encoded with libx264 at "
+            f"`--bitrate {args.bitrate}` ({NOISY_CONTEXT} frames before the scored ones) and decoded; their static "
+            "pixels are those of the clean clip (`quality/flicker.py`).")
 
 
 class _Recorder:

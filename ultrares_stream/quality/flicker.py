@@ -6,6 +6,15 @@ pipeline would. A pixel is *static* between two frames when no channel of the in
 ``levels`` or more anywhere in its 3x3 neighbourhood. Flicker is the mean absolute change of the
 output's Y (BT.601, 0..255) on static pixels, pooled over the frames; the report divides it by
 the flicker of MATLAB bicubic x``scale`` of the same frames (1.0 = as steady as bicubic).
+
+A *noisy* variant of a clip (``--noise SIGMA``) stands for a fixed camera with a real sensor:
+sensor noise (Gaussian, its standard deviation ``SIGMA`` levels at mid-grey and growing with the
+square root of the signal, as photon noise does; one seeded generator) is added to the clip's
+frames, which are then encoded as one H.264 stream at a camera bitrate
+(:func:`.datasets.h264_roundtrip`, ``NOISY_CONTEXT`` frames before the scored ones so its rate
+control has settled) and decoded. Noise changes nearly every input pixel, so the static pixels
+are taken from the clean clip (the scene stood still there): flicker then counts what the output
+does with the noise, and bicubic passes it on.
 """
 from __future__ import annotations
 
@@ -19,6 +28,10 @@ from scipy.ndimage import maximum_filter
 from .scores import rgb_to_y
 
 STATIC_LEVELS = 2
+#: frames encoded before the scored ones in a noisy variant (rate control settled, as in the traffic protocol)
+NOISY_CONTEXT = 100
+#: the noisy variant's sensor noise generator seed
+NOISE_SEED = 0
 
 
 def static_mask(prev_lr: np.ndarray, lr: np.ndarray, levels: int = STATIC_LEVELS) -> np.ndarray:
@@ -38,6 +51,8 @@ class FlickerMeter:
     _prev: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def add(self, lr: np.ndarray, sr: np.ndarray) -> None:
+        """One output ``sr`` of input ``lr`` (or of a noisy copy of ``lr``: ``lr`` is the scene
+        whose stillness decides the static pixels)."""
         y = rgb_to_y(sr)
         if self._prev is not None:
             prev_lr, prev_y = self._prev
@@ -53,44 +68,73 @@ class FlickerMeter:
         return self.total / self.pixels if self.pixels else float("nan")
 
 
-def clip_frames(path: Path, frames: int, start_fraction: float = 0.5) -> list[np.ndarray]:
+def clip_frames(path: Path, frames: int, start_fraction: float = 0.5, before: int = 0) -> list[np.ndarray]:
     """``frames`` consecutive RGB frames of a clip, from ``start_fraction`` of its length (or as
-    many as there are from there)."""
+    many as there are from there), preceded by up to ``before`` frames."""
     import av
 
     from .datasets import frame_count
 
     start = int(frame_count(path) * start_fraction)
+    first = max(0, start - before)
     out = []
     with av.open(str(path)) as c:
         for i, frame in enumerate(c.decode(video=0)):
-            if i >= start:
+            if i >= first:
                 out.append(frame.to_ndarray(format="rgb24"))
-                if len(out) == frames:
+                if len(out) == frames + start - first:
                     break
     return out
 
 
+def sensor_noise(frames: list[np.ndarray], sigma: float, seed: int = NOISE_SEED) -> list[np.ndarray]:
+    """``frames`` with sensor noise: Gaussian, standard deviation ``sigma`` levels at mid-grey
+    (128), ``sigma * sqrt((value + 32) / 160)`` elsewhere; rounded and clipped to uint8."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        x = f.astype(np.float32)
+        noise = rng.standard_normal(x.shape, dtype=np.float32) * (sigma * np.sqrt((x + 32.0) / 160.0))
+        out.append(np.clip(np.rint(x + noise), 0, 255).astype(np.uint8))
+    return out
+
+
+def noisy_clip_frames(path: Path, frames: int, sigma: float, bitrate: str = "auto") -> tuple[list, list]:
+    """(scene, camera): ``frames`` clean frames of the clip (as :func:`clip_frames`) and the same
+    frames as a noisy camera delivers them (:func:`sensor_noise`, then one H.264 stream at
+    ``bitrate`` with ``NOISY_CONTEXT`` frames before them, decoded)."""
+    from .datasets import h264_roundtrip, parse_bitrate
+
+    run = clip_frames(path, frames, before=NOISY_CONTEXT)
+    h, w = run[0].shape[:2]
+    camera = h264_roundtrip(sensor_noise(run, sigma), parse_bitrate(bitrate, w, h))
+    return run[-frames:], camera[-frames:]
+
+
 def measure(frames: Iterable[np.ndarray], methods: dict[str, Callable[[np.ndarray], np.ndarray]],
-            scale: int, levels: int = STATIC_LEVELS) -> dict[str, float]:
-    """Flicker of every method (LR uint8 -> SR uint8, called on the frames in order) on ``frames``."""
+            scale: int, levels: int = STATIC_LEVELS, scene: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Flicker of every method (LR uint8 -> SR uint8, called on the frames in order) on ``frames``;
+    ``scene``: the clean frames that decide which pixels are static (default ``frames``)."""
     meters = {name: FlickerMeter(scale, levels) for name in methods}
-    for lr in frames:
+    for lr, still in zip(frames, scene or frames):
         for name, fn in methods.items():
-            meters[name].add(lr, fn(lr))
+            meters[name].add(still, fn(lr))
     return {name: m.value for name, m in meters.items()}
 
 
 def upscaler_methods(upscaler, label: str, settings) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """``{label: plain, label + " stabilised": stabilised}`` for one upscaler; the stabilised one
-    reuses the network output the plain one just made (call them in that order on each frame)."""
+    """``{label: plain, label + " stabilised": stabilised}`` for one upscaler, and, when
+    ``settings`` follow the noise level, ``label + " stabilised, fixed thresholds"`` (``noise=0``)
+    beside it; the stabilised ones reuse the network output the plain one just made (call them in
+    that order on each frame)."""
+    import dataclasses
+
     import torch
 
     from ..temporal import Stabiliser
     from .evaluate import to_image, to_input
 
     last: dict[str, torch.Tensor] = {}
-    stab = Stabiliser(settings)
 
     def plain(lr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -98,8 +142,15 @@ def upscaler_methods(upscaler, label: str, settings) -> dict[str, Callable[[np.n
             last["lr"], last["out"] = x, upscaler.upscale(x).float()
             return to_image(last["out"])
 
-    def stabilised(lr: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return to_image(stab(last["lr"], last["out"]))
+    def stabilised(stab: Stabiliser, copy: bool) -> Callable[[np.ndarray], np.ndarray]:
+        def run(lr: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return to_image(stab(last["lr"], last["out"].clone() if copy else last["out"]))
+        return run
 
-    return {label: plain, f"{label} stabilised": stabilised}
+    methods = {label: plain}
+    if settings.noise > 0:
+        methods[f"{label} stabilised, fixed thresholds"] = stabilised(
+            Stabiliser(dataclasses.replace(settings, noise=0.0)), copy=True)
+    methods[f"{label} stabilised"] = stabilised(Stabiliser(settings), copy=False)
+    return methods
