@@ -103,7 +103,7 @@ class ServerConfig(_Strict):
 class InferenceConfig(_Strict):
     device: str = "auto"
     engine: Literal["auto", "tensorrt", "compile", "openvino", "eager"] = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     max_batch: int | None = Field(None, ge=1, le=64, description=(
         "frames per inference batch, across cameras; default 1 on the CPU (batching is slower per "
         "frame there, docs/benchmarks.md) and 4 on CUDA"))

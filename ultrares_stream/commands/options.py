@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+PRECISIONS = ["auto", "fp32", "fp16", "bf16", "int8"]
 
 
 def positive_int(text: str) -> int:
@@ -25,7 +25,8 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 def add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default auto)")
+                   help="auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default auto); int8: "
+                        "NNCF-quantised on the OpenVINO CPU engine (docs/benchmarks.md)")
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

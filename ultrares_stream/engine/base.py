@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 import torch
 
 log = logging.getLogger(__name__)
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]  # int8: the OpenVINO engine only (engine.quantise)
 
 
 class Engine(Protocol):
@@ -81,15 +81,20 @@ def cpu_supports_bf16() -> bool:
 
 
 def pick_precision(precision: str, device: torch.device) -> Precision:
-    """``auto``: fp16 on CUDA; bf16 on a CPU with native bf16, else fp32. fp16 on CPU is refused."""
+    """``auto``: fp16 on CUDA; bf16 on a CPU with native bf16, else fp32. fp16 on CPU is refused;
+    int8 (NNCF-quantised, OpenVINO) is only ever asked for, and only on the CPU."""
     if precision == "auto":
         if device.type == "cuda":
             return "fp16"
         return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
         from ..errors import UserError
 
-        raise UserError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
+        raise UserError(f"precision must be auto, fp32, fp16, bf16 or int8, not {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        from ..errors import UserError
+
+        raise UserError("int8 runs on the CPU (the OpenVINO engine); on CUDA use fp16")
     if precision == "fp16" and device.type == "cpu":
         from ..errors import UserError
 

@@ -81,7 +81,8 @@ def run_cpu_matrix(engines: list[str], batches=(1,), *, precision: str = "auto",
                    rounds: int = 5, passes: int = 3, threads: int | None = None,
                    cache: EngineCache | None = None) -> list[dict]:
     """The CPU engines side by side: per case, every engine is built (``engines``: the names of
-    ``select.CPU_CANDIDATES`` or of ``make_engine``), then each batch size is timed in ``rounds``
+    ``select.CPU_CANDIDATES`` or of ``make_engine``, each optionally with its own precision:
+    ``openvino/int8``, ``eager-channels-last/bf16``), then each batch size is timed in ``rounds``
     interleaved rounds (engine after engine, so a machine whose speed drifts moves them alike) of
     ``passes`` passes per caller, ``plan.streams`` callers at once (the pipeline's CPU plan,
     ``threads``: ``inference.threads``). One row per (case, engine, batch), as :func:`run_matrix`,
@@ -119,11 +120,13 @@ def _cpu_engines(names: list[str], case: BenchCase, precision: str, plan: Thread
     for name in names:
         torch.manual_seed(0)
         net = case.build()
+        backend, _, own = name.partition("/")  # an engine's own precision: openvino/int8
         try:
-            if name in CPU_CANDIDATES:
-                engine = CPU_CANDIDATES[name][1](net, precision, plan, cache)
+            prec = pick_precision(own, torch.device("cpu")) if own else precision
+            if backend in CPU_CANDIDATES:
+                engine = CPU_CANDIDATES[backend][1](net, prec, plan, cache)
             else:
-                engine = make_engine(name, net, torch.device("cpu"), precision, cache=cache,
+                engine = make_engine(backend, net, torch.device("cpu"), prec, cache=cache,
                                      threads=None if plan.streams > 1 else plan.threads)
             engine.load_weights(net.state_dict())
             built[name] = engine

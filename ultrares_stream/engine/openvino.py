@@ -18,6 +18,10 @@ Conversion itself takes seconds (the compact nets) to a minute (RRDBNet): the co
 with its placeholder weights, is kept in the engine cache per architecture and library versions
 (:meth:`Graph.load` / :meth:`Graph.save`), so later starts only compile.
 
+int8 (:mod:`.quantise`): each weight set's graph is quantised by NNCF on calibration frames
+before its compile, in the same off-the-frame-path preparation, and checked on a calibration
+frame instead of noise (its activation ranges fit frames).
+
 Threads follow the pipeline's CPU plan (:class:`ThreadPlan`, ``batcher.cpu_inference_plan``):
 one OpenVINO stream per frame-parallel batch, each on that batch's threads; every calling
 thread has its own infer request, so the batcher's workers run side by side.
@@ -47,17 +51,23 @@ from ..errors import UserError
 from ..models.archs import input_sizes
 from .base import Precision, ThreadPlan
 from .cache import EngineCache, EngineKey, ShapeRange, settings_string
+from .quantise import Calibration, _nncf, default_calibration, quantise
 
 log = logging.getLogger(__name__)
 
-#: OpenVINO's name of each precision (``INFERENCE_PRECISION_HINT``); fp16 is refused on the CPU
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+#: OpenVINO's name of each precision (``INFERENCE_PRECISION_HINT``); fp16 is refused on the CPU.
+#: int8: the quantised convolutions run in int8, the ops NNCF leaves in float in this precision
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: precisions whose graph is quantised by NNCF before the compile (:mod:`.quantise`)
+QUANTISED = {"fp32": False, "bf16": False, "int8": True}
 #: relative error against eager fp32 on the probe frame above which a compiled model is refused
-TOLERANCE = {"fp32": 1e-3, "bf16": 1e-1}  # bf16: SPAN on a noise probe 4e-2; wrong weights give ~1
+#: (bf16: SPAN on a noise probe 4e-2; int8 on a calibration frame: compact 5e-3, traffic 2e-2; wrong weights ~1)
+TOLERANCE = {"fp32": 1e-3, "bf16": 1e-1, "int8": 1e-1}
 KEEP_COMPILED = 3  # weight sets kept compiled (the last alphas), most recently used last
 GRAPH_FORMAT = 1  # bump when the cached graph's layout changes
 EXAMPLE = (1, 3, 32, 32)  # the frame the module is traced on (any size: the input is made dynamic)
 _TAG_SEED = 20260
+PROBE = (48, 64)  # the corner of a calibration frame a quantised model is checked on
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,13 +247,17 @@ class OpenVINOEngine:
     concurrent_passes = True  # one infer request per calling thread, one stream per batch of the plan
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
-                 plan: ThreadPlan | None = None, cache: EngineCache | None = None):
+                 plan: ThreadPlan | None = None, cache: EngineCache | None = None,
+                 calibration: Calibration | None = None):
         _ov()  # UserError with the reason when openvino is not usable here
         if torch.device(device).type != "cpu":
             raise UserError("the openvino engine runs on the CPU")
         if precision not in OV_PRECISION:
-            raise UserError(f"the openvino engine runs fp32 or bf16, not {precision}")
+            raise UserError(f"the openvino engine runs {', '.join(OV_PRECISION)}, not {precision}")
+        if QUANTISED[precision]:
+            _nncf()  # UserError with the reason when NNCF is not installed
         self.device, self.precision = torch.device("cpu"), precision
+        self.calibration = calibration or default_calibration  # int8: the frames NNCF measures ranges on
         self.plan = plan or ThreadPlan.for_pipeline()
         self.min_size = input_sizes(net).minimum  # the traced graph lost the network's own pad to it
         self._template = copy.deepcopy(net).float().eval()
@@ -309,11 +323,15 @@ class OpenVINOEngine:
         from .tensorrt import EngineCheckError, relative_error
 
         t0 = time.perf_counter()
-        compiled = _Compiled(self._compile(self.graph.with_weights(state_dict)))
+        model = self.graph.with_weights(state_dict)
+        if QUANTISED[self.precision]:  # a weight set's own ranges: each alpha is quantised again
+            model = quantise(model, self.calibration())
+        compiled = _Compiled(self._compile(model))
         reference = copy.deepcopy(self._template)
         reference.load_state_dict(state_dict)
+        probe = self._probe_frame()
         with torch.no_grad():
-            err = relative_error(torch.from_numpy(compiled(self._probe.numpy())), reference(self._probe))
+            err = relative_error(torch.from_numpy(compiled(probe.numpy())), reference(probe))
         if not err < TOLERANCE[self.precision]:
             raise EngineCheckError(f"openvino {self.precision} output differs from eager fp32 on the probe "
                                    f"frame (relative error {err:.2e})")
@@ -321,6 +339,12 @@ class OpenVINOEngine:
         log.info("compiled OpenVINO %s model in %.2f s (%s, probe rel. error %.1e)", self.precision,
                  time.perf_counter() - t0, self.plan.describe(), err)
         return compiled
+
+    def _probe_frame(self) -> torch.Tensor:
+        """Noise, or for a quantised model a corner of a calibration frame: its ranges fit frames, not noise."""
+        if not QUANTISED[self.precision]:
+            return self._probe
+        return torch.from_numpy(np.ascontiguousarray(self.calibration()[0][..., :PROBE[0], :PROBE[1]]))
 
     def _compile(self, model: Any) -> Any:
         """The CPU plugin's compile (the slow step of a weight change; tests wrap it)."""

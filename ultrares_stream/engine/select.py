@@ -42,6 +42,8 @@ DEVICE_OF = {"tensorrt": "cuda", "openvino": "cpu", "compile": None, "eager": No
 #: timing would cost more than such a net's whole run saves (test nets, toy checkpoints)
 MEASURE_MIN_PARAMS = 20_000
 CHOICE_FILE = "cpu-engine-choice.json"  # in the engine cache folder
+#: precisions only some backends run (the others refuse them); ``auto`` is the first of them
+PRECISION_BACKENDS = {"int8": ("openvino",)}
 
 
 def _tensorrt_probe() -> tuple[bool, str]:
@@ -370,6 +372,7 @@ def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision
     Weights arrive later through ``load_weights`` (the upscaler sets alpha right after this).
     """
     device = torch.device(device)
+    name = backend_for_precision(name, precision)
     backend, why = choose_backend(name, device, probes)
     _made["engines"] += 1
     plan = ThreadPlan.for_pipeline(threads)
@@ -387,6 +390,17 @@ def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision
 
         return CompiledEngine(net, device, precision, max_batch=max_batch)  # type: ignore[arg-type]
     return _tensorrt_engine(net, device, precision, shapes=shapes, cache=cache, max_batch=max_batch, probes=probes)
+
+
+def backend_for_precision(name: str, precision: str) -> str:
+    """``name``, or for a precision only some backends run (:data:`PRECISION_BACKENDS`) the first
+    of them when ``name`` is ``auto``; a backend that does not run ``precision`` is a :class:`UserError`."""
+    only = PRECISION_BACKENDS.get(precision)
+    if only is None or name in only:
+        return name
+    if name == "auto":
+        return only[0]
+    raise UserError(f"precision {precision} runs on the {' or '.join(only)} engine, not {name}")
 
 
 def _tensorrt_engine(net: torch.nn.Module, device: torch.device, precision: str, *, shapes: ShapeRange | None,

@@ -24,7 +24,7 @@ HyperParameters = Mapping[str, object]
 #: context of the deep nets contributes below 1/255 to a tile's core (tests/test_tiling.py)
 TILE_PAD = 16
 #: the precisions the engines run (engine.base.Precision)
-PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
+PRECISIONS = frozenset({"fp32", "fp16", "bf16", "int8"})
 
 
 @dataclass(frozen=True)
