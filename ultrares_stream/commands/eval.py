@@ -467,8 +467,10 @@ def _profile_layout(frames: list, scale: int) -> dict:
 
 
 def _recording(methods: dict, frames: list, scale: int) -> dict:
-    """Bicubic and the first model without and with the stabiliser, wrapped in :class:`_Recorder`s."""
-    shown = [n for n in methods if n == "bicubic"] + [n for n in methods if n != "bicubic"][:2]
+    """Bicubic and the first model without and with the stabiliser (its default settings), wrapped
+    in :class:`_Recorder`s."""
+    first = next((n for n in methods if n != "bicubic"), None)
+    shown = {"bicubic", first, f"{first} stabilised"}
     layout = _profile_layout(frames, scale)
     return {n: _Recorder(fn, layout, len(frames) // 2) if n in shown else fn for n, fn in methods.items()}
 
