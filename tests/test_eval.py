@@ -165,9 +165,9 @@ def test_plates_clip_gap_table_and_buckets():
         rows += [{"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "-", "method": "original",
                   "n": 1, "accuracy": 1.0},
                  {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "bicubic",
-                  "n": 1, "accuracy": 0.2},
+                  "n": 1, "accuracy": 0.2, "psnr": 20.0},
                  {"image": f"p{width}", "width": width, "truth": "AB12", "bitrate": "lossless", "method": "fusion",
-                  "n": 16, "accuracy": acc, "verdict": "unreadable" if width < 80 else "fused"}]
+                  "n": 16, "accuracy": acc, "verdict": "unreadable" if width < 80 else "fused", "psnr": acc * 50}]
     table = {(r["method"], r["n"]): r["lossless"] for r in gap_table(rows, protocol)}
     assert table[("fusion", 16)] == pytest.approx((0.4, 0.25))  # (0.4 - 0.2) / (1 - 0.2)
     assert table[("bicubic", 1)] == pytest.approx((0.2, 0.0))
@@ -177,6 +177,7 @@ def test_plates_clip_gap_table_and_buckets():
     text = markdown(rows, protocol, [0.2, 0.3])
     assert "| fusion | 16 | +25 % (0.400) |" in text and BUCKETS[1][2] in text and "median 0.250 s" in text
     assert "| lossless | 1 of 2 | 0.200 | 0.600 |" in text  # the unreadable verdict's share and worth
+    assert "| fusion | 16 | 20.00 |" in text and "| bicubic | 1 | 20.00 |" in text  # mean of 10 and 30 dB
 
 
 def test_scene_passes_follow_the_demo_scenes_plates_in_their_own_motion():

@@ -36,6 +36,7 @@ from ..fusion.tracking import crop_box, track
 from .datasets import h264_roundtrip, parse_bitrate
 from .matlab_resize import imresize
 from .plate_reading import char_accuracy
+from .scores import psnr_y
 
 BITRATES = ("lossless", "0.3bpp", "0.1bpp")
 COUNTS = (1, 4, 8, 16)
@@ -185,15 +186,18 @@ def score_pass(p: Pass, reader, model, protocol: ClipProtocol, timings: list[flo
     s, (bx, by, bw, bh) = protocol.scale, p.box
     lbox = lr_box(p.box, s, p.frames[0].shape)
     x, y, w, h = (bx - lbox[0] * s, by - lbox[1] * s, bw, bh)
-    text_read = reader(np.ascontiguousarray(p.picture[by: by + bh, bx: bx + bw]))
-    rows = [{"bitrate": "-", "method": "original", "n": 1, "read": text_read, "verdict": "",
+    truth = np.ascontiguousarray(p.picture[by: by + bh, bx: bx + bw])
+    text_read = reader(truth)
+    rows = [{"bitrate": "-", "method": "original", "n": 1, "read": text_read, "verdict": "", "psnr": float("inf"),
              "accuracy": char_accuracy(text_read, p.text, fold=True)}]
     settings = protocol if p.warps is not None else replace(protocol, true_motion=False)
     for bitrate in protocol.bitrates:
         frames = encoded[bitrate] if encoded else encode(p.frames, bitrate)
         for (method, n), (out, verdict) in method_outputs(frames, p.warps, lbox, model, settings, timings).items():
-            got = reader(np.ascontiguousarray(out[max(0, y): y + h, max(0, x): x + w]))
+            plate = np.ascontiguousarray(out[max(0, y): y + h, max(0, x): x + w])
+            got = reader(plate)
             rows.append({"bitrate": bitrate, "method": method, "n": n, "read": got, "verdict": verdict,
+                         "psnr": psnr_y(plate, truth[: plate.shape[0], : plate.shape[1]], 0),
                          "accuracy": char_accuracy(got, p.text, fold=True)})
     return rows
 
@@ -289,6 +293,19 @@ def verdict_table(rows: list[dict], protocol: ClipProtocol) -> list[str]:
     return lines
 
 
+def psnr_table(rows: list[dict], protocol: ClipProtocol) -> list[str]:
+    """Markdown lines: the mean Y-PSNR (dB) of the plate box against the original, per method at
+    N = 1 and the largest N, per bitrate (pixel fidelity beside what the OCR makes of it)."""
+    top = max(protocol.counts)
+    lines = ["| method | N | " + " | ".join(protocol.bitrates) + " |", "| --- | ---: |" + " ---: |" * len(protocol.bitrates)]
+    for method, n in dict.fromkeys((r["method"], r["n"]) for r in rows if r["method"] != "original"):
+        if n in (1, top):
+            cells = [np.mean([r["psnr"] for r in rows if (r["method"], r["n"], r["bitrate"]) == (method, n, b)])
+                     for b in protocol.bitrates]
+            lines.append(f"| {method} | {n} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return lines
+
+
 def markdown(rows: list[dict], protocol: ClipProtocol, timings: list[float]) -> str:
     """The overall table (every N) and the by-width table (the largest N) in Markdown."""
     plates = len({(r["image"], r["truth"], r["width"]) for r in rows})
@@ -309,6 +326,7 @@ def markdown(rows: list[dict], protocol: ClipProtocol, timings: list[float]) -> 
                 cells = [f"{100 * line[b][1]:+.0f} %" for b in protocol.bitrates]
                 lines.append(f"| {line['method']} (N={line['n']}) | {label} | {count} | " + " | ".join(cells) + " |")
     lines += ["", f"The fusion's verdict, N = {top}:", ""] + verdict_table(rows, protocol)
+    lines += ["", "Y-PSNR of the plate box against the original (dB):", ""] + psnr_table(rows, protocol)
     if timings:
         lines += ["", f"{top}-frame fusion (tracking included), one thread: median {np.median(timings):.3f} s, "
                       f"p90 {np.percentile(timings, 90):.3f} s, max {max(timings):.3f} s over {len(timings)} crops."]
