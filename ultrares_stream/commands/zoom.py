@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from .options import positive_int
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from ..fusion.evidence import FusedCrop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,28 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output image (PNG keeps all provenance); with --auto a folder")
     p.set_defaults(func=run)
-
-
-def parse_box(text: str) -> tuple[int, int, int, int]:
-    """``X,Y,W,H`` -> ints; UserError naming the option otherwise."""
-    from ..errors import FieldError
-
-    try:
-        x, y, w, h = (int(v) for v in text.split(","))
-    except ValueError:
-        raise FieldError("box", f"must be X,Y,W,H in pixels, e.g. 412,280,40,16; got {text!r}") from None
-    if w < 2 or h < 2:
-        raise FieldError("box", f"{text}: W and H must be at least 2 pixels")
-    return x, y, w, h
-
-
-def check_inside(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> None:
-    from ..errors import FieldError
-
-    x, y, w, h = box
-    fh, fw = shape[:2]
-    if x < 0 or y < 0 or x + w > fw or y + h > fh:
-        raise FieldError("box", f"{x},{y},{w},{h} is outside the {fw}x{fh} frame")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,39 +64,8 @@ def reading(args: argparse.Namespace):
     return read_crop
 
 
-class ClipCrop(NamedTuple):
-    """The x4 picture of a box of a clip (HxWx3 uint8), the fused crop it is (None: one frame's
-    bicubic x4), the reference frame's time (s) and the seconds the fusion or resize took."""
-
-    image: np.ndarray
-    crop: FusedCrop | None
-    time: float
-    seconds: float
-
-
-def clip_crop(clip: Path, at: float, box: tuple[int, int, int, int], count: int, single: bool = False) -> ClipCrop:
-    """``box`` of ``clip``'s frame nearest ``at`` s, fused x4 from the ``count`` frames around it
-    (``single``: that frame's bicubic x4, for comparison). What ``ultrares zoom`` writes and
-    ``POST /api/v1/zoom`` answers; UserError for a bad clip, time or box."""
-    import time
-
-    from ..fusion.crop import fuse_box
-    from ..fusion.decode import frames_around
-    from ..fusion.live import single_frame
-
-    frames = frames_around(clip, at, 1 if single else count)
-    ref = frames.rgb[frames.reference]
-    check_inside(box, ref.shape)
-    start = time.perf_counter()
-    if single:
-        image, crop = single_frame(ref, box), None
-    else:
-        crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
-        image = crop.image
-    return ClipCrop(image, crop, frames.times[frames.reference], time.perf_counter() - start)
-
-
 def run_box(args: argparse.Namespace) -> int:
+    from ..fusion.clip import clip_crop, parse_box
     from ..fusion.evidence import tags
     from ..fusion.live import picture
     from ..images import format_for_path, write_image

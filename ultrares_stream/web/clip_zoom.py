@@ -1,5 +1,5 @@
 """``POST /api/v1/zoom``: a box of an uploaded clip at a time, x4, fused from the frames around it
-(what ``ultrares zoom CLIP --at T --box X,Y,W,H`` writes: :func:`~ultrares_stream.commands.zoom.clip_crop`),
+(what ``ultrares zoom CLIP --at T --box X,Y,W,H`` writes: :func:`~ultrares_stream.fusion.clip.clip_crop`),
 or with ``method=single`` that one frame's bicubic x4 for comparison, as a PNG with its provenance.
 
 The upload is bounded as an image upload is: its bytes (413), then its frames' pixels from the
@@ -75,7 +75,7 @@ def check_pixels(path: Path, max_pixels: int) -> None:
 def run_clip_zoom(data: bytes, name: str, request: ClipRequest, max_pixels: int):
     """The job (a worker thread): the upload into a temporary folder, then :func:`clip_crop` on it.
     Errors are ApiErrors naming the clip by its upload's name; the folder is always removed."""
-    from ..commands.zoom import clip_crop
+    from ..fusion.clip import clip_crop
 
     low_priority()
     with tempfile.TemporaryDirectory(prefix="ultrares-clip-") as folder:
@@ -106,7 +106,7 @@ def single_tags(box: tuple[int, int, int, int], at: float, name: str) -> dict[st
 
 
 def clip_response(name: str, made, request: ClipRequest) -> Response:
-    """The crop (:class:`~ultrares_stream.commands.zoom.ClipCrop`) as PNG with its provenance."""
+    """The crop (:class:`~ultrares_stream.fusion.clip.ClipCrop`) as PNG with its provenance."""
     from ..fusion.evidence import tags
 
     prov = tags(made.crop) if made.crop is not None else single_tags(request.box, made.time, name)
@@ -118,7 +118,7 @@ def clip_response(name: str, made, request: ClipRequest) -> Response:
 
 
 def parse_request(at: float, box: str, frames: int, method: str) -> ClipRequest:
-    from ..commands.zoom import parse_box
+    from ..fusion.clip import parse_box
 
     try:
         return ClipRequest(at, parse_box(box), frames, method == "single")
