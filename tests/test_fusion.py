@@ -325,17 +325,29 @@ def test_zoom_read_gives_each_character_a_confidence_and_never_reads_an_unreadab
     assert "not read (unreadable)" in said and "ultrares:read" not in info
 
 
-def test_the_learned_refinement_is_nearer_the_truth_than_the_classical_fusion(passes):
+def test_the_learned_refinement_is_nearer_the_truth_than_the_classical_fusion():
+    """On plates drawn like its training data but from seeds it never saw, through real libx264
+    at 0.3 bit/pixel, the refined crop is nearer the picture than the classical fusion, every time."""
     from ultrares_stream.fusion.crop import LEARNED
     from ultrares_stream.fusion.learned import refiner
+    from ultrares_stream.fusion.synthetic import random_motions
+    from ultrares_stream.quality.plates_clip import encode
+    from ultrares_stream.train.plate_images import plate_image
 
     if refiner() is None:
         pytest.skip("the learned fusion's weights or torch are not installed")
     gains = []
-    for _, frames, box, hr in passes:
+    for seed in range(4):
+        rng, labels = np.random.default_rng([999, seed]), []  # the training script's seeds are [0, step]
+        picture = plate_image(rng, 256, labels)
+        (x, y, w, h), _ = labels[0]
+        frames = encode([render(picture, m, SCALE) for m in random_motions(rng, (x + w / 2, y + h / 2), SCALE)],
+                        "0.3bpp")
+        box = (max(2, x // 4 - 2), max(2, y // 4 - 2), min(60 - x // 4, w // 4 + 4), h // 4 + 4)
+        hr = picture[box[1] * 4: (box[1] + box[3]) * 4, box[0] * 4: (box[0] + box[2]) * 4]
         times = [k / 25 for k in range(16)]
         plain = fuse_box(frames, times, 0, box, FusionSettings(learned=False))
         refined = fuse_box(frames, times, 0, box)
         assert refined.method.endswith(LEARNED) and not plain.method.endswith(LEARNED)
         gains.append(psnr(refined.image, hr) - psnr(plain.image, hr))
-    assert np.mean(gains) > 0.3, np.round(gains, 2)
+    assert min(gains) > 0 and np.mean(gains) > 0.4, np.round(gains, 2)
