@@ -321,6 +321,8 @@ def markdown(rows: list[dict], protocol: ClipProtocol, timings: list[float]) -> 
               "| --- | --- | ---: |" + " ---: |" * len(protocol.bitrates)]
     for lo, hi, label in BUCKETS:
         count = len({(r["image"], r["truth"]) for r in rows if lo <= r["width"] < hi})
+        if not count:
+            continue
         for line in gap_table(rows, protocol, (lo, hi)):
             if (line["method"], line["n"]) == ("model", 1) or (line["n"] == top and line["method"] != "bicubic"):
                 cells = [f"{100 * line[b][1]:+.0f} %" for b in protocol.bitrates]
