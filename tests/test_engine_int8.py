@@ -13,7 +13,8 @@ from ultrares_stream.engine import EagerEngine
 from ultrares_stream.engine.base import ThreadPlan, pick_precision
 from ultrares_stream.engine.cache import EngineCache
 from ultrares_stream.engine.openvino import OpenVINOEngine, openvino_available
-from ultrares_stream.engine.quantise import nncf_available, quantise, scene_frames, tail_ops, traffic_frames
+from ultrares_stream.engine.quantise import (DEFAULT_SETTINGS, end_convs, nncf_available, quantise, scene_frames,
+                                             tail_ops, traffic_frames)
 from ultrares_stream.engine.select import backend_for_precision, make_engine
 from ultrares_stream.errors import UserError
 from ultrares_stream.models.archs import RLFN, SRVGGNetCompact
@@ -27,7 +28,7 @@ PLAN = ThreadPlan(1, 1)
 #: int8 against eager fp32 on a scene frame the calibration did not see: the bound a test fails below
 MIN_PSNR_DB = 50.0  # measured 71 dB (compact), 59 dB (rlfn); every op quantised fails the probe check
 ARCHS = {
-    "compact": lambda: SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4, act_type="prelu"),
+    "compact": lambda: SRVGGNetCompact(num_feat=8, num_conv=4, upscale=4, act_type="prelu"),  # 6 convs, 2 in float
     "rlfn": lambda: RLFN(num_feat=12, num_block=1),  # residual adds, ESA pooling, sigmoid gate
 }
 
@@ -78,20 +79,22 @@ def test_int8_is_close_to_fp32_but_not_fp32(kind, cache):
 
 
 @needs_int8
-def test_quantised_graph_has_int8_convolutions_and_a_float_tail(cache):
+def test_quantised_graph_has_int8_convolutions_and_float_ends(cache):
     from ultrares_stream.engine.openvino import load_graph
 
     net = build("compact")
     model = load_graph(net, cache).with_weights(net.state_dict())
     tail = set(tail_ops(model))
+    ends = end_convs(model, DEFAULT_SETTINGS.float_first, DEFAULT_SETTINGS.float_last)
     quantised = quantise(model, calibration())
     fq = [op for op in quantised.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
-    feeds = {t.get_node().get_type_name() for op in fq for t in op.output(0).get_target_inputs()}
-    convs = [op for op in quantised.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    assert feeds == {"Convolution"} and len(fq) >= len(convs)  # every conv input quantised, nothing else
+    fed = {t.get_node() for op in fq for t in op.output(0).get_target_inputs()}
+    convs = [op.get_friendly_name() for op in quantised.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    assert {op.get_type_name() for op in fed} == {"Convolution"}  # only convolutions' inputs quantised
+    assert set(ends) == {convs[0], convs[-1]}  # the 3-channel input conv and the upsampler's
+    assert {op.get_friendly_name() for op in fed} == set(convs) - set(ends)  # every other conv in int8
     assert any(name.endswith("aten::add/Add") for name in tail)  # the input's residual: the output image
-    for op in fq:
-        assert not {t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs()} & tail
+    assert not {op.get_friendly_name() for op in fed} & tail
 
 
 @needs_int8
@@ -154,3 +157,38 @@ def test_quantising_writes_nothing_to_stdout(cache, capsys):
 
     quantise(load_graph(net, cache).with_weights(net.state_dict()), calibration())
     assert capsys.readouterr().out == ""  # bench --json prints its rows there
+
+
+def test_the_int8_rule_is_the_measured_loss_plates_and_speed():
+    from ultrares_stream.engine.quantise import MAX_LOSS_DB, Int8Verdict
+
+    assert MAX_LOSS_DB == 0.05
+    assert Int8Verdict(-0.05, plates=0.0, speedup=1.2).passes() and Int8Verdict(-0.01, 0.002, 1.75).passes()
+    assert not Int8Verdict(-0.052, plates=0.002, speedup=1.43).passes()  # the loss over 0.05 dB
+    assert not Int8Verdict(-0.01, plates=-0.001, speedup=1.5).passes()  # plates read worse
+    assert not Int8Verdict(-0.01, plates=None, speedup=1.5).passes()  # plates not measured
+    assert not Int8Verdict(-0.002, plates=0.001, speedup=0.97).passes()  # no faster than eager bf16
+
+
+def test_auto_times_int8_only_for_a_pair_that_passed(monkeypatch, cache):
+    from ultrares_stream.engine import quantise as q
+    from ultrares_stream.engine.select import CHOICE_FILE, INT8_CANDIDATE, Probes, choose_cpu_engine, cpu_candidates
+
+    monkeypatch.setattr(q, "INT8_VERDICTS", {"passed": q.Int8Verdict(-0.03, 0.01, 1.5),
+                                             "lost": q.Int8Verdict(-0.07, 0.01, 1.5)})
+    monkeypatch.setattr(q, "nncf_available", lambda: (True, "nncf"))
+    assert INT8_CANDIDATE in cpu_candidates("passed")
+    assert all(INT8_CANDIDATE not in cpu_candidates(pair) for pair in ("lost", "unmeasured", None))
+    monkeypatch.setattr(q, "nncf_available", lambda: (False, "nncf cannot be imported"))
+    assert INT8_CANDIDATE not in cpu_candidates("passed")  # not installed: not a candidate, no warning each start
+    if not (OV_OK and NNCF_OK):
+        return
+    monkeypatch.setattr(q, "nncf_available", lambda: (True, "nncf"))
+    timed = []
+    probes = Probes(timing=lambda engines, plan, size: timed.append(sorted(engines)) or {
+        n: (0.01 if n == INT8_CANDIDATE else 0.02) for n in engines}, min_params=0)
+    engine, why = choose_cpu_engine(build("compact"), "bf16", probes=probes, cache=cache, plan=PLAN, pair="passed")
+    assert engine.precision == "int8" and engine.name == "openvino" and why.startswith(INT8_CANDIDATE)
+    assert INT8_CANDIDATE in timed[0] and (cache.root / CHOICE_FILE).is_file()
+    engine, _ = choose_cpu_engine(build("compact"), "bf16", probes=probes, cache=cache, plan=PLAN, pair="lost")
+    assert engine.precision == "bf16" and INT8_CANDIDATE not in timed[1]

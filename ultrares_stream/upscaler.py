@@ -100,7 +100,8 @@ class Upscaler:
         self.scale = self.arch.scale
         self.multiple = self.arch.input_sizes.multiple
         built = make_engine(engine, self.arch.build(), self.device, choose_precision(self.arch, precision, self.device),
-                            shapes=shapes, max_batch=shapes.batch[2] if shapes is not None else MAX_BATCH)
+                            shapes=shapes, max_batch=shapes.batch[2] if shapes is not None else MAX_BATCH,
+                            pair=self.model_name if precision == "auto" else None)  # int8 where it passed
         check_tile(tile)
         self._weights = EngineWeights(built, self.model)
         self._gate = PassGate()

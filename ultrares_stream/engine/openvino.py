@@ -51,7 +51,7 @@ from ..errors import UserError
 from ..models.archs import input_sizes
 from .base import Precision, ThreadPlan
 from .cache import EngineCache, EngineKey, ShapeRange, settings_string
-from .quantise import Calibration, _nncf, default_calibration, quantise
+from .quantise import DEFAULT_SETTINGS, Calibration, QuantiseSettings, _nncf, default_calibration, quantise
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class OpenVINOEngine:
 
     def __init__(self, net: nn.Module, device: torch.device, precision: Precision, *,
                  plan: ThreadPlan | None = None, cache: EngineCache | None = None,
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, quantisation: QuantiseSettings = DEFAULT_SETTINGS):
         _ov()  # UserError with the reason when openvino is not usable here
         if torch.device(device).type != "cpu":
             raise UserError("the openvino engine runs on the CPU")
@@ -258,6 +258,7 @@ class OpenVINOEngine:
             _nncf()  # UserError with the reason when NNCF is not installed
         self.device, self.precision = torch.device("cpu"), precision
         self.calibration = calibration or default_calibration  # int8: the frames NNCF measures ranges on
+        self.quantisation = quantisation  # int8: what NNCF quantises (:class:`.quantise.QuantiseSettings`)
         self.plan = plan or ThreadPlan.for_pipeline()
         self.min_size = input_sizes(net).minimum  # the traced graph lost the network's own pad to it
         self._template = copy.deepcopy(net).float().eval()
@@ -325,7 +326,7 @@ class OpenVINOEngine:
         t0 = time.perf_counter()
         model = self.graph.with_weights(state_dict)
         if QUANTISED[self.precision]:  # a weight set's own ranges: each alpha is quantised again
-            model = quantise(model, self.calibration())
+            model = quantise(model, self.calibration(), self.quantisation)
         compiled = _Compiled(self._compile(model))
         reference = copy.deepcopy(self._template)
         reference.load_state_dict(state_dict)

@@ -9,7 +9,9 @@ per CPU model, network, precision and thread plan in the engine cache folder, so
 measurement runs once. The availability checks and the timing are plain functions gathered in
 :class:`Probes`, so the decisions can be tested on any machine. torch.compile is not a CPU
 candidate: on the 2-core machine it gained nothing over eager bf16 and costs a compile per frame
-size (docs/gpu.md); ``--engine compile`` still works on the CPU when asked for.
+size (docs/gpu.md); ``--engine compile`` still works on the CPU when asked for. With the precision
+left to ``auto`` too, int8 on OpenVINO is a further candidate for the pairs whose int8 passed the
+quality rule (:data:`.quantise.INT8_VERDICTS`: the traffic-protocol loss, the plate score, the speed).
 """
 from __future__ import annotations
 
@@ -264,6 +266,22 @@ CPU_CANDIDATES: dict[str, tuple[str, Callable[..., Engine]]] = {
     "eager-nchw": ("eager", lambda net, prec, plan, cache: EagerEngine(net, CPU, prec, channels_last=False)),
 }
 CPU = torch.device("cpu")
+#: the candidate ``auto`` adds for a pair whose int8 passed the quality rule (:func:`.quantise.int8_passed`)
+INT8_CANDIDATE = "openvino-int8"
+
+
+def _int8_candidate(net: nn.Module, precision: str, plan: ThreadPlan, cache: EngineCache | None) -> Engine:
+    return _openvino_engine(net, "int8", plan, cache)  # its own precision, whatever the others run
+
+
+def cpu_candidates(pair: str | None = None) -> dict[str, tuple[str, Callable[..., Engine]]]:
+    """:data:`CPU_CANDIDATES`, and int8 on OpenVINO where ``pair`` (the model pair, given when the
+    precision was left to ``auto``) passed the int8 quality rule and NNCF is installed."""
+    from .quantise import int8_passed, nncf_available
+
+    if pair is None or not int8_passed(pair) or not nncf_available()[0]:
+        return dict(CPU_CANDIDATES)
+    return {**CPU_CANDIDATES, INT8_CANDIDATE: ("openvino", _int8_candidate)}
 
 
 def probe_size(net: nn.Module) -> tuple[int, int]:
@@ -319,23 +337,28 @@ class ChoiceFile:
 
 
 def choose_cpu_engine(net: nn.Module, precision: str, *, probes: Probes | None = None,
-                      cache: EngineCache | None = None, plan: ThreadPlan | None = None) -> tuple[Engine, str]:
+                      cache: EngineCache | None = None, plan: ThreadPlan | None = None,
+                      pair: str | None = None) -> tuple[Engine, str]:
     """The fastest CPU engine for ``net`` (an engine built from a copy of it) and why, measured
-    once per CPU model, network, precision and thread plan (:class:`ChoiceFile`)."""
+    once per CPU model, network, precision and thread plan (:class:`ChoiceFile`). ``pair``: the
+    model pair when the precision was left to ``auto`` (int8 is a candidate where it passed:
+    :func:`cpu_candidates`)."""
     probes, plan = probes or DEFAULT_PROBES, plan or ThreadPlan.for_pipeline()
     params = sum(p.numel() for p in net.parameters())
     if params < probes.min_params:
         return EagerEngine(net, CPU, precision), f"eager: {params} parameters, too small to measure"  # type: ignore[arg-type]
-    names = [n for n, (backend, _) in CPU_CANDIDATES.items() if probes.check(backend, CPU)[0]]
-    skipped = [f"{n}: {probes.check(b, CPU)[1]}" for n, (b, _) in CPU_CANDIDATES.items() if n not in names]
+    candidates = cpu_candidates(pair)
+    names = [n for n, (backend, _) in candidates.items() if probes.check(backend, CPU)[0]]
+    skipped = [f"{n}: {probes.check(b, CPU)[1]}" for n, (b, _) in candidates.items() if n not in names]
     key = choice_key(net, precision, plan, names)
     record = ChoiceFile((cache or EngineCache()).root)
     known = record.get(key)
     if known is not None and known["choice"] in names:
-        engine = _build_candidate(known["choice"], net, precision, plan, cache)
+        engine = _build_candidate(known["choice"], candidates, net, precision, plan, cache)
         if engine is not None:
             return engine, f"{known['choice']}, as measured earlier ({_timings_text(known['ms_per_frame'])}; {record.path})"
-    engines = {n: e for n in names if (e := _build_candidate(n, net, precision, plan, cache)) is not None}
+    engines = {n: e for n in names
+               if (e := _build_candidate(n, candidates, net, precision, plan, cache)) is not None}
     if len(engines) < 2:
         engine = next(iter(engines.values()), None) or EagerEngine(net, CPU, precision)  # type: ignore[arg-type]
         return engine, f"{engine.name}: the only usable CPU engine"
@@ -348,10 +371,10 @@ def choose_cpu_engine(net: nn.Module, precision: str, *, probes: Probes | None =
                            f"frames: {_timings_text(timings)}){note}")
 
 
-def _build_candidate(name: str, net: nn.Module, precision: str, plan: ThreadPlan,
+def _build_candidate(name: str, candidates: dict, net: nn.Module, precision: str, plan: ThreadPlan,
                      cache: EngineCache | None) -> Engine | None:
     try:
-        return CPU_CANDIDATES[name][1](copy.deepcopy(net), precision, plan, cache)
+        return candidates[name][1](copy.deepcopy(net), precision, plan, cache)
     except (UserError, RuntimeError) as exc:
         log.warning("CPU engine %s unusable for this network (%s)", name, exc)
         return None
@@ -363,12 +386,15 @@ def _timings_text(ms: dict[str, float]) -> str:
 
 def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision: str, *,
                 shapes: ShapeRange | None = None, cache: EngineCache | None = None,
-                max_batch: int = 8, probes: Probes | None = None, threads: int | None = None) -> Engine:
+                max_batch: int = 8, probes: Probes | None = None, threads: int | None = None,
+                pair: str | None = None) -> Engine:
     """Construct the backend ``name`` (or the one ``auto`` picks) for ``net`` on ``device``.
 
     ``shapes``: the input range a TensorRT engine is built for (default: 1..``max_batch`` frames of
     270x480 to 540x960); ``cache``: where built engines are kept (default ``engines/cache``);
-    ``threads``: the CPU plan's threads (:meth:`ThreadPlan.for_pipeline`: the OpenVINO streams).
+    ``threads``: the CPU plan's threads (:meth:`ThreadPlan.for_pipeline`: the OpenVINO streams);
+    ``pair``: the model pair, given when the precision was left to ``auto``: ``auto`` on the CPU
+    also times int8 where that pair's int8 passed the quality rule (:func:`cpu_candidates`).
     Weights arrive later through ``load_weights`` (the upscaler sets alpha right after this).
     """
     device = torch.device(device)
@@ -377,8 +403,8 @@ def make_engine(name: str, net: torch.nn.Module, device: torch.device, precision
     _made["engines"] += 1
     plan = ThreadPlan.for_pipeline(threads)
     if name == "auto" and device.type == "cpu":
-        engine, why = choose_cpu_engine(net, precision, probes=probes, cache=cache, plan=plan)
-        log.info("engine %s on cpu, %s: %s", engine.name, precision, why)
+        engine, why = choose_cpu_engine(net, precision, probes=probes, cache=cache, plan=plan, pair=pair)
+        log.info("engine %s on cpu, %s: %s", engine.name, engine.precision, why)
         return engine
     log.info("engine %s on %s, %s: %s", backend, device, precision, why)
     if backend == "eager":
