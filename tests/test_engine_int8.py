@@ -26,7 +26,7 @@ needs_int8 = pytest.mark.skipif(not (OV_OK and NNCF_OK), reason=(
     f"int8 needs openvino and nncf: {OV_WHY}; {NNCF_WHY} (pip install 'ultrares-stream[int8]')"))
 PLAN = ThreadPlan(1, 1)
 #: int8 against eager fp32 on a scene frame the calibration did not see: the bound a test fails below
-MIN_PSNR_DB = 50.0  # measured 71 dB (compact), 59 dB (rlfn); every op quantised fails the probe check
+MIN_PSNR_DB = 50.0  # int8 against fp32 on a real frame; every op quantised fails it
 ARCHS = {
     "compact": lambda: SRVGGNetCompact(num_feat=8, num_conv=4, upscale=4, act_type="prelu"),  # 6 convs, 2 in float
     "rlfn": lambda: RLFN(num_feat=12, num_block=1),  # residual adds, ESA pooling, sigmoid gate
