@@ -192,3 +192,133 @@ def test_auto_times_int8_only_for_a_pair_that_passed(monkeypatch, cache):
     assert INT8_CANDIDATE in timed[0] and (cache.root / CHOICE_FILE).is_file()
     engine, _ = choose_cpu_engine(build("compact"), "bf16", probes=probes, cache=cache, plan=PLAN, pair="lost")
     assert engine.precision == "bf16" and INT8_CANDIDATE not in timed[1]
+
+
+class Counting:
+    """:func:`quantise` that counts its calls and can be told to refuse (a second NNCF run)."""
+
+    def __init__(self, allowed: int = 99):
+        self.calls, self.allowed = 0, allowed
+
+    def __call__(self, model, frames, settings):
+        self.calls += 1
+        if self.calls > self.allowed:
+            raise AssertionError("NNCF called again: the cached int8 model was not used")
+        return quantise(model, frames, settings)
+
+
+def cached_int8(net, cache, quantiser):
+    from ultrares_stream.engine.openvino import IR_STORE, load_graph
+    from ultrares_stream.engine.quantise import cached_quantise, frames_digest, int8_key
+    from ultrares_stream.engine.tensorrt import _describe
+    from ultrares_stream.models.checkpoint import state_dict_hash
+
+    frames = calibration()
+    key = int8_key(weights=state_dict_hash(net.state_dict()), arch=_describe(net), calibration=frames_digest(frames))
+    model = load_graph(net, cache).with_weights(net.state_dict())
+    return cached_quantise(model, frames, key, IR_STORE, cache=cache, quantiser=quantiser), key
+
+
+@needs_int8
+def test_the_same_weights_are_quantised_once_and_other_weights_miss_the_cache(cache):
+    count = Counting()
+    (first, how), key = cached_int8(build("compact"), cache, count)
+    assert how == "built" and count.calls == 1 and cache.path_for(key).is_dir()
+    (again, how), _ = cached_int8(build("compact"), cache, count)
+    assert how == "hit" and count.calls == 1
+    fq = [sum(op.get_type_name() == "FakeQuantize" for op in m.get_ordered_ops()) for m in (first, again)]
+    assert fq[0] == fq[1] > 0  # the quantised graph itself, not the float one
+    (_, how), other = cached_int8(build("compact", seed=3), cache, count)
+    assert how == "built" and count.calls == 2 and other.digest() != key.digest()
+
+
+@needs_int8
+def test_the_int8_key_follows_settings_calibration_and_versions():
+    import dataclasses
+
+    from ultrares_stream.engine.quantise import frames_digest, int8_key
+
+    frames = calibration()
+    base = int8_key(weights="w", arch="a", calibration=frames_digest(frames))
+    assert base == int8_key(weights="w", arch="a", calibration=frames_digest(calibration()))
+    assert base != int8_key(weights="w", arch="a", calibration=frames_digest(frames[:5]))
+    assert base != int8_key(weights="w", arch="a", calibration=frames_digest(frames),
+                            settings=dataclasses.replace(DEFAULT_SETTINGS, preset="performance"))
+    assert base != int8_key(weights="w", arch="a", calibration=frames_digest(frames), input_policy="static")
+    assert "openvino=" in base.settings and "nncf=" in base.settings
+
+
+@needs_int8
+@pytest.mark.parametrize("damage", ["truncate", "xml"])
+def test_a_damaged_cached_int8_model_is_quantised_again_and_still_close(cache, damage, monkeypatch, caplog):
+    import zipfile
+
+    from ultrares_stream.engine import quantise as q
+    from ultrares_stream.engine.cache import ARTEFACT, META
+
+    net = build("compact")
+    int8_engine("compact", cache).load_weights(net.state_dict())
+    [entry] = [e.path for e in cache.entries() if e.key.backend == "openvino-int8"]
+    artefact = entry / ARTEFACT
+    if damage == "truncate":  # the .bin cut short, as by a crash mid-write without the rename
+        artefact.write_bytes(artefact.read_bytes()[: artefact.stat().st_size // 2])
+    else:  # an .xml that is no IR, checksum made to match: only loading it finds out
+        import json
+
+        from ultrares_stream.engine.cache import _sha256
+
+        with zipfile.ZipFile(artefact) as zf:
+            weights = zf.read("model.bin")
+        with zipfile.ZipFile(artefact, "w") as zf:
+            zf.writestr("model.xml", "<net>")
+            zf.writestr("model.bin", weights)
+        meta = json.loads((entry / META).read_text())
+        meta.update(sha256=_sha256(artefact), size_bytes=artefact.stat().st_size)
+        (entry / META).write_text(json.dumps(meta))
+    count = Counting()
+    monkeypatch.setattr(q, "quantise", count)
+    engine = int8_engine("compact", cache)
+    engine.load_weights(net.state_dict())
+    assert count.calls == 1 and "unusable" in caplog.text
+    x = frame()
+    with torch.no_grad():
+        assert psnr(engine(x), net(x)) >= MIN_PSNR_DB
+    monkeypatch.setattr(q, "quantise", Counting(allowed=0))  # rebuilt entry: read, NNCF not called
+    int8_engine("compact", cache).load_weights(net.state_dict())
+
+
+@needs_int8
+def test_a_second_engine_reads_the_quantised_model_and_alphas_share_the_cache(cache, monkeypatch):
+    from ultrares_stream.engine import quantise as q
+
+    nets = [build("compact", seed) for seed in (1, 2)]
+    first = int8_engine("compact", cache)
+    first.load_weights(nets[0].state_dict())
+    first.prepare_weights(nets[1].state_dict())  # an alpha change: quantised off the frame path, cached
+    monkeypatch.setattr(q, "quantise", Counting(allowed=0))
+    second = int8_engine("compact", cache)
+    for net in nets:
+        second.prepare_weights(net.state_dict())()
+        x = frame()
+        with torch.no_grad():
+            assert psnr(second(x), net(x)) >= MIN_PSNR_DB
+
+
+@needs_int8
+def test_a_cached_int8_model_that_loads_but_is_wrong_is_quantised_again(cache, monkeypatch, caplog):
+    from ultrares_stream.engine import quantise as q
+    from ultrares_stream.engine.openvino import load_graph, save_ir
+
+    net, other = build("compact"), build("compact", seed=5)
+    int8_engine("compact", cache).load_weights(net.state_dict())
+    [entry] = [e for e in cache.entries() if e.key.backend == "openvino-int8"]
+    wrong = quantise(load_graph(other, cache).with_weights(other.state_dict()), calibration())
+    cache.save(entry.key, lambda path: save_ir(wrong, path))  # intact file, other weights' model
+    count = Counting()
+    monkeypatch.setattr(q, "quantise", count)
+    engine = int8_engine("compact", cache)
+    engine.load_weights(net.state_dict())
+    assert count.calls == 1 and "quantising again" in caplog.text
+    x = frame()
+    with torch.no_grad():
+        assert psnr(engine(x), net(x)) >= MIN_PSNR_DB

@@ -20,7 +20,9 @@ with its placeholder weights, is kept in the engine cache per architecture and l
 
 int8 (:mod:`.quantise`): each weight set's graph is quantised by NNCF on calibration frames
 before its compile, in the same off-the-frame-path preparation, and checked on a calibration
-frame instead of noise (its activation ranges fit frames).
+frame instead of noise (its activation ranges fit frames). Quantised models are kept in the
+engine cache (:func:`.quantise.cached_quantise`, :func:`save_ir`): a weight set seen before is
+read, not quantised again; one that reads back wrong on the probe is quantised again.
 
 Threads follow the pipeline's CPU plan (:class:`ThreadPlan`, ``batcher.cpu_inference_plan``):
 one OpenVINO stream per frame-parallel batch, each on that batch's threads; every calling
@@ -51,7 +53,8 @@ from ..errors import UserError
 from ..models.archs import input_sizes
 from .base import Precision, ThreadPlan
 from .cache import EngineCache, EngineKey, ShapeRange, settings_string
-from .quantise import DEFAULT_SETTINGS, Calibration, QuantiseSettings, _nncf, default_calibration, quantise
+from .quantise import (DEFAULT_SETTINGS, Calibration, IRStore, QuantiseSettings, _nncf, cached_quantise,
+                       default_calibration, frames_digest, int8_key)
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +157,45 @@ class Graph:
 
     def save(self, path: Path) -> None:
         """One file: the graph's IR (xml + bin, fp32) and the weight map, in an uncompressed zip."""
-        import tempfile
-
-        ov = _ov()
-        with tempfile.TemporaryDirectory(prefix="ov-graph-") as tmp:
-            xml = Path(tmp) / "model.xml"
-            ov.save_model(self.model, xml, compress_to_fp16=False)
-            with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-                zf.write(xml, "model.xml")
-                zf.write(xml.with_suffix(".bin"), "model.bin")
-                zf.writestr("weights.json", json.dumps(self.weights, sort_keys=True))
+        save_ir(self.model, path, {"weights.json": json.dumps(self.weights, sort_keys=True)})
 
     @classmethod
     def load(cls, path: Path, tags: dict[str, torch.Tensor]) -> Graph:
         """Read a saved graph; ``tags`` (the placeholder weights) check that it maps every weight."""
-        ov = _ov()
+        model = read_ir(path)
         with zipfile.ZipFile(path) as zf:
-            xml, weights = zf.read("model.xml"), zf.read("model.bin")
             mapping = json.loads(zf.read("weights.json"))
-        model = _core().read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
         graph = cls(model, mapping)
         ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
         for name, key in mapping.items():
             if name not in ops or _fingerprint(ops[name].get_data()) != _fingerprint(tags[key].numpy()):
                 raise ValueError(f"weight {key} is not where the weight map says")
         return graph
+
+
+def save_ir(model: Any, path: Path, extra: dict[str, str] | None = None) -> None:
+    """``model``'s IR (``openvino.save_model``: xml + bin, weights as they are) and ``extra``
+    files, in one uncompressed zip at ``path`` (the engine cache checksums it as one artefact)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ov-ir-") as tmp:
+        xml = Path(tmp) / "model.xml"
+        _ov().save_model(model, xml, compress_to_fp16=False)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.write(xml, "model.xml")
+            zf.write(xml.with_suffix(".bin"), "model.bin")
+            for name, text in (extra or {}).items():
+                zf.writestr(name, text)
+
+
+def read_ir(path: Path) -> Any:
+    """The model :func:`save_ir` wrote (raises on a damaged file: the zip's CRCs are checked)."""
+    with zipfile.ZipFile(path) as zf:
+        xml, weights = zf.read("model.xml"), zf.read("model.bin")
+    return _core().read_model(xml.decode(), _ov().Tensor(np.frombuffer(weights, np.uint8).copy()))
+
+
+IR_STORE = IRStore(save=save_ir, load=read_ir)  # how quantised models go into the engine cache
 
 
 def convert(net: nn.Module) -> Graph:
@@ -265,6 +282,8 @@ class OpenVINOEngine:
         for p in self._template.parameters():
             p.requires_grad_(False)
         self.graph = load_graph(self._template, cache)
+        self.cache = cache  # int8: quantised models are kept there (None: the default engine cache)
+        self._calibrated: tuple[list[np.ndarray], str] | None = None  # frames and their digest
         self._probe = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
         self._live: _Compiled | None = None
         self._compiled: OrderedDict[str, _Compiled] = OrderedDict()  # weights hash -> compiled model
@@ -321,18 +340,18 @@ class OpenVINOEngine:
         return commit
 
     def _compile_checked(self, state_dict: dict[str, torch.Tensor]) -> _Compiled:
-        from .tensorrt import EngineCheckError, relative_error
+        from .tensorrt import EngineCheckError
 
         t0 = time.perf_counter()
-        model = self.graph.with_weights(state_dict)
-        if QUANTISED[self.precision]:  # a weight set's own ranges: each alpha is quantised again
-            model = quantise(model, self.calibration(), self.quantisation)
+        graph = self.graph.with_weights(state_dict)
+        model, how = (self._quantised(graph, state_dict) if QUANTISED[self.precision]  # each alpha's own ranges
+                      else (graph, "float"))
         compiled = _Compiled(self._compile(model))
-        reference = copy.deepcopy(self._template)
-        reference.load_state_dict(state_dict)
-        probe = self._probe_frame()
-        with torch.no_grad():
-            err = relative_error(torch.from_numpy(compiled(probe.numpy())), reference(probe))
+        err = self._probe_error(compiled, state_dict)
+        if not err < TOLERANCE[self.precision] and how == "hit":  # a cached int8 model that loads but is wrong
+            log.warning("cached int8 model differs from eager fp32 (relative error %.2e); quantising again", err)
+            compiled = _Compiled(self._compile(self._quantised(graph, state_dict, drop_cached=True)[0]))
+            err = self._probe_error(compiled, state_dict)
         if not err < TOLERANCE[self.precision]:
             raise EngineCheckError(f"openvino {self.precision} output differs from eager fp32 on the probe "
                                    f"frame (relative error {err:.2e})")
@@ -340,6 +359,44 @@ class OpenVINOEngine:
         log.info("compiled OpenVINO %s model in %.2f s (%s, probe rel. error %.1e)", self.precision,
                  time.perf_counter() - t0, self.plan.describe(), err)
         return compiled
+
+    def _probe_error(self, compiled: _Compiled, state_dict: dict[str, torch.Tensor]) -> float:
+        """Relative error of ``compiled`` against eager fp32 with ``state_dict`` on the probe frame."""
+        from .tensorrt import relative_error
+
+        reference = copy.deepcopy(self._template)
+        reference.load_state_dict(state_dict)
+        probe = self._probe_frame()
+        with torch.no_grad():
+            return relative_error(torch.from_numpy(compiled(probe.numpy())), reference(probe))
+
+    def _quantised(self, model: Any, state_dict: dict[str, torch.Tensor],
+                   drop_cached: bool = False) -> tuple[Any, str]:
+        """NNCF's int8 ``model`` of ``state_dict``'s weights, from the engine cache when it was
+        quantised before with the same settings, calibration frames and library versions (unless
+        ``drop_cached``: the entry is removed first). Returns (model, "hit" | "built")."""
+        from ..models.checkpoint import state_dict_hash
+        from .tensorrt import _describe
+
+        frames = self.calibration()
+        key = int8_key(weights=state_dict_hash(state_dict), arch=_describe(self._template),
+                       calibration=self._frames_digest(frames), settings=self.quantisation,
+                       graph_format=GRAPH_FORMAT)
+        cache = self.cache or EngineCache()
+        if drop_cached:
+            cache.remove(cache.path_for(key))
+        quantised, how = cached_quantise(model, frames, key, IR_STORE, cache=cache, settings=self.quantisation)
+        if how == "hit":
+            log.info("int8 model read from the engine cache (not quantised again)")
+        return quantised, how
+
+    def _frames_digest(self, frames: list[np.ndarray]) -> str:
+        """:func:`.quantise.frames_digest`, hashed once for the same frame objects."""
+        last = self._calibrated
+        if last is not None and len(last[0]) == len(frames) and all(a is b for a, b in zip(last[0], frames)):
+            return last[1]
+        self._calibrated = (list(frames), frames_digest(frames))
+        return self._calibrated[1]
 
     def _probe_frame(self) -> torch.Tensor:
         """Noise, or for a quantised model a corner of a calibration frame: its ranges fit frames, not noise."""

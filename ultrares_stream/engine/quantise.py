@@ -19,6 +19,11 @@ Without clips, the demo's generated traffic scene is used, and the log says so. 
 read once a process; each weight set (alpha) is quantised again on them, off the frame path
 (:meth:`~ultrares_stream.engine.openvino.OpenVINOEngine.prepare_weights`).
 
+A quantised model is cached on disk (:func:`cached_quantise`): the IR (``openvino.save_model``)
+in an entry of the engine cache, keyed by the weights, the settings, the calibration frames, the
+input shape policy and the OpenVINO / NNCF versions (:func:`int8_key`), so a later start (or
+``auto``'s timing of the same weights) reads it instead of quantising again.
+
 int8 runs when asked for (``--precision int8``, ``inference.precision: int8``), and ``auto``
 (engine and precision) also times it for the pairs of :data:`INT8_VERDICTS` that pass the quality
 rule (:data:`MAX_LOSS_DB`, plate score not lower). The measured losses are in
@@ -27,7 +32,9 @@ docs/benchmarks.md ("int8 (NNCF) on the CPU").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import logging
 import sys
 import time
@@ -39,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from .cache import EngineCache, EngineKey, ShapeRange, settings_string
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,60 @@ def quantise(model: Any, frames: list[np.ndarray], settings: QuantiseSettings = 
     log.info("quantised to int8 in %.1f s on %d calibration frames (%s)", time.perf_counter() - t0,
              len(frames), settings)
     return quantised
+
+
+INT8_FORMAT = 1  # bump when the cached quantised model's layout changes
+#: the graph's input (``openvino.convert``): part of the cached model's key
+INPUT_POLICY = "NCHW, 3 channels, dynamic batch, height and width"
+Quantiser = Callable[[Any, list[np.ndarray], QuantiseSettings], Any]  # :func:`quantise`'s signature
+
+
+def frames_digest(frames: list[np.ndarray]) -> str:
+    """The calibration frames' identity: a hash of their count, shapes, types and pixels."""
+    h = hashlib.sha256(f"{len(frames)}".encode())
+    for f in frames:
+        a = np.ascontiguousarray(f)
+        h.update(f"|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """The OpenVINO and NNCF versions a quantised model was made with (cache key)."""
+    import openvino
+
+    return {"openvino": openvino.__version__, "nncf": _nncf().__version__}
+
+
+def int8_key(*, weights: str, arch: str, calibration: str, settings: QuantiseSettings = DEFAULT_SETTINGS,
+             input_policy: str = INPUT_POLICY, graph_format: int = 1) -> EngineKey:
+    """The engine-cache key of the quantised model of ``weights`` (a state-dict hash) for ``arch``,
+    calibrated on frames of digest ``calibration``, with ``settings``."""
+    fields = {f"quantise.{k}": v for k, v in dataclasses.asdict(settings).items()}
+    options = {**fields, **library_versions(), "calibration": calibration, "input": input_policy,
+               "graph": graph_format, "format": INT8_FORMAT}
+    return EngineKey.for_device(model_hash=weights, arch=arch, backend="openvino-int8", precision="int8",
+                                shapes=ShapeRange(), device="cpu", settings=settings_string(options))
+
+
+@dataclass(frozen=True)
+class IRStore:
+    """How a quantised model is written to and read from one artefact file (the OpenVINO engine's
+    :func:`~ultrares_stream.engine.openvino.save_ir` / ``read_ir``)."""
+
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path], Any]
+
+
+def cached_quantise(model: Any, frames: list[np.ndarray], key: EngineKey, store: IRStore, *,
+                    cache: EngineCache | None = None, settings: QuantiseSettings = DEFAULT_SETTINGS,
+                    quantiser: Quantiser | None = None) -> tuple[Any, str]:
+    """The int8 version of ``model`` from the engine cache under ``key``, else quantised (by
+    ``quantiser``, default :func:`quantise`) and cached. Returns (model, "hit" | "built"); an
+    unreadable entry is logged, removed and quantised again."""
+    run = quantiser or quantise
+    return (cache or EngineCache()).get_or_build(key, lambda: run(model, frames, settings), store.save,
+                                                 store.load)
 
 
 def tail_ops(model: Any) -> list[str]:
