@@ -47,6 +47,25 @@ def test_keeps_frame_count_and_audio(tmp_path, upscaler, make_clip):
     assert stats["fps"] > 0 and stats["copied_packets"] > 0
     assert [p.name for p in dst.parent.iterdir()] == ["enhanced.mp4"]  # the temporary name is gone
 
+def test_the_last_frame_is_in_the_output_however_late_it_reaches_the_queue(tmp_path, upscaler, make_clip, monkeypatch):
+    """A file job closes its output once every frame read is back; the last frame, slow on its way
+    into the output queue (a busy or paused process), is still written."""
+    from ultrares_stream.batcher import Enhanced
+    from ultrares_stream.frame_queue import FrameQueue
+
+    put = FrameQueue.put
+
+    def late_put(self, item, timeout=None):
+        if isinstance(item, Enhanced) and item.source.index == 19:
+            time.sleep(0.5)
+        return put(self, item, timeout)
+
+    monkeypatch.setattr(FrameQueue, "put", late_put)
+    src = make_clip(tmp_path / "in.mp4", frames=20)
+    dst = tmp_path / "out.mp4"
+    stats = enhance_video(src, dst, upscaler, progress=False)
+    assert stats["frames"] == describe(dst)["frames"] == 20
+
 
 @pytest.mark.parametrize("suffix", [".mkv", ".avi", ".mov"])
 def test_output_size_and_containers(tmp_path, upscaler, suffix, make_clip):

@@ -299,3 +299,30 @@ def test_a_camera_slower_than_it_says_with_a_clock_jump_is_recorded_in_real_time
     assert span <= sent[-1] - sent[0] + 0.2, (span, sent[-1] - sent[0])
     assert span >= (sent[-1] - sent[0]) * 0.98 - 1.5, (span, sent[-1] - sent[0])
     assert len(times) < span * 12 * 1.1 + 2  # about 12 frames a second, not 25
+
+
+def test_a_file_job_whose_writes_stall_loses_no_frame(tmp_path, monkeypatch):
+    """A recorded job's output has no receiver to hang: a write that stalls past the watchdog (a
+    slow disk, the process paused with SIGSTOP) is waited for, never dropped as a hung connection."""
+    from dataclasses import replace
+
+    from ultrares_stream.sources import Reconnect
+
+    send = Publisher.send
+
+    def slow_send(self, data, pts):
+        if pts == 20:
+            time.sleep(1.0)  # twenty times the watchdog below
+        return send(self, data, pts)
+
+    monkeypatch.setattr(Publisher, "send", slow_send)
+    out = tmp_path / "job.mp4"
+    q = FrameQueue(10_000, "block")
+    worker = SinkWorker(str(out), EncoderSettings(preset="ultrafast", gop=10), q, name="job", live=False,
+                        reconnect=Reconnect(initial_s=0.05, max_s=0.2, watchdog_s=0.05),
+                        hooks=replace(SinkHooks(), fps=lambda: FPS)).start()
+    for i in range(40):
+        q.put(enhanced(i, 64, 48))
+    q.close()
+    assert worker.join(30) and worker.error is None, worker.error
+    assert worker.reconnects == 0 and len(decode_all(out)) == 40

@@ -142,14 +142,17 @@ class Pipeline:
 
     def deliver(self, out: Enhanced) -> None:
         """An enhanced frame back from the batcher: into the output queue (a lossless queue waits
-        for room, unless the pipeline failed: nothing takes frames any more)."""
-        self.delivered += 1
+        for room, unless the pipeline failed: nothing takes frames any more). It counts as
+        delivered once it is in the queue, so a file job closes its output only after its last
+        frame is in."""
         try:
             while not self.out_queue.put(out, timeout=0.2):
                 if self.error is not None or self.sink.error is not None:
                     return
         except QueueClosed:
             pass
+        finally:
+            self.delivered += 1
 
     # --- life cycle -------------------------------------------------------------
     def start(self) -> Pipeline:

@@ -160,8 +160,9 @@ class SinkWorker:
     def start(self) -> SinkWorker:
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
-        self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.name}", daemon=True)
-        self._watchdog.start()
+        if self.live:  # a file job has no receiver to hang: a slow disk or a paused process only waits
+            self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{self.name}", daemon=True)
+            self._watchdog.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
