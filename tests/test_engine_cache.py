@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import shutil
+import time
 
 import pytest
 import torch
@@ -210,6 +214,106 @@ def test_find_refittable_matches_structure_not_weights(tmp_path):
     assert cache.find_refittable(make_key(model_hash="f" * 16, precision="fp32")) is None
     cache.save(make_key(model_hash="e" * 16, backend="compile"), lambda p: p.write_bytes(b"y"), refittable=False)
     assert cache.find_refittable(make_key(model_hash="e" * 16, backend="compile", arch="z")) is None
+
+
+# -- variants: each engine keeps its most recently used weight sets -----------------------------
+def variant(i: int, **changes) -> EngineKey:
+    """The engine of :func:`make_key` with weight set ``i`` (one alpha of a model pair, say)."""
+    return make_key(model_hash=f"{i:016x}", **changes)
+
+
+def save_variant(cache: EngineCache, key: EngineKey):
+    return cache.save(key, lambda path: path.write_bytes(key.model_hash.encode()), refittable=True)
+
+
+def cached_weights(cache: EngineCache, **changes) -> set[str]:
+    want = variant(0, **changes).structure_digest()
+    return {e.key.model_hash for e in cache.entries() if e.key is not None and e.key.structure_digest() == want}
+
+
+def test_each_engine_keeps_its_most_recently_used_weight_sets(tmp_path, caplog):
+    from ultrares_stream.engine.cache import KEEP_VARIANTS
+
+    caplog.set_level(logging.INFO, logger="ultrares_stream.engine.cache")
+    assert KEEP_VARIANTS == 8 and EngineCache(tmp_path).keep_variants == KEEP_VARIANTS
+    with pytest.raises(UserError, match="at least 1"):
+        EngineCache(tmp_path, keep_variants=0)
+    cache = EngineCache(tmp_path, keep_variants=8)
+    for i in range(8):
+        save_variant(cache, variant(i))
+    assert cache.load(variant(0), lambda path: path.read_bytes()) == variant(0).model_hash.encode()  # used again
+    caplog.clear()
+    for i in (8, 9):
+        save_variant(cache, variant(i))
+    # weight sets 1 and 2 were the least recently used; 0 was loaded after them
+    assert cached_weights(cache) == {variant(i).model_hash for i in (0, 3, 4, 5, 6, 7, 8, 9)}
+    evicted = [r.getMessage() for r in caplog.records if "evicted" in r.getMessage()]
+    assert len(evicted) == 2 and variant(1).digest() in evicted[0] and variant(2).digest() in evicted[1]
+    assert all(r.levelno == logging.INFO for r in caplog.records if "evicted" in r.getMessage())
+    assert cache.load(variant(1), lambda path: path.read_bytes()) is None  # gone: rebuilt when needed
+
+
+def test_eviction_leaves_other_engines_and_stale_or_corrupt_entries_alone(tmp_path):
+    wide = EngineCache(tmp_path, keep_variants=10)
+    for i in range(4):
+        save_variant(wide, variant(i, precision="fp32"))  # another engine (structure)
+        save_variant(wide, variant(i, backend="compile"))  # and another
+    old_format = variant(90)
+    save_variant(wide, old_format)
+    meta = wide.path_for(old_format) / META
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))  # stale: prune's business
+    (tmp_path / "junk").mkdir()  # corrupt: prune's business
+    cache = EngineCache(tmp_path, keep_variants=1)
+    for i in range(3):
+        save_variant(cache, variant(i))
+    assert cached_weights(cache) == {variant(2).model_hash, old_format.model_hash}
+    four = {variant(i).model_hash for i in range(4)}
+    assert cached_weights(cache, precision="fp32") == four and cached_weights(cache, backend="compile") == four
+    assert sorted(p.name for p in cache.prune()) == sorted([old_format.digest(), "junk"])
+
+
+def test_the_entry_just_saved_is_never_evicted(tmp_path):
+    cache = EngineCache(tmp_path, keep_variants=1)
+    save_variant(cache, variant(0))
+    assert cached_weights(cache) == {variant(0).model_hash}
+    wide = EngineCache(tmp_path, keep_variants=10)
+    for i in (1, 2):
+        save_variant(wide, variant(i))
+        later = time.time() + 3600  # used "later" than now: another process, a clock ahead
+        os.utime(wide.path_for(variant(i)) / META, (later, later))
+    assert save_variant(cache, variant(3)) == cache.path_for(variant(3))
+    assert cached_weights(cache) == {variant(3).model_hash}
+    save_variant(cache, variant(3))  # saved again (rebuilt): still the one kept
+    assert cached_weights(cache) == {variant(3).model_hash}
+
+
+def test_entries_removed_by_another_process_during_eviction_never_raise(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrares_stream.engine.cache")
+    wide = EngineCache(tmp_path, keep_variants=10)
+    for i in range(5):
+        save_variant(wide, variant(i))
+    cache = EngineCache(tmp_path, keep_variants=2)
+
+    def racing_saver(path):  # while this entry is built, another process evicts weight sets 0 and 1
+        (cache.path_for(variant(0)) / META).unlink()
+        shutil.rmtree(cache.path_for(variant(1)))
+        path.write_bytes(b"five")
+
+    class RemovesTheNextVictim(logging.Handler):  # ... and weight set 3's meta.json, mid-eviction
+        def emit(self, record):
+            if "evicted" in record.getMessage():
+                (cache.path_for(variant(3)) / META).unlink(missing_ok=True)
+
+    handler = RemovesTheNextVictim()
+    logging.getLogger("ultrares_stream.engine.cache").addHandler(handler)
+    try:
+        assert cache.save(variant(5), racing_saver) == cache.path_for(variant(5))
+    finally:
+        logging.getLogger("ultrares_stream.engine.cache").removeHandler(handler)
+    assert cached_weights(cache) == {variant(4).model_hash, variant(5).model_hash}
+    assert not cache.path_for(variant(2)).exists() and not cache.path_for(variant(3)).exists()
+    assert [e.state for e in cache.entries() if e.key is None] == ["corrupt"]  # weight set 0: left to prune
+    assert "could not" not in caplog.text
 
 
 # -- refit or rebuild ------------------------------------------------------------------------

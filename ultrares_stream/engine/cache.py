@@ -7,9 +7,17 @@ parameter shapes), backend, precision, shape ranges, the build settings (:func:`
 of the backend's build options), GPU name and compute capability, and the torch / torch-tensorrt / TensorRT
 versions, so an engine is only ever reused where it was built for.
 
+Entries whose keys differ only in the weights (one :meth:`EngineKey.structure_digest`) are
+*variants* of one engine, e.g. one per alpha of a model pair. Each engine keeps its
+:data:`KEEP_VARIANTS` most recently used variants (``EngineCache(keep_variants=...)``): after a
+``save``, the least recently used ones beyond that are evicted (:func:`evictable`), never the entry
+just written, never another engine's. An entry's last use is the modification time of its
+``meta.json``, set when it is saved and each time it is loaded; the artefact is never rewritten.
+
 Nothing here crashes the service: an entry whose artefact is missing, truncated,
 altered or refuses to load is logged, deleted and rebuilt. Entries built by other
 versions or GPUs are *stale*: never loaded, listed as such, removed by ``prune``.
+An entry removed by another process meanwhile is skipped.
 """
 from __future__ import annotations
 
@@ -34,7 +42,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when the on-disk layout changes; older entries become stale
 ARTEFACT = "engine.pt2"  # torch.export / torch_tensorrt.save archives
-META = "meta.json"
+META = "meta.json"  # its modification time is the entry's last use (save or load)
+KEEP_VARIANTS = 8  # weight sets (alphas) kept per engine structure, most recently used
 
 
 @dataclass(frozen=True)
@@ -195,13 +204,30 @@ class CacheEntry:
     created: float
     refittable: bool
     state: str  # "ok", "stale" (other versions / GPU / format) or "corrupt" (unreadable meta)
+    used: float = 0.0  # last save or load (meta.json's modification time)
+
+
+def evictable(entries: list[CacheEntry], saved: EngineKey, keep: int) -> list[CacheEntry]:
+    """The entries to remove once ``saved`` is written, least recently used first: the intact
+    variants of its engine (same :meth:`EngineKey.structure_digest`, other weights) beyond the
+    ``keep`` most recently used, ``saved`` itself counted first and never returned. Entries of
+    other structures are not considered, nor stale or corrupt ones (``prune`` removes those)."""
+    want = saved.structure_digest()
+    variants = [e for e in entries if e.state == "ok" and e.key is not None and e.path.name != saved.digest()
+                and e.key.structure_digest() == want]
+    variants.sort(key=lambda e: (e.used, e.created, e.path.name), reverse=True)
+    return variants[max(keep - 1, 0):][::-1]
 
 
 class EngineCache:
-    """Engine artefacts on disk. ``save`` / ``load`` take the backend's own save and load functions."""
+    """Engine artefacts on disk. ``save`` / ``load`` take the backend's own save and load functions;
+    each engine structure keeps its ``keep_variants`` most recently used weight sets."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, keep_variants: int = KEEP_VARIANTS):
+        if keep_variants < 1:
+            raise UserError(f"keep_variants must be at least 1 (the entry just saved), got {keep_variants}")
         self.root = Path(root) if root is not None else engine_cache_dir()
+        self.keep_variants = keep_variants
 
     def path_for(self, key: EngineKey) -> Path:
         return self.root / key.digest()
@@ -218,6 +244,7 @@ class EngineCache:
             except Exception as exc:  # any backend failure loading a bad artefact
                 problem = f"artefact does not load ({exc.__class__.__name__}: {exc})"
             else:
+                _touch(entry / META)
                 log.info("engine cache hit: %s (%s)", entry.name, key.backend)
                 return obj
         log.warning("engine cache entry %s is unusable (%s); removing it, the engine will be rebuilt",
@@ -226,8 +253,9 @@ class EngineCache:
         return None
 
     def save(self, key: EngineKey, saver: Callable[[Path], None], refittable: bool = False) -> Path | None:
-        """Write an entry atomically (temporary folder, then rename). Failures are logged, not raised:
-        a cache that cannot be written costs a rebuild next start, nothing more."""
+        """Write an entry atomically (temporary folder, then rename), then evict the least recently
+        used variants of its engine beyond ``keep_variants``. Failures are logged, not raised: a
+        cache that cannot be written costs a rebuild next start, nothing more."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=self.root))
@@ -237,6 +265,7 @@ class EngineCache:
                 meta = {"format": FORMAT, "key": key.to_dict(), "sha256": _sha256(artefact),
                         "size_bytes": artefact.stat().st_size, "created": time.time(), "refittable": refittable}
                 (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+                _touch(tmp / META)
                 dest = self.path_for(key)
                 if dest.exists():
                     self.remove(dest)
@@ -249,7 +278,20 @@ class EngineCache:
                         exc.__class__.__name__, exc)
             return None
         log.info("engine cached: %s (%s, %s)", dest, key.backend, key.shapes.describe())
+        self._evict(key)
         return dest
+
+    def _evict(self, saved: EngineKey) -> None:
+        """Remove the variants of ``saved``'s engine that :func:`evictable` names, one log line each.
+        Never raises: an eviction that fails costs disk space, nothing more."""
+        try:
+            for entry in evictable(self.entries(), saved, self.keep_variants):
+                self.remove(entry.path)
+                log.info("engine cache: evicted %s (%s, weights %s; the %d most recently used variants stay)",
+                         entry.path.name, entry.key.backend, entry.key.model_hash, self.keep_variants)
+        except Exception as exc:
+            log.warning("could not evict old engine cache entries in %s (%s: %s)", self.root,
+                        exc.__class__.__name__, exc)
 
     def get_or_build(self, key: EngineKey, build: Callable[[], Any], saver: Callable[[Any, Path], None],
                      loader: Callable[[Path], Any], refittable: bool = False) -> tuple[Any, str]:
@@ -283,6 +325,7 @@ class EngineCache:
                 continue
             try:
                 meta = json.loads((path / META).read_text())
+                used = (path / META).stat().st_mtime
                 key = EngineKey.from_dict(meta["key"])
                 state = "ok"
                 if meta.get("format") != FORMAT or key.digest() != path.name:
@@ -290,9 +333,13 @@ class EngineCache:
                 elif fingerprint is not None and any(getattr(key, k) != v for k, v in fingerprint.items()):
                     state = "stale"
                 out.append(CacheEntry(path, key, int(meta.get("size_bytes", 0)), float(meta.get("created", 0)),
-                                      bool(meta.get("refittable", False)), state))
+                                      bool(meta.get("refittable", False)), state, used))
             except (OSError, ValueError, KeyError, TypeError, UserError):
-                out.append(CacheEntry(path, None, _folder_size(path), path.stat().st_mtime, False, "corrupt"))
+                try:
+                    mtime = path.stat().st_mtime
+                    out.append(CacheEntry(path, None, _folder_size(path), mtime, False, "corrupt", mtime))
+                except OSError:  # removed by another process meanwhile
+                    continue
         return sorted(out, key=lambda e: e.created, reverse=True)
 
     def prune(self, fingerprint: dict[str, str] | None = None) -> list[Path]:
@@ -324,6 +371,17 @@ class EngineCache:
         if artefact.stat().st_size != meta.get("size_bytes") or _sha256(artefact) != meta.get("sha256"):
             return "artefact checksum mismatch (truncated or altered)"
         return None
+
+
+def _touch(meta: Path) -> None:
+    """Record a use of an entry: its ``meta.json``'s modification time becomes now (exact, not the
+    file system's coarse clock). Never creates the file: an entry removed meanwhile stays removed;
+    a read-only cache keeps its old times."""
+    now = time.time_ns()
+    try:
+        os.utime(meta, ns=(now, now))
+    except OSError:
+        pass
 
 
 def _sha256(path: Path) -> str:
