@@ -341,8 +341,8 @@ def test_the_learned_refinement_is_nearer_the_truth_than_the_classical_fusion():
         rng, labels = np.random.default_rng([999, seed]), []  # the training script's seeds are [0, step]
         picture = plate_image(rng, 256, labels)
         (x, y, w, h), _ = labels[0]
-        frames = encode([render(picture, m, SCALE) for m in random_motions(rng, (x + w / 2, y + h / 2), SCALE)],
-                        "0.3bpp")
+        frames, _ = encode([render(picture, m, SCALE) for m in random_motions(rng, (x + w / 2, y + h / 2), SCALE)],
+                           "0.3bpp")
         box = (max(2, x // 4 - 2), max(2, y // 4 - 2), min(60 - x // 4, w // 4 + 4), h // 4 + 4)
         hr = picture[box[1] * 4: (box[1] + box[3]) * 4, box[0] * 4: (box[0] + box[2]) * 4]
         times = [k / 25 for k in range(16)]

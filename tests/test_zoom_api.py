@@ -177,6 +177,7 @@ def test_a_zoom_is_the_box_fused_x4_with_its_provenance(file_camera):
     assert info["ultrares:frame-indices"] == ",".join(map(str, range(24, 40)))
     assert info["ultrares:verdict"] == "fused" and len(info["ultrares:timestamps"].split(",")) == 16
     assert info["ultrares:reference"] == f"{39 / 25:.3f}"  # the source's own timestamps
+    assert info["ultrares:quantiser"].startswith("h264 QP ")  # the camera's encoder, as decoded
     h = fused.headers
     assert h["x-ultrares-frames"] == "16 of 16" and h["x-ultrares-reference-index"] == "39"
     assert h["x-ultrares-box"] == ",".join(map(str, box)) and h["x-ultrares-output-size"] == f"{box[2] * 4}x{box[3] * 4}"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .fusion.codec import DECODER_OPTIONS, QuantiserMap, quantisers
 from .urls import HTTP, RTSP, V4L2, is_live, mask_url, scheme
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Frame:
     decode_s: float = 0.0
     epoch: int = 0  # connection number: changes after every reconnect
     packets: list = field(default_factory=list)  # demuxed packets of the copied streams (Source ``copy``)
+    quantisers: QuantiserMap | None = None  # the camera encoder's quantisers, where its codec gives them
 
 
 def stream_fps(stream, default: Fraction = DEFAULT_FPS) -> Fraction:
@@ -350,6 +352,7 @@ class Source:
         stream = container.streams.video[0]
         stream.thread_type = "SLICE" if self.live else "AUTO"
         stream.codec_context.thread_count = self.decode_threads
+        stream.codec_context.options = DECODER_OPTIONS  # the quantisers a zoom's verdict reads (fusion/codec.py)
         self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
         self._epoch += 1
         self.hardware_decoding = None  # known again after this connection's first frame
@@ -371,7 +374,8 @@ class Source:
                 self._note_decoder(stream)
             data, w, h = frame_to_yuv420p(frame)
             out = Frame(data, w, h, self._index, clock.time(frame.time, time.monotonic() if self.live else None),
-                        decode_s=time.perf_counter() - t0, epoch=self._epoch, packets=packets)
+                        decode_s=time.perf_counter() - t0, epoch=self._epoch, packets=packets,
+                        quantisers=quantisers(frame, stream.codec_context.name))
             self._index += 1
             if self.metrics is not None:
                 self.metrics.frames_in.labels(self.name).inc()

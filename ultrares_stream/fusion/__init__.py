@@ -7,7 +7,8 @@ fused onto the x4 grid, with provenance and a verdict (docs/fusion.md).
 * :mod:`.learned`: the learned refinement of the fusion (``ultrares-fusion-x4``);
 * :mod:`.crop`: the whole of it for one box (:func:`.crop.fuse_box`);
 * :mod:`.evidence`: the fused crop's provenance, its readable / unreadable verdict, an OCR reading;
-* :mod:`.decode`: the frames around a time in a clip (PyAV);
+* :mod:`.decode`: the frames around a time in a clip, or its first seconds (PyAV);
+* :mod:`.codec`: the quantisers the camera's encoder used, block by block, for the verdict;
 * :mod:`.clip`: a box of a clip at a time, fused or one frame (``ultrares zoom``, ``POST /api/v1/zoom``);
 * :mod:`.history`, :mod:`.live`: a camera's last frames and the zoom into them;
 * :mod:`.regions`, :mod:`.auto`: plate-like regions, their tracks, and a fused crop of each (``--auto``);

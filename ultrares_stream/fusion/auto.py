@@ -12,20 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
 from .crop import FusionSettings, fuse_box
+from .decode import Frames, first_seconds
 from .evidence import UNREADABLE, FusedCrop, tags
 from .live import single_frame
 from .regions import Box, TextDetector, Track, update_tracks
-
-
-@dataclass
-class Clip:
-    """Decoded frames (RGB uint8), their times (s) and key-frame flags."""
-
-    rgb: list[np.ndarray]
-    times: list[float]
-    keyframes: list[bool]
 
 
 @dataclass
@@ -40,34 +31,7 @@ class Plate:
     single: np.ndarray
 
 
-def decode_clip(path: Path, seconds: float) -> Clip:
-    """The first ``seconds`` of ``path``'s video; UserError for a missing or unreadable file."""
-    import av
-
-    if not path.is_file():
-        raise UserError(f"clip not found: {path}")
-    rgb, times, keys = [], [], []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UserError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or 25)
-            for i, frame in enumerate(container.decode(stream)):
-                t = frame.time if frame.time is not None else i / fps
-                if t > seconds:
-                    break
-                rgb.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(t))
-                keys.append(bool(getattr(frame, "key_frame", False)))
-    except av.FFmpegError as exc:
-        raise UserError(f"{path}: cannot decode the video (corrupt or not a video: {exc})") from None
-    if not rgb:
-        raise UserError(f"{path}: no frames decoded")
-    return Clip(rgb, times, keys)
-
-
-def find_tracks(clip: Clip, detector, every: int = 5, min_hits: int = 2) -> list[Track]:
+def find_tracks(clip: Frames, detector, every: int = 5, min_hits: int = 2) -> list[Track]:
     """Tracks of the regions ``detector`` finds every ``every`` frames, seen at least ``min_hits`` times
     (regions cut by the frame's edge are left out: part of their characters is not in the picture)."""
     tracks: list[Track] = []
@@ -85,21 +49,22 @@ def padded(box: Box, shape: tuple[int, ...], pad: int = 1) -> Box:
     return x0, y0, min(w, box[0] + box[2] + pad) - x0, min(h, box[1] + box[3] + pad) - y0
 
 
-def fuse_track(clip: Clip, track: Track, count: int, settings: FusionSettings = FusionSettings()) -> Plate:
+def fuse_track(clip: Frames, track: Track, count: int, settings: FusionSettings = FusionSettings()) -> Plate:
     """Fuse ``track`` on the frame where its region is largest, from ``count`` frames around it."""
     ref = max(track.seen, key=lambda p: (track.seen[p][2] * track.seen[p][3], -abs(p - np.median(list(track.seen)))))
     box = padded(track.seen[ref], clip.rgb[ref].shape)
     lo = max(0, min(ref - count // 2, len(clip.rgb) - count))
-    window = slice(lo, lo + count)
-    crop = fuse_box(clip.rgb[window], clip.times[window], ref - lo, box, settings, clip.keyframes[window])
+    window = clip.window(lo, count, ref)
+    crop = fuse_box(window.rgb, window.times, window.reference, box, settings, window.keyframes,
+                    window.quantisers)
     return Plate(track, ref, box, crop, single_frame(clip.rgb[ref], box, settings.scale))
 
 
 def auto_zoom(path: Path, count: int = 16, every: int = 5, seconds: float = 20.0,
-              detector=None) -> tuple[Clip, list[Plate]]:
+              detector=None) -> tuple[Frames, list[Plate]]:
     """Every plate-like region of the first ``seconds`` of ``path``, tracked and fused."""
     detector = detector or TextDetector()  # a missing RapidOCR is reported before decoding
-    clip = decode_clip(path, seconds)
+    clip = first_seconds(path, seconds)
     return clip, [fuse_track(clip, t, count) for t in find_tracks(clip, detector, every)]
 
 

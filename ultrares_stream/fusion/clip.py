@@ -58,6 +58,7 @@ def clip_crop(clip: Path, at: float, box: tuple[int, int, int, int], count: int,
     if single:
         image, crop = single_frame(ref, box), None
     else:
-        crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes)
+        crop = fuse_box(frames.rgb, frames.times, frames.reference, box, keyframes=frames.keyframes,
+                        quantisers=frames.quantisers)
         image = crop.image
     return ClipCrop(image, crop, frames.times[frames.reference], time.perf_counter() - start)

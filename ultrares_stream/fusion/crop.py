@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import learned
+from .codec import QuantiserMap, box_quantiser
 from .evidence import FrameUse, FusedCrop, judge
 from .fuse import FuseSettings, Observation, build_problem, robust_fuse
 from .tracking import Tracked, track
@@ -64,20 +65,37 @@ def fuse_tracked(ref_shape: tuple[int, int], tracked: list[Tracked], uses: list[
     return robust_fuse(build_problem(obs, ref_shape, settings.scale), settings.scale, settings.fuse)
 
 
+def frame_box(t: Tracked, box: tuple[int, int, int, int], crop: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Where a tracked frame shows ``box`` (marked in the reference, whose crop is ``crop``), to the pixel."""
+    shift = t.registration.shift
+    return (int(round(t.origin[0] + shift[0])) + box[0] - crop[0], int(round(t.origin[1] + shift[1])) + box[1] - crop[1],
+            box[2], box[3])
+
+
 def fuse_box(frames: list[np.ndarray], times: list[float], ref_index: int, box: tuple[int, int, int, int],
-             settings: FusionSettings = FusionSettings(), keyframes: list[bool] | None = None) -> FusedCrop:
-    """Fuse ``box`` (x, y, w, h in ``frames[ref_index]``'s pixels) over ``frames``."""
+             settings: FusionSettings = FusionSettings(), keyframes: list[bool] | None = None,
+             quantisers: list[QuantiserMap | None] | None = None) -> FusedCrop:
+    """Fuse ``box`` (x, y, w, h in ``frames[ref_index]``'s pixels) over ``frames``; ``quantisers``:
+    each frame's (:mod:`.codec`), for the verdict."""
     keyframes = keyframes or [False] * len(frames)
     ref, (cx, cy, cw, ch), tracked = track(frames, ref_index, box, settings.margin, settings.search, settings.pad)
     quality = [settings.keyframe_weight if key else 1.0 for key in keyframes]
     uses = frame_uses(tracked, times, quality, settings)
-    fused = fuse_tracked(ref.shape[:2], tracked, uses, settings)
+    fused = classical = fuse_tracked(ref.shape[:2], tracked, uses, settings)
     refiner, method = learned.refiner() if settings.learned else None, METHOD
     if refiner is not None:
         stack = learned.registered_stack(tracked, learned.stack_order(ref_index, times, uses), fused, settings.scale)
         fused, method = refiner.refine(stack, fused), METHOD + LEARNED
     s = settings.scale
     x0, y0 = (box[0] - cx) * s, (box[1] - cy) * s
-    image = np.clip(np.round(fused[y0: y0 + box[3] * s, x0: x0 + box[2] * s]), 0, 255).astype(np.uint8)
-    verdict, reason = judge(box, uses)
-    return FusedCrop(image, box, (cx, cy, cw, ch), s, method, times[ref_index], uses, verdict, reason)
+
+    def cut(picture: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(picture[y0: y0 + box[3] * s, x0: x0 + box[2] * s]), 0, 255).astype(np.uint8)
+
+    coding = None
+    if quantisers:
+        coding = box_quantiser([(q, frame_box(t, box, (cx, cy, cw, ch)))
+                                for q, t, u in zip(quantisers, tracked, uses) if u.weight > 0])
+    verdict, reason = judge(box, uses, coding)
+    return FusedCrop(cut(fused), box, (cx, cy, cw, ch), s, method, times[ref_index], uses, verdict, reason, coding,
+                     cut(classical) if refiner is not None else None)

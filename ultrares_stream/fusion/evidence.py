@@ -2,8 +2,9 @@
 
 Every :class:`FusedCrop` says it is machine-fused, from which frames (timestamps), with what
 registration residuals and which method. Where fusion cannot add information (too few frames
-agree with the reference, or the box is too small for characters to survive the camera's
-resolution) its ``verdict`` is ``unreadable`` with the reason, so no one reads characters into it.
+agree with the reference, the box is too small for characters to survive the camera's
+resolution, or too small for the quantiser the camera's encoder used on it) its ``verdict`` is
+``unreadable`` with the reason, so no one reads characters into it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ UNREADABLE = "unreadable"
 MIN_FRAMES = 3
 #: smallest box (LR pixels): below it a plate's characters are 1-2 pixels high in every frame
 MIN_BOX = (12, 6)
+#: per codec, (QP at least, smallest box height in LR pixels): how tall a box must be for its
+#: characters to survive the camera's quantiser, calibrated on drawn plates
+#: (``scripts/calibrate_verdict.py``; docs/eval/plates_clip.md)
+MIN_HEIGHT_AT_QP: dict[str, tuple[tuple[float, int], ...]] = {
+    "h264": ((25.0, 18), (34.0, 22), (40.0, 26)),
+}
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,8 @@ class FrameUse:
 @dataclass
 class FusedCrop:
     """The x``scale`` fused crop (HxWx3 uint8) of ``box`` (LR pixels of the reference frame,
-    ``crop`` = the box with its margin, what ``image`` shows) and its provenance."""
+    ``crop`` = the box with its margin, what ``image`` shows) and its provenance, with how hard the
+    camera's encoder quantised the box (:func:`.codec.box_quantiser`)."""
 
     image: np.ndarray
     box: tuple[int, int, int, int]
@@ -47,6 +55,8 @@ class FusedCrop:
     frames: list[FrameUse] = field(default_factory=list)
     verdict: str = READABLE
     reason: str = ""
+    quantiser: tuple[str, float] | None = None  # (codec, median QP under the box), where the codec gives it
+    classical: np.ndarray | None = None  # the classical fusion before the learned refinement (None: not refined)
 
     @property
     def used(self) -> list[FrameUse]:
@@ -62,12 +72,27 @@ class FusedCrop:
         return text + (f"; verdict: {UNREADABLE} ({self.reason})" if self.verdict == UNREADABLE else "")
 
 
-def judge(box: tuple[int, int, int, int], frames: list[FrameUse],
+def min_height(quantiser: tuple[str, float] | None, table: dict = MIN_HEIGHT_AT_QP) -> int:
+    """The smallest box height (LR pixels) whose characters survive ``quantiser`` ((codec, QP);
+    None or a codec without a rule: :data:`MIN_BOX`'s height)."""
+    if quantiser is None:
+        return MIN_BOX[1]
+    codec, qp = quantiser
+    return max([MIN_BOX[1]] + [height for least, height in table.get(codec, ()) if qp >= least])
+
+
+def judge(box: tuple[int, int, int, int], frames: list[FrameUse], quantiser: tuple[str, float] | None = None,
           min_frames: int = MIN_FRAMES, min_box: tuple[int, int] = MIN_BOX) -> tuple[str, str]:
-    """(verdict, reason) for a fused crop of ``box`` (LR pixels) from ``frames``."""
+    """(verdict, reason) for a fused crop of ``box`` (LR pixels) from ``frames``; ``quantiser``:
+    (codec, QP under the box) where known."""
     if box[2] < min_box[0] or box[3] < min_box[1]:
         return UNREADABLE, (f"the box is {box[2]}x{box[3]} pixels in the video, under {min_box[0]}x{min_box[1]}: "
                             "characters are too small to recover")
+    least = min_height(quantiser)
+    if box[3] < least:
+        codec, qp = quantiser
+        return UNREADABLE, (f"the camera's encoder quantised the box at {codec} QP {qp:.0f}: characters in a box "
+                            f"{box[3]} pixels high do not survive it (needs {least})")
     agreeing = sum(1 for f in frames if f.weight > 0)
     if agreeing < min_frames:
         return UNREADABLE, f"only {agreeing} of {len(frames)} frames agree with the reference (need {min_frames})"
@@ -132,4 +157,6 @@ def tags(crop: FusedCrop) -> dict[str, str]:
         "ultrares:reference": f"{crop.reference_time:.3f}",
         "ultrares:box": ",".join(map(str, crop.box)),
         "ultrares:verdict": crop.verdict if crop.verdict != UNREADABLE else f"{UNREADABLE}: {crop.reason}",
+        "ultrares:quantiser": (f"{crop.quantiser[0]} QP {crop.quantiser[1]:.1f} (median over the frames fused, under "
+                               "the box)" if crop.quantiser else "not known (the codec does not give it)"),
     }

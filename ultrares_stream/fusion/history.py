@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codec import QuantiserMap
+
 #: defaults: the last 4 s, at most 64 frames and 128 MiB (at 1080p: 41 frames, 1.6 s at 25 fps)
 HISTORY_SECONDS = 4.0
 HISTORY_FRAMES = 64
@@ -24,7 +26,8 @@ HISTORY_BYTES = 128 * 1024 * 1024
 @dataclass(frozen=True)
 class HeldFrame:
     """One decoded frame: packed yuv420p ``data`` (``(H*3/2, W)`` uint8), its per-source ``index``,
-    source presentation time ``time_s`` (None if unknown) and monotonic time at decode."""
+    source presentation time ``time_s`` (None if unknown), monotonic time at decode and the
+    encoder's ``quantisers`` (None where the codec gives none)."""
 
     data: np.ndarray
     width: int
@@ -32,6 +35,7 @@ class HeldFrame:
     index: int
     time_s: float | None
     received: float
+    quantisers: QuantiserMap | None = None
 
     def rgb(self) -> np.ndarray:
         """The frame as HxWx3 uint8 RGB (BT.601, limited range: as the decoder's own conversion)."""
@@ -52,7 +56,8 @@ class FrameHistory:
 
     def push(self, frame) -> None:
         """Keep ``frame`` (a :class:`~ultrares_stream.sources.Frame`); forget what falls out of the bounds."""
-        held = HeldFrame(frame.data, frame.width, frame.height, frame.index, frame.time_s, frame.received)
+        held = HeldFrame(frame.data, frame.width, frame.height, frame.index, frame.time_s, frame.received,
+                         frame.quantisers)
         with self._lock:
             if self._frames and (self._frames[-1].width, self._frames[-1].height) != (held.width, held.height):
                 self._frames.clear()  # the input changed size: older frames show another picture

@@ -88,7 +88,7 @@ def zoom(history: FrameHistory, box: tuple[int, int, int, int], count: int = 16,
     if single:
         image, crop, prov = single_frame(ref.rgb(), box, settings.scale), None, None
     else:
-        crop = fuse_box([f.rgb() for f in frames], times, at, box, settings)
+        crop = fuse_box([f.rgb() for f in frames], times, at, box, settings, quantisers=[f.quantisers for f in frames])
         image, prov = crop.image, tags(crop)
     prov = live_tags(prov, box, ref, times[at], [f.index for f in frames], settings.scale)
     return Zoom(image, prov, crop, ref, frames, time.perf_counter() - start)

@@ -141,10 +141,13 @@ def parse_bitrate(bitrate: str | int, width: int, height: int, fps: float = ENCO
     return int(round(bps))
 
 
-def h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> list[np.ndarray]:
+def h264_roundtrip(frames: list[np.ndarray], bitrate: int, quantisers: list | None = None) -> list[np.ndarray]:
     """Encode RGB frames as one H.264 stream (libx264, camera-like settings) and return
-    every decoded frame as RGB uint8, in order."""
+    every decoded frame as RGB uint8, in order; ``quantisers``: a list that gets each decoded
+    frame's :class:`~ultrares_stream.fusion.codec.QuantiserMap`."""
     import av
+
+    from ..fusion.codec import DECODER_OPTIONS, quantisers as frame_quantisers
 
     h, w = frames[0].shape[:2]
     codec = av.CodecContext.create("libx264", "w")
@@ -157,6 +160,8 @@ def h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> list[np.ndarray]:
                      "maxrate": str(bitrate), "bufsize": str(bitrate)}
     codec.open()
     decoder = av.CodecContext.create("h264", "r")
+    if quantisers is not None:
+        decoder.options = DECODER_OPTIONS
     decoded = []
     for i, rgb in enumerate(frames):
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
@@ -168,6 +173,8 @@ def h264_roundtrip(frames: list[np.ndarray], bitrate: int) -> list[np.ndarray]:
     decoded += decoder.decode(None)
     if len(decoded) != len(frames):
         raise RuntimeError(f"H.264 round trip returned {len(decoded)} frames for {len(frames)}")
+    if quantisers is not None:
+        quantisers += [frame_quantisers(f, "h264") for f in decoded]
     return [f.to_ndarray(format="rgb24") for f in decoded]
 
 

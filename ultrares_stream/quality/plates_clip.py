@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from ..fusion import learned
 from ..fusion.crop import FusionSettings, frame_uses, fuse_box
 from ..fusion.fuse import Observation, build_problem, robust_fuse
 from ..fusion.registration import translation
@@ -83,12 +82,14 @@ def lr_box(box: tuple[int, int, int, int], scale: int, lr_shape: tuple[int, ...]
     return x0, y0, x1 - x0, y1 - y0
 
 
-def encode(frames: list[np.ndarray], bitrate: str) -> list[np.ndarray]:
-    """The frames through H.264 at ``bitrate`` (bits per pixel at 25 fps), or as they are (lossless)."""
+def encode(frames: list[np.ndarray], bitrate: str) -> tuple[list[np.ndarray], list]:
+    """(the frames through H.264 at ``bitrate`` (bits per pixel at 25 fps), or as they are
+    (lossless); each frame's quantisers, None where not encoded)."""
     if bitrate == "lossless":
-        return frames
+        return frames, [None] * len(frames)
     h, w = frames[0].shape[:2]
-    return h264_roundtrip(frames, parse_bitrate(bitrate, w, h))
+    quantisers: list = []
+    return h264_roundtrip(frames, parse_bitrate(bitrate, w, h), quantisers), quantisers
 
 
 def single_frame(frame: np.ndarray, box, upscale: Callable[[np.ndarray], np.ndarray], scale: int,
@@ -131,9 +132,12 @@ def true_motion_fusion(frames: list[np.ndarray], warps: list[np.ndarray], box, s
 
 
 def method_outputs(frames: list[np.ndarray], warps: list[np.ndarray], box, model: Callable | None,
-                   protocol: ClipProtocol, timings: list[float]) -> dict[tuple[str, int], tuple[np.ndarray, str]]:
+                   protocol: ClipProtocol, timings: list[float],
+                   quantisers: list | None = None) -> dict[tuple[str, int], tuple[np.ndarray, str]]:
     """(method, N) -> (the x4 picture of ``box``, the fusion's verdict or "") for every method and
-    frame count; at the largest N also the classical fusion alone where the learned refinement is on."""
+    frame count; at the largest N also the classical fusion alone where the learned refinement is on.
+    ``quantisers``: each frame's (:mod:`ultrares_stream.fusion.codec`), for the fusion's verdict."""
+    quantisers = quantisers or [None] * len(frames)
     s, fs = protocol.scale, protocol.fusion
     out = {("bicubic", 1): (single_frame(frames[0], box, lambda lr: imresize(lr, scale=s), s, fs.margin), "")}
     if model is not None:
@@ -144,13 +148,12 @@ def method_outputs(frames: list[np.ndarray], warps: list[np.ndarray], box, model
         if n > 1:
             out[("temporal mean", n)] = (registered_mean(frames[:n], box, fs), "")
         start = time.perf_counter()
-        crop = fuse_box(frames[:n], times[:n], 0, box, fs, [True] + [False] * (n - 1))
+        crop = fuse_box(frames[:n], times[:n], 0, box, fs, [True] + [False] * (n - 1), quantisers[:n])
         out[("fusion", n)] = (crop.image, crop.verdict)
         if n == top:
             timings.append(time.perf_counter() - start)
-        if n == top and fs.learned and learned.refiner() is not None:
-            plain = fuse_box(frames[:n], times[:n], 0, box, replace(fs, learned=False), [True] + [False] * (n - 1))
-            out[("classical fusion", n)] = (plain.image, plain.verdict)
+        if n == top and crop.classical is not None:
+            out[("classical fusion", n)] = (crop.classical, crop.verdict)
         if protocol.true_motion and n == top:
             out[("fusion, true motion", n)] = (true_motion_fusion(frames[:n], warps[:n], box, fs), "")
     return out
@@ -182,7 +185,8 @@ class Pass:
 
 def score_pass(p: Pass, reader, model, protocol: ClipProtocol, timings: list[float], encoded=None) -> list[dict]:
     """Rows ``{bitrate, method, n, accuracy, read, verdict}`` of one pass, and one for the original;
-    ``encoded``: bitrate -> the frames already through the codec (a scene's frames hold several plates)."""
+    ``encoded``: bitrate -> the frames already through the codec and their quantisers (:func:`encode`;
+    a scene's frames hold several plates)."""
     s, (bx, by, bw, bh) = protocol.scale, p.box
     lbox = lr_box(p.box, s, p.frames[0].shape)
     x, y, w, h = (bx - lbox[0] * s, by - lbox[1] * s, bw, bh)
@@ -192,8 +196,9 @@ def score_pass(p: Pass, reader, model, protocol: ClipProtocol, timings: list[flo
              "accuracy": char_accuracy(text_read, p.text, fold=True)}]
     settings = protocol if p.warps is not None else replace(protocol, true_motion=False)
     for bitrate in protocol.bitrates:
-        frames = encoded[bitrate] if encoded else encode(p.frames, bitrate)
-        for (method, n), (out, verdict) in method_outputs(frames, p.warps, lbox, model, settings, timings).items():
+        frames, quantisers = encoded[bitrate] if encoded else encode(p.frames, bitrate)
+        for (method, n), (out, verdict) in method_outputs(frames, p.warps, lbox, model, settings, timings,
+                                                          quantisers).items():
             plate = np.ascontiguousarray(out[max(0, y): y + h, max(0, x): x + w])
             got = reader(plate)
             rows.append({"bitrate": bitrate, "method": method, "n": n, "read": got, "verdict": verdict,
