@@ -24,7 +24,7 @@ MIN_BOX = (12, 6)
 #: characters to survive the camera's quantiser, calibrated on drawn plates
 #: (``scripts/calibrate_verdict.py``; docs/eval/plates_clip.md)
 MIN_HEIGHT_AT_QP: dict[str, tuple[tuple[float, int], ...]] = {
-    "h264": ((25.0, 18), (34.0, 22), (40.0, 26)),
+    "h264": ((25.0, 14), (31.0, 16), (40.0, 26)),
 }
 
 
