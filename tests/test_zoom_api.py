@@ -182,6 +182,7 @@ def test_a_zoom_is_the_box_fused_x4_with_its_provenance(file_camera):
     assert h["x-ultrares-frames"] == "16 of 16" and h["x-ultrares-reference-index"] == "39"
     assert h["x-ultrares-box"] == ",".join(map(str, box)) and h["x-ultrares-output-size"] == f"{box[2] * 4}x{box[3] * 4}"
     assert h["x-ultrares-model"] == "multi-frame fusion" and h["x-ultrares-comment"] == info["Comment"]
+    assert h["x-ultrares-quantiser"] == info["ultrares:quantiser"]
     assert "gate-zoom-39-" in h["content-disposition"]
 
     single = post_zoom(base, {"box": list(box), "method": "single"})
@@ -230,6 +231,7 @@ def test_an_unreadable_zoom_returns_the_verdict_instead_of_an_image(file_camera)
     body = resp.json()
     assert body["verdict"] == "unreadable" and "under 12x6" in body["reasons"][0]
     assert body["error"].startswith("unreadable:") and body["frames"].endswith("of 16")
+    assert body["quantiser"].startswith("h264 QP ")
 
 
 def test_zoom_follows_the_access_rules(file_camera):

@@ -102,10 +102,13 @@ def add_zoom_route(app: FastAPI, ctx, errors: dict) -> None:
 
 
 def unreadable(crop) -> JSONResponse:
-    """422: the fused crop's ``unreadable`` verdict, its reason and frames, instead of an image."""
+    """422: the fused crop's ``unreadable`` verdict, its reason, frames and quantiser, instead of an image."""
+    from ..fusion.evidence import tags
+
     rejected = [f"{f.time:.3f} s: {f.rejected}" for f in crop.frames if f.weight <= 0]
     return JSONResponse({"error": f"unreadable: {crop.reason}", "verdict": "unreadable", "reasons": [crop.reason],
-                         "frames": f"{len(crop.used)} of {len(crop.frames)}", "rejected": rejected},
+                         "frames": f"{len(crop.used)} of {len(crop.frames)}", "rejected": rejected,
+                         "quantiser": tags(crop)["ultrares:quantiser"]},
                         status_code=422, headers={"Cache-Control": "no-store"})
 
 
@@ -139,5 +142,6 @@ def png_response(image: np.ndarray, prov: dict[str, str], crop, seconds: float, 
         "X-Ultrares-Residual": f"{np.median(residuals):.2f}" if residuals else "",
         "X-Ultrares-Input-Size": f"{bw}x{bh}", "X-Ultrares-Output-Size": f"{w}x{h}",
         "X-Ultrares-Seconds": f"{seconds:.3f}", "X-Ultrares-Comment": _header(prov["Comment"]),
+        "X-Ultrares-Quantiser": _header(prov.get("ultrares:quantiser", "")),
         "Cache-Control": "no-store",
     })
