@@ -176,6 +176,8 @@ class StabiliseConfig(_Strict):
     cut: float = Field(0.5, gt=0, le=1, description="share of moving pixels that marks a scene cut")
     noise: float = Field(2.0, ge=0, le=20, description="still rises to this many times the camera's measured "
                                                        "noise level (moving in proportion); 0: fixed thresholds")
+    shake: float = Field(2.0, ge=0, le=16, description="largest camera shake (LR pixels) registered away before "
+                                                       "still pixels are found; 0: no registration")
 
     @model_validator(mode="after")
     def _order(self) -> StabiliseConfig:
@@ -192,7 +194,7 @@ class StabiliseConfig(_Strict):
         if not self.enabled:
             return None
         return StabiliserSettings(still=self.still, moving=self.moving, window=self.window, strength=self.strength,
-                                  cut=self.cut, noise=self.noise)
+                                  cut=self.cut, noise=self.noise, shake=self.shake)
 
 
 class RecordingConfig(_Strict):

@@ -17,6 +17,11 @@ frame to the next, of the pixels that changed at all among those the previous fr
 those would put the level at zero), averaged slowly over frames. The ``still`` threshold rises
 to ``noise`` times that level when that is higher, and ``moving`` in proportion.
 
+A camera that shakes moves every pixel: when more pixels move than usual, the whole picture's
+shift since the reference is measured (phase correlation, refined by Gauss-Newton to a quarter
+of an LR pixel) and the reference and the held output are moved by it before the still pixels
+are found (:func:`camera_shift`; ``shake`` LR pixels at most).
+
 Everything stays on the inference device; the per-camera state is the reference LR frame and
 the last output (a reference to the tensor, not a copy). It resets on a scene cut (most of the frame changed),
 on a size, model or alpha change and when the camera reconnects (:meth:`reset`).
@@ -36,7 +41,8 @@ class StabiliserSettings:
     neighbourhood. ``strength``: the weight of the held output on still pixels (below 1, held
     detail fades into new detail). ``cut``: share of moving LR pixels that marks a scene cut.
     ``noise``: ``still`` rises to this many times the camera's noise level (levels), ``moving``
-    in proportion; 0 keeps the thresholds fixed."""
+    in proportion; 0 keeps the thresholds fixed. ``shake``: the largest camera shake (LR pixels)
+    registered away before the still pixels are found; 0 turns registration off."""
 
     still: float = 2.0
     moving: float = 4.0
@@ -44,8 +50,16 @@ class StabiliserSettings:
     strength: float = 1.0
     cut: float = 0.5
     noise: float = 2.0
+    shake: float = 2.0
 
 
+#: share of moving LR pixels from which a frame is checked for camera shake (and 1.5x the usual
+#: share plus 0.02: traffic alone does not make every frame pay for the check, about 2.5 ms at 320x240)
+SHAKE_CHECK = 0.05
+#: weight of each frame in the camera's running share of moving pixels
+SHARE_RATE = 0.05
+#: weakest phase-correlation peak (0-1) taken as the camera's own motion
+SHAKE_PEAK = 0.1
 #: weight of each frame's noise measurement in the camera's running noise level
 NOISE_RATE = 0.05
 #: fewest changed, held pixels a frame needs to measure the noise level
@@ -104,6 +118,96 @@ def blend_(out: torch.Tensor, prev_out: torch.Tensor, weight: torch.Tensor) -> t
     return out.lerp_(prev_out, F.interpolate(weight, size=out.shape[-2:], mode="nearest"))
 
 
+def camera_shift(lr: torch.Tensor, ref_lr: torch.Tensor, scale: int, limit: float) -> tuple[int, int] | None:
+    """How far the whole picture moved from ``ref_lr`` to ``lr`` (1CHW), in output pixels (``scale``
+    per LR pixel) as (dy, dx), by phase correlation of their mean channel (Hann-windowed) with
+    the peak refined by a parabola; None where no peak stands out (``SHAKE_PEAK``) or it lies
+    beyond ``limit`` LR pixels."""
+    a, b = lr.mean(1)[0].float(), ref_lr.mean(1)[0].float()
+    h, w = a.shape
+    window = torch.outer(torch.hann_window(h, device=a.device), torch.hann_window(w, device=a.device))
+    fa, fb = torch.fft.rfft2((a - a.mean()) * window), torch.fft.rfft2((b - b.mean()) * window)
+    cross = fa * fb.conj()
+    corr = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=(h, w))
+    peak = int(corr.argmax())
+    py, px = divmod(peak, w)
+    top = float(corr[py, px])
+    if top < SHAKE_PEAK:
+        return None
+
+    def refine(lo: float, mid: float, hi: float) -> float:
+        den = lo - 2 * mid + hi
+        return 0.0 if den >= 0 else max(-0.5, min(0.5, 0.5 * (lo - hi) / den))
+
+    dy = (py + h // 2) % h - h // 2 + refine(float(corr[py - 1, px]), top, float(corr[(py + 1) % h, px]))
+    dx = (px + w // 2) % w - w // 2 + refine(float(corr[py, px - 1]), top, float(corr[py, (px + 1) % w]))
+    if max(abs(dy), abs(dx)) > limit:
+        return None
+    dy, dx = refine_shift(a, b, dy, dx)
+    return round(dy * scale), round(dx * scale)
+
+
+def refine_shift(a: torch.Tensor, b: torch.Tensor, dy: float, dx: float, steps: int = 2) -> tuple[float, float]:
+    """(dy, dx) refined by Gauss-Newton (Lucas-Kanade) steps: the shift of ``b`` that best matches
+    ``a`` (HW), inside a border that the shift cannot reach."""
+    m = int(max(abs(dy), abs(dx))) + 3
+    target = a[m:-m, m:-m]
+    for _ in range(steps):
+        moved = shifted(b[None, None], dy, dx)[0, 0]
+        gy, gx = torch.gradient(moved)
+        gy, gx, r = gy[m:-m, m:-m], gx[m:-m, m:-m], target - moved[m:-m, m:-m]
+        gram = torch.tensor([[float((gy * gy).sum()), float((gy * gx).sum())],
+                             [float((gy * gx).sum()), float((gx * gx).sum())]], dtype=torch.float64)
+        rhs = torch.tensor([float((gy * r).sum()), float((gx * r).sum())], dtype=torch.float64)
+        if torch.linalg.det(gram).abs() < 1e-9:
+            break
+        step = torch.linalg.solve(gram, rhs)
+        # content moved by d sits at x - d: a positive gradient step means the shift is smaller
+        dy, dx = dy - float(step[0]), dx - float(step[1])
+    return dy, dx
+
+
+def shifted(x: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """``x`` (NCHW) with its content moved by (dy, dx) pixels, fractions by cubic convolution
+    (Keys, a = -0.5, one axis after the other); what moves in at an edge wraps round (callers
+    give it no weight)."""
+    return _shift_axis(_shift_axis(x, dy, -2), dx, -1)
+
+
+def _keys(t: float) -> float:
+    t = abs(t)
+    if t <= 1:
+        return 1.5 * t ** 3 - 2.5 * t ** 2 + 1
+    return -0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2 if t < 2 else 0.0
+
+
+def _shift_axis(x: torch.Tensor, d: float, dim: int) -> torch.Tensor:
+    n = int(d // 1)
+    f = d - n
+    if not f:
+        return torch.roll(x, n, dim) if n else x
+    u = 1.0 - f  # the sample lies u past the tap below it
+    out = None
+    for m, w in ((-1, _keys(u + 1)), (0, _keys(u)), (1, _keys(1 - u)), (2, _keys(2 - u))):
+        term = torch.roll(x, n + 1 - m, dim)
+        out = term.mul(w) if out is None else out.add_(term, alpha=w)
+    return out
+
+
+def clear_edges_(weight: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """Zero ``weight`` (N1HW) in the bands a shift of (dy, dx) pixels brought in from beyond the edge."""
+    by, bx = int(abs(dy)) + 3, int(abs(dx)) + 3  # the shift and the cubic's reach
+    if dy > 0:
+        weight[..., :by, :] = 0
+    elif dy < 0:
+        weight[..., -by:, :] = 0
+    if dx > 0:
+        weight[..., :, :bx] = 0
+    elif dx < 0:
+        weight[..., :, -bx:] = 0
+    return weight
+
+
 class Stabiliser:
     """One camera's stabiliser: call it on each (LR, output) pair in decode order."""
 
@@ -117,6 +221,8 @@ class Stabiliser:
         self._held: torch.Tensor | None = None  # LR pixels the previous frame held fully still
         self.noise: float | None = None  # the camera's noise level (levels), once measured
         self.resets = 0  # how many times the state was dropped (for tests and metrics)
+        self.shakes = 0  # frames whose held state was moved to follow the camera
+        self._usual_share = 0.0  # running share of moving LR pixels (after any shake is registered)
 
     def reset(self) -> None:
         """Forget the previous frame (thread-safe: takes effect on the next frame)."""
@@ -130,32 +236,62 @@ class Stabiliser:
         fresh = (self._reset or ref_lr is None or key != self._key or ref_lr.shape != lr.shape
                  or prev_out.shape != out.shape)
         if not fresh:
-            weight = stillness(lr, ref_lr, *self.thresholds(lr), s.window)
-            if float((weight < 0.5).float().mean()) > s.cut:  # a scene cut: nothing to carry over
+            still, moving = self.thresholds()
+            weight = stillness(lr, ref_lr, still, moving, s.window)
+            share = float((weight < 0.5).float().mean())
+            last = self._last_lr
+            if s.shake > 0 and share > max(SHAKE_CHECK, 1.5 * self._usual_share + 0.02):  # the camera may have moved
+                shift = camera_shift(lr, ref_lr, out.shape[-1] // lr.shape[-1], s.shake)
+                if shift is not None and shift != (0, 0):
+                    aligned = self._aligned(lr, ref_lr, prev_out, last, shift, still, moving)
+                    if aligned[-1] < share:
+                        ref_lr, prev_out, last, weight, share = aligned
+                        self.shakes += 1
+                        if self._held is not None:  # the pixels held last frame, where they are now
+                            scale = out.shape[-1] // lr.shape[-1]
+                            self._held = torch.roll(self._held, (round(shift[0] / scale), round(shift[1] / scale)),
+                                                    (-2, -1))
+            if share > s.cut:  # a scene cut: nothing to carry over
                 fresh = True
             else:
+                self._usual_share += SHARE_RATE * (share - self._usual_share)
+                self._measure_noise(lr, last)
                 held = weight >= 1.0
                 weight.mul_(s.strength)
                 blend_(out, prev_out, weight)
                 lr = torch.lerp(lr, ref_lr, weight)  # the input the blended output stands for
-        if fresh and ref_lr is not None:
+        if fresh and self._prev_lr is not None:
             self.resets += 1
         self._reset = False
         self._prev_lr, self._prev_out, self._key = lr, out, key
         self._last_lr, self._held = raw, held
         return out
 
-    def thresholds(self, lr: torch.Tensor) -> tuple[float, float]:
-        """This frame's (still, moving): the settings' raised for the camera's noise level, which
-        ``lr`` updates (against the previous input, on the pixels it held still)."""
-        s, last = self.settings, self._last_lr
+    def _aligned(self, lr, ref_lr, prev_out, last, shift, still, moving):
+        """The state moved by the camera's ``shift`` (output pixels) onto ``lr``: (reference,
+        previous output, previous input, stillness, moving share); what came in at the edges is not held."""
+        scale = prev_out.shape[-1] // lr.shape[-1]
+        dy, dx = shift[0] / scale, shift[1] / scale
+        ref_lr = shifted(ref_lr, dy, dx)
+        weight = clear_edges_(stillness(lr, ref_lr, still, moving, self.settings.window), dy, dx)
+        last = shifted(last, dy, dx) if last is not None and last.shape == lr.shape else None
+        return ref_lr, torch.roll(prev_out, shift, (-2, -1)), last, weight, float((weight < 0.5).float().mean())
+
+    def thresholds(self) -> tuple[float, float]:
+        """This frame's (still, moving): the settings' raised for the camera's noise level."""
+        s = self.settings
         if s.noise <= 0:
             return s.still, s.moving
-        if last is not None and last.shape == lr.shape:
-            level = frame_noise(lr, last, self._held)
-            if level is not None:
-                self.noise = level if self.noise is None else self.noise + NOISE_RATE * (level - self.noise)
         return noise_thresholds(s.still, s.moving, s.noise, self.noise or 0.0)
+
+    def _measure_noise(self, lr: torch.Tensor, last: torch.Tensor | None) -> None:
+        """Update the camera's noise level from ``lr`` against the previous input ``last`` (moved
+        onto ``lr`` where the camera shook), on the pixels the previous frame held still."""
+        if self.settings.noise <= 0 or last is None or last.shape != lr.shape:
+            return
+        level = frame_noise(lr, last, self._held)
+        if level is not None:
+            self.noise = level if self.noise is None else self.noise + NOISE_RATE * (level - self.noise)
 
 
 def stabilise_batch(stabilisers: list[Stabiliser | None], lr: torch.Tensor, out: torch.Tensor,

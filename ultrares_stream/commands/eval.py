@@ -57,6 +57,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="quality task, traffic datasets: also score each model with the temporal stabiliser run "
                         "over the 8 LR frames before each scored frame (its cost in PSNR)")
     p.add_argument("--frames", type=int, default=60, help="flicker task: consecutive frames per clip (default 60)")
+    p.add_argument("--shake", type=float, default=0.0, metavar="PX",
+                   help="flicker task, with --noise: also score each noisy camera shaking (a random walk of up to PX "
+                        "pixels, quality.flicker.shake_path), its outputs moved back onto the scene")
     p.add_argument("--noise", type=float, action="append", default=[], metavar="SIGMA",
                    help="flicker task: also score each clip as a noisy camera sees it: sensor noise of SIGMA levels, "
                         "then H.264 at --bitrate (repeatable; quality.flicker.noisy_clip_frames)")
@@ -350,14 +353,14 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
                 break
     results: dict[str, dict[str, float]] = {}
     for clip in clips:
-        for name, frames, scene in _flicker_inputs(clip, args):
+        for name, frames, scene, shake in _flicker_inputs(clip, args):
             methods = {"bicubic": lambda lr: bicubic_upscale(lr, args.scale)}
             for label, up in ups:
                 methods.update(upscaler_methods(up, label, settings))
             profile = args.profile and scene is None
             if profile:
                 methods = _recording(methods, frames, args.scale)
-            results[name] = measure(frames, methods, args.scale, scene=scene)
+            results[name] = measure(frames, methods, args.scale, scene=scene, shake=shake)
             log.info("%s: %d frames, flicker %s", name, len(frames),
                      ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()))
             if profile:
@@ -368,18 +371,23 @@ def run_flicker(args: argparse.Namespace, models: list[str], alphas: list[float]
 
 
 def _flicker_inputs(clip, args: argparse.Namespace):
-    """(name, camera frames, scene frames or None) of a clip: as it is, then one noisy camera per
-    ``--noise`` sigma (static pixels from the clean scene)."""
+    """(name, camera frames, scene frames or None, camera offsets or None) of a clip: as it is,
+    then one noisy camera per ``--noise`` sigma (static pixels from the clean scene), and with
+    ``--shake`` the same noisy camera shaking."""
     from ..errors import UserError
-    from ..quality.flicker import clip_frames, noisy_clip_frames
+    from ..quality.flicker import clip_frames, noisy_clip_frames, shake_path
 
     frames = clip_frames(clip, args.frames)
     if len(frames) < 2:
         raise UserError(f"{clip}: fewer than 2 frames in its second half")
-    yield clip.stem, frames, None
+    yield clip.stem, frames, None, None
     for sigma in args.noise:
         scene, camera = noisy_clip_frames(clip, args.frames, sigma, args.bitrate)
-        yield f"{clip.stem} noise {sigma:g}", camera, scene
+        yield f"{clip.stem} noise {sigma:g}", camera, scene, None
+        if args.shake > 0:
+            path = shake_path(len(scene), args.shake, args.scale)
+            scene, camera = noisy_clip_frames(clip, args.frames, sigma, args.bitrate, path, args.scale)
+            yield f"{clip.stem} noise {sigma:g} shake {args.shake:g}", camera, scene, path
 
 
 def _report_flicker(args: argparse.Namespace, results: dict[str, dict[str, float]], settings) -> None:
@@ -420,7 +428,10 @@ def _noise_note(args: argparse.Namespace) -> str:
     return (" Columns `CLIP noise SIGMA`: the clip as a camera with sensor noise delivers it (Gaussian, SIGMA levels "
             "at mid-grey, growing with the square root of the signal, seeded), encoded with libx264 at "
             f"`--bitrate {args.bitrate}` ({NOISY_CONTEXT} frames before the scored ones) and decoded; their static "
-            "pixels are those of the clean clip (`quality/flicker.py`).")
+            "pixels are those of the clean clip (`quality/flicker.py`)." + (
+                f" Columns `CLIP noise SIGMA shake {args.shake:g}`: the same camera shaking (a random walk of up to "
+                f"{args.shake:g} pixels, `shake_path`, before the noise); each output is moved back onto the scene by "
+                "the known path and the edges the shake reaches are left out." if args.shake > 0 else ""))
 
 
 class _Recorder:
