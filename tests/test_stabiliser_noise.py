@@ -47,8 +47,8 @@ def _camera(frames: list[np.ndarray]) -> list[np.ndarray]:
     return h264_roundtrip(sensor_noise(frames, 3.0), parse_bitrate("auto", W, H))
 
 
-def _outputs(upscaler, frames: list[np.ndarray], settings: list[StabiliserSettings]) -> dict:
-    """Per frame: the plain output and each stabiliser's, uint8 HR images."""
+def stabilised_outputs(upscaler, frames: list[np.ndarray], settings: list[StabiliserSettings]) -> tuple[dict, list]:
+    """Per frame: the plain output and each stabiliser's, uint8 HR images; and the stabilisers."""
     stabs = [Stabiliser(s) for s in settings]
     out = {"plain": [], **{i: [] for i in range(len(stabs))}}
     with torch.inference_mode():
@@ -58,7 +58,7 @@ def _outputs(upscaler, frames: list[np.ndarray], settings: list[StabiliserSettin
             out["plain"].append(to_image(y))
             for i, stab in enumerate(stabs):
                 out[i].append(to_image(stab(x, y.clone())))
-    return out
+    return out, stabs
 
 
 def test_noisy_still_scene_is_as_steady_as_bicubic(upscaler):
@@ -66,7 +66,7 @@ def test_noisy_still_scene_is_as_steady_as_bicubic(upscaler):
     camera = _camera(scene)
     assert any(not np.array_equal(camera[0], f) for f in camera[1:])  # the noise does reach the input
     fixed = dataclasses.replace(StabiliserSettings(), noise=0.0)
-    outs = _outputs(upscaler, camera, [StabiliserSettings(), fixed])
+    outs, _ = stabilised_outputs(upscaler, camera, [StabiliserSettings(), fixed])
     outs["bicubic"] = [bicubic_upscale(f, upscaler.scale) for f in camera]
     flicker = {}
     for name, images in outs.items():
@@ -82,7 +82,7 @@ def test_noisy_still_scene_is_as_steady_as_bicubic(upscaler):
 def test_vehicle_over_noisy_scene_is_not_ghosted(upscaler):
     scene = [_with_box(_background(), t) for t in range(FRAMES)]
     camera = _camera(scene)
-    outs = _outputs(upscaler, camera, [StabiliserSettings()])
+    outs, _ = stabilised_outputs(upscaler, camera, [StabiliserSettings()])
     s = upscaler.scale
     for t in range(8, FRAMES):
         x = (6 + 2 * t) * s

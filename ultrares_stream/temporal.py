@@ -56,6 +56,10 @@ class StabiliserSettings:
 #: share of moving LR pixels from which a frame is checked for camera shake (and 1.5x the usual
 #: share plus 0.02: traffic alone does not make every frame pay for the check, about 2.5 ms at 320x240)
 SHAKE_CHECK = 0.05
+#: smallest shift (LR pixels) taken as the camera's: moving traffic biases the estimate of a
+#: still camera by a quarter of a pixel (motorway-overpass), and smaller shakes are left to the
+#: thresholds
+SHAKE_MIN = 0.5
 #: weight of each frame in the camera's running share of moving pixels
 SHARE_RATE = 0.05
 #: weakest phase-correlation peak (0-1) taken as the camera's own motion
@@ -236,26 +240,18 @@ class Stabiliser:
         fresh = (self._reset or ref_lr is None or key != self._key or ref_lr.shape != lr.shape
                  or prev_out.shape != out.shape)
         if not fresh:
-            still, moving = self.thresholds()
-            weight = stillness(lr, ref_lr, still, moving, s.window)
+            level = self.noise
+            self._measure_noise(lr, self._last_lr, self._held)
+            weight = stillness(lr, ref_lr, *self.thresholds(), s.window)
             share = float((weight < 0.5).float().mean())
-            last = self._last_lr
             if s.shake > 0 and share > max(SHAKE_CHECK, 1.5 * self._usual_share + 0.02):  # the camera may have moved
-                shift = camera_shift(lr, ref_lr, out.shape[-1] // lr.shape[-1], s.shake)
-                if shift is not None and shift != (0, 0):
-                    aligned = self._aligned(lr, ref_lr, prev_out, last, shift, still, moving)
-                    if aligned[-1] < share:
-                        ref_lr, prev_out, last, weight, share = aligned
-                        self.shakes += 1
-                        if self._held is not None:  # the pixels held last frame, where they are now
-                            scale = out.shape[-1] // lr.shape[-1]
-                            self._held = torch.roll(self._held, (round(shift[0] / scale), round(shift[1] / scale)),
-                                                    (-2, -1))
+                moved = self._follow_shake(lr, ref_lr, prev_out, out.shape[-1] // lr.shape[-1], level, share)
+                if moved is not None:
+                    ref_lr, prev_out, weight, share = moved
             if share > s.cut:  # a scene cut: nothing to carry over
                 fresh = True
             else:
                 self._usual_share += SHARE_RATE * (share - self._usual_share)
-                self._measure_noise(lr, last)
                 held = weight >= 1.0
                 weight.mul_(s.strength)
                 blend_(out, prev_out, weight)
@@ -267,15 +263,29 @@ class Stabiliser:
         self._last_lr, self._held = raw, held
         return out
 
-    def _aligned(self, lr, ref_lr, prev_out, last, shift, still, moving):
-        """The state moved by the camera's ``shift`` (output pixels) onto ``lr``: (reference,
-        previous output, previous input, stillness, moving share); what came in at the edges is not held."""
-        scale = prev_out.shape[-1] // lr.shape[-1]
+    def _follow_shake(self, lr, ref_lr, prev_out, scale: int, level: float | None, share: float):
+        """Where the camera shook (:func:`camera_shift`, at least ``SHAKE_MIN`` LR pixels): the
+        state moved onto ``lr`` (reference, previous output, stillness, moving share), with the noise
+        level measured again against the moved previous input (``level``: the one before this
+        frame); None, and the state as it was, where the move leaves no fewer pixels moving than ``share``."""
+        shift = camera_shift(lr, ref_lr, scale, self.settings.shake)
+        if shift is None or max(abs(shift[0]), abs(shift[1])) < SHAKE_MIN * scale:
+            return None
         dy, dx = shift[0] / scale, shift[1] / scale
+        kept = self.noise, self._held
+        last = self._last_lr
+        self.noise = level
+        held = torch.roll(self._held, (round(dy), round(dx)), (-2, -1)) if self._held is not None else None
+        self._measure_noise(lr, shifted(last, dy, dx) if last is not None and last.shape == lr.shape else None, held)
         ref_lr = shifted(ref_lr, dy, dx)
-        weight = clear_edges_(stillness(lr, ref_lr, still, moving, self.settings.window), dy, dx)
-        last = shifted(last, dy, dx) if last is not None and last.shape == lr.shape else None
-        return ref_lr, torch.roll(prev_out, shift, (-2, -1)), last, weight, float((weight < 0.5).float().mean())
+        weight = clear_edges_(stillness(lr, ref_lr, *self.thresholds(), self.settings.window), dy, dx)
+        moved_share = float((weight < 0.5).float().mean())
+        if moved_share >= share:
+            self.noise, self._held = kept
+            return None
+        self.shakes += 1
+        self._held = held
+        return ref_lr, torch.roll(prev_out, shift, (-2, -1)), weight, moved_share
 
     def thresholds(self) -> tuple[float, float]:
         """This frame's (still, moving): the settings' raised for the camera's noise level."""
@@ -284,12 +294,12 @@ class Stabiliser:
             return s.still, s.moving
         return noise_thresholds(s.still, s.moving, s.noise, self.noise or 0.0)
 
-    def _measure_noise(self, lr: torch.Tensor, last: torch.Tensor | None) -> None:
-        """Update the camera's noise level from ``lr`` against the previous input ``last`` (moved
-        onto ``lr`` where the camera shook), on the pixels the previous frame held still."""
+    def _measure_noise(self, lr: torch.Tensor, last: torch.Tensor | None, held: torch.Tensor | None) -> None:
+        """Update the camera's noise level from ``lr`` against the previous input ``last``, on the
+        pixels ``held`` still in the previous frame."""
         if self.settings.noise <= 0 or last is None or last.shape != lr.shape:
             return
-        level = frame_noise(lr, last, self._held)
+        level = frame_noise(lr, last, held)
         if level is not None:
             self.noise = level if self.noise is None else self.noise + NOISE_RATE * (level - self.noise)
 
