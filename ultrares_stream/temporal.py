@@ -22,9 +22,10 @@ shift since the reference is measured (phase correlation, refined by Gauss-Newto
 of an LR pixel) and the reference and the held output are moved by it before the still pixels
 are found (:func:`camera_shift`; ``shake`` LR pixels at most).
 
-Everything stays on the inference device; the per-camera state is the reference LR frame and
-the last output (a reference to the tensor, not a copy). It resets on a scene cut (most of the frame changed),
-on a size, model or alpha change and when the camera reconnects (:meth:`reset`).
+Everything stays on the inference device (the shake check reads a few numbers back); the
+per-camera state is the reference LR frame and the last output (a reference to the tensor, not
+a copy). It resets on a scene cut (most of the frame changed), on a size, model or alpha change
+and when the camera reconnects (:meth:`reset`).
 """
 from __future__ import annotations
 
@@ -125,9 +126,9 @@ def blend_(out: torch.Tensor, prev_out: torch.Tensor, weight: torch.Tensor) -> t
 
 def camera_shift(lr: torch.Tensor, ref_lr: torch.Tensor, scale: int, limit: float) -> tuple[int, int] | None:
     """How far the whole picture moved from ``ref_lr`` to ``lr`` (1CHW), in output pixels (``scale``
-    per LR pixel) as (dy, dx), by phase correlation of their mean channel (Hann-windowed) with
-    the peak refined by a parabola; None where no peak stands out (``SHAKE_PEAK``) or it lies
-    beyond ``limit`` LR pixels."""
+    per LR pixel) as (dy, dx), by phase correlation of their mean channel (Hann-windowed), the
+    peak refined by a parabola and then by :func:`refine_shift`; None where no peak stands out
+    (``SHAKE_PEAK``) or it lies beyond ``limit`` LR pixels."""
     a, b = lr.mean(1)[0].float(), ref_lr.mean(1)[0].float()
     h, w = a.shape
     window = torch.outer(torch.hann_window(h, device=a.device), torch.hann_window(w, device=a.device))

@@ -22,7 +22,7 @@ MIN_FRAMES = 3
 MIN_BOX = (12, 6)
 #: per codec, (QP at least, smallest box height in LR pixels): how tall a box must be for its
 #: characters to survive the camera's quantiser, calibrated on drawn plates
-#: (``scripts/calibrate_verdict.py``; docs/eval/plates_clip.md)
+#: (``scripts/calibrate_verdict.py``; the table and its figures in docs/fusion.md)
 MIN_HEIGHT_AT_QP: dict[str, tuple[tuple[float, int], ...]] = {
     "h264": ((25.0, 14), (31.0, 16), (40.0, 26)),
 }
