@@ -130,6 +130,7 @@ def test_zoom_says_unreadable_where_the_camera_quantised_the_plate_away(clips, t
         info = dict(im.info)
     assert info["ultrares:quantiser"].startswith("h264 QP "), info
     qp = float(info["ultrares:quantiser"].split()[2])
+    assert f"h264 QP {qp:.0f} under the box" in proc.stdout, proc.stdout  # the one line says it too
     assert info["ultrares:verdict"].startswith(verdict), info["ultrares:verdict"]
     if verdict == UNREADABLE:
         assert qp >= MIN_HEIGHT_AT_QP["h264"][0][0] and "quantised the box" in info["ultrares:verdict"]

@@ -68,7 +68,8 @@ class FusedCrop:
         text = (f"x{self.scale} crop {self.image.shape[1]}x{self.image.shape[0]} of box "
                 f"{','.join(map(str, self.box))} at {self.reference_time:.3f} s, machine-fused from "
                 f"{len(self.used)} of {len(self.frames)} frames (median registration residual "
-                f"{np.median(res) if res else float('nan'):.2f})")
+                f"{np.median(res) if res else float('nan'):.2f}"
+                + (f"; {self.quantiser[0]} QP {self.quantiser[1]:.0f} under the box)" if self.quantiser else ")"))
         return text + (f"; verdict: {UNREADABLE} ({self.reason})" if self.verdict == UNREADABLE else "")
 
 
