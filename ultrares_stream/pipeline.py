@@ -62,6 +62,7 @@ class PipelineSpec:
     fps: Fraction = DEFAULT_FPS  # the output rate until the source knows its own
     recording: RetentionPolicy | None = None
     stages: tuple[Stage, ...] | None = None  # None: stages.DEVICE_STAGES
+    quantisers: bool = False  # frames carry the encoder's quantisers (a camera's zoom history)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def build(spec: PipelineSpec, *, batcher: Batcher, router: Callable[[], Route], 
     """The whole path of a frame for ``spec``: decode, queue, device stages on ``batcher`` (routed by
     ``router``: which model view and output size, asked once per batch), queue, encode and publish."""
     source = Source(spec.input, spec.name, live=spec.live, transport=spec.transport, reconnect=spec.reconnect,
-                    metrics=metrics, hwaccel=spec.hwaccel, copy=spec.copy)
+                    metrics=metrics, hwaccel=spec.hwaccel, copy=spec.copy, quantisers=spec.quantisers)
     policy = "drop_oldest" if source.live else "block"
     frames = FrameQueue(spec.queue_size, policy if spec.queue_policy == "auto" else spec.queue_policy,
                         on_drop=hooks.on_drop)

@@ -160,7 +160,7 @@ class Frame:
     decode_s: float = 0.0
     epoch: int = 0  # connection number: changes after every reconnect
     packets: list = field(default_factory=list)  # demuxed packets of the copied streams (Source ``copy``)
-    quantisers: QuantiserMap | None = None  # the camera encoder's quantisers, where its codec gives them
+    quantisers: QuantiserMap | None = None  # the encoder's quantisers (Source ``quantisers``, where the codec gives them)
 
 
 def stream_fps(stream, default: Fraction = DEFAULT_FPS) -> Fraction:
@@ -189,11 +189,13 @@ class Source:
     ``reconnect``: the read/connect timeout and the reconnect backoff (default :class:`Reconnect`).
     ``copy``: indices of audio/subtitle streams whose packets ride along with the frames
     (``Frame.packets``: those demuxed before the next frame) for a sink that copies them.
+    ``quantisers``: each frame carries its encoder's block quantisers (``Frame.quantisers``,
+    :mod:`.fusion.codec`), for a camera's zoom history; recorded jobs do without.
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
                  reconnect: Reconnect | None = None, metrics=None, hwaccel: str | None = None,
-                 copy: Collection[int] = ()):
+                 copy: Collection[int] = (), quantisers: bool = False):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -210,6 +212,7 @@ class Source:
         self.hardware_decoding: bool | None = None
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
         self.copy = frozenset(copy)
+        self.quantisers = quantisers  # keep each frame's encoder quantisers (a camera's zoom verdict reads them)
         self.copied_streams: list = []  # the input streams of ``copy``, known once connected
         self.bad_packets = 0  # undecodable packets a file skipped
         self.state = "starting"
@@ -352,7 +355,8 @@ class Source:
         stream = container.streams.video[0]
         stream.thread_type = "SLICE" if self.live else "AUTO"
         stream.codec_context.thread_count = self.decode_threads
-        stream.codec_context.options = DECODER_OPTIONS  # the quantisers a zoom's verdict reads (fusion/codec.py)
+        if self.quantisers:  # the quantisers a zoom's verdict reads (fusion/codec.py)
+            stream.codec_context.options = DECODER_OPTIONS
         self.fps = stream_fps(stream, default=self.fps or DEFAULT_FPS)
         self._epoch += 1
         self.hardware_decoding = None  # known again after this connection's first frame
@@ -375,7 +379,7 @@ class Source:
             data, w, h = frame_to_yuv420p(frame)
             out = Frame(data, w, h, self._index, clock.time(frame.time, time.monotonic() if self.live else None),
                         decode_s=time.perf_counter() - t0, epoch=self._epoch, packets=packets,
-                        quantisers=quantisers(frame, stream.codec_context.name))
+                        quantisers=quantisers(frame, stream.codec_context.name) if self.quantisers else None)
             self._index += 1
             if self.metrics is not None:
                 self.metrics.frames_in.labels(self.name).inc()

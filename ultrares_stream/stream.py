@@ -101,7 +101,7 @@ def camera_spec(camera: CameraConfig, reconnect: ReconnectConfig, watchdog_s: fl
     stabilise = camera.stabilise.settings() if camera.stabilise is not None else None
     return PipelineSpec(camera.name, camera.input, camera.output, transport=camera.rtsp_transport,
                         queue_size=camera.queue.size, queue_policy=camera.queue.policy,
-                        stabilise=stabilise, hwaccel=hwaccel,
+                        stabilise=stabilise, hwaccel=hwaccel, quantisers=True,
                         reconnect=Reconnect(reconnect.initial_s, reconnect.max_s, reconnect.timeout_s, watchdog_s),
                         recording=(camera.recording or RecordingConfig()).policy())
 
