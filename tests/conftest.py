@@ -93,6 +93,36 @@ def rtsp_server(gst_rtsp):
         srv.stop()
 
 
+def panning_scene_clip(path, frames: int, velocity: tuple[float, float], codec: str = "libx264", **options):
+    """A 160x120 clip at 25 fps of the demo scene (frame 90, HR 640x480) panning by ``velocity`` LR
+    pixels a frame (x, y), each frame x1/4 by MATLAB bicubic, encoded by ``codec`` with
+    ``options`` over preset veryfast; (path, the HR picture, its plate boxes in frame 0 in LR pixels)."""
+    from fractions import Fraction
+
+    import av
+
+    from ultrares_stream.demo.scene import render_scene_frame
+    from ultrares_stream.fusion.registration import translation
+    from ultrares_stream.fusion.synthetic import render
+
+    boxes: list = []
+    picture = render_scene_frame(90, 640, 480, plates=boxes)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"preset": "veryfast", **options}
+        stream.time_base = Fraction(1, 25)
+        for k in range(frames):
+            moved = render(picture, translation(-velocity[0] * 4 * k, -velocity[1] * 4 * k), 4)
+            frame = av.VideoFrame.from_ndarray(moved, format="rgb24")
+            frame.pts = k
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path, picture, [(x // 4, y // 4, w // 4 + 1, h // 4 + 1) for x, y, w, h, _ in boxes]
+
+
 def _make_clip(path, frames=20, w=64, h=48, fps=10, audio=False, fmt=None):
     """An H.264 clip (a bright column moving across a ramp of grey levels), with an optional
     440 Hz AAC tone as long as the video."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import panning_scene_clip
 from ultrares_stream.cli import main
 from ultrares_stream.demo.scene import render_scene_frame
 from ultrares_stream.fusion.crop import FusionSettings, fuse_box
@@ -153,30 +153,12 @@ CLIP_FRAMES = 24
 VELOCITY = (0.65, 0.3)  # LR pixels per frame the scene moves
 
 
-def scene_frame(k: int, picture: np.ndarray) -> np.ndarray:
-    """Frame ``k`` of a 160x120 clip of ``picture`` (HR 640x480) panning by VELOCITY per frame."""
-    return render(picture, translation(-VELOCITY[0] * SCALE * k, -VELOCITY[1] * SCALE * k), SCALE)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """An H.264 MP4 (libx264, 25 fps) of the demo scene panning; and the plate boxes in frame 0."""
-    boxes: list = []
-    picture = render_scene_frame(90, 640, 480, plates=boxes)
-    path = tmp_path_factory.mktemp("clip") / "pass.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "20"}
-        stream.time_base = Fraction(1, 25)
-        for k in range(CLIP_FRAMES):
-            frame = av.VideoFrame.from_ndarray(scene_frame(k, picture), format="rgb24")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path, [(x // 4, y // 4, w // 4 + 1, h // 4 + 1) for x, y, w, h, _ in boxes]
+    path, _, boxes = panning_scene_clip(tmp_path_factory.mktemp("clip") / "pass.mp4", CLIP_FRAMES, VELOCITY,
+                                        tune="zerolatency", crf="20")
+    return path, boxes
 
 
 def test_a_marked_box_is_tracked_across_a_real_h264_clip(clip):

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from ultrares_stream.demo.scene import render_scene_frame
 from ultrares_stream.fusion.codec import box_quantiser
 from ultrares_stream.fusion.decode import first_seconds, frames_around
 from ultrares_stream.fusion.evidence import MIN_BOX, MIN_HEIGHT_AT_QP, READABLE, UNREADABLE, FrameUse, judge, min_height
-from ultrares_stream.fusion.registration import translation
-from ultrares_stream.fusion.synthetic import render
 from ultrares_stream.sources import Source
+
+from conftest import panning_scene_clip
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,23 +25,10 @@ SIZE = (160, 120)
 
 
 def scene_clip(path, codec: str = "libx264", **options) -> tuple:
-    """A clip (160x120, 25 fps) of the demo scene panning slowly, encoded with ``options``; the
-    plate boxes of frame 0 (LR pixels)."""
-    boxes: list = []
-    picture = render_scene_frame(90, 640, 480, plates=boxes)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
-        stream.options = {"preset": "veryfast", **options}
-        stream.time_base = Fraction(1, 25)
-        for k in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(render(picture, translation(-2.0 * k, -1.0 * k), 4), format="rgb24")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path, [(x // 4, y // 4, w // 4 + 1, h // 4 + 1) for x, y, w, h, _ in boxes]
+    """A clip (160x120, 25 fps) of the demo scene panning slowly (B-frames with libx264's
+    defaults), encoded with ``options``; the plate boxes of frame 0 (LR pixels)."""
+    path, _, boxes = panning_scene_clip(path, FRAMES, (0.5, 0.25), codec, **options)
+    return path, boxes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import io
 import statistics
 import threading
 import time
-from fractions import Fraction
 
 import av
 import httpx
@@ -16,12 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, wait_for
+from conftest import free_port, panning_scene_clip, wait_for
 from ultrares_stream.config import parse_config
-from ultrares_stream.demo.scene import render_scene_frame
 from ultrares_stream.fusion.history import FrameHistory
 from ultrares_stream.fusion.registration import translation
-from ultrares_stream.fusion.synthetic import render
 from ultrares_stream.service import HttpServer, Service, make_app
 from ultrares_stream.sources import Frame
 
@@ -32,24 +29,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 VELOCITY = (0.65, 0.3)  # LR pixels per frame the scene pans
 
 
-def panning_clip(path, frames: int, fps: int = 25):
+def panning_clip(path, frames: int):
     """An H.264 clip (160x120) of the demo scene (HR 640x480, x1/4) panning by VELOCITY per frame;
     the HR picture and its plate boxes in frame 0 (LR pixels)."""
-    boxes: list = []
-    picture = render_scene_frame(90, 640, 480, plates=boxes)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "20"}
-        stream.time_base = Fraction(1, fps)
-        for k in range(frames):
-            frame = av.VideoFrame.from_ndarray(render(picture, pan(k), 4), format="rgb24")
-            frame.pts = k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path, picture, [(x // 4, y // 4, w // 4 + 1, h // 4 + 1) for x, y, w, h, _ in boxes]
+    return panning_scene_clip(path, frames, VELOCITY, tune="zerolatency", crf="20")
 
 
 def pan(k: int) -> np.ndarray:
