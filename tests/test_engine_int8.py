@@ -194,6 +194,21 @@ def test_auto_times_int8_only_for_a_pair_that_passed(monkeypatch, cache):
     assert engine.precision == "bf16" and INT8_CANDIDATE not in timed[1]
 
 
+def assert_quantised_once_more(cache, net, monkeypatch, caplog, said: str) -> None:
+    """A new int8 engine for ``net`` runs NNCF exactly once (the cache entry was refused, the log
+    says ``said``), and its output is still close to the float network's."""
+    from ultrares_stream.engine import quantise as q
+
+    count = Counting()
+    monkeypatch.setattr(q, "quantise", count)
+    engine = int8_engine("compact", cache)
+    engine.load_weights(net.state_dict())
+    assert count.calls == 1 and said in caplog.text
+    x = frame()
+    with torch.no_grad():
+        assert psnr(engine(x), net(x)) >= MIN_PSNR_DB
+
+
 class Counting:
     """:func:`quantise` that counts its calls and can be told to refuse (a second NNCF run)."""
 
@@ -275,14 +290,7 @@ def test_a_damaged_cached_int8_model_is_quantised_again_and_still_close(cache, d
         meta = json.loads((entry / META).read_text())
         meta.update(sha256=_sha256(artefact), size_bytes=artefact.stat().st_size)
         (entry / META).write_text(json.dumps(meta))
-    count = Counting()
-    monkeypatch.setattr(q, "quantise", count)
-    engine = int8_engine("compact", cache)
-    engine.load_weights(net.state_dict())
-    assert count.calls == 1 and "unusable" in caplog.text
-    x = frame()
-    with torch.no_grad():
-        assert psnr(engine(x), net(x)) >= MIN_PSNR_DB
+    assert_quantised_once_more(cache, net, monkeypatch, caplog, "unusable")
     monkeypatch.setattr(q, "quantise", Counting(allowed=0))  # rebuilt entry: read, NNCF not called
     int8_engine("compact", cache).load_weights(net.state_dict())
 
@@ -306,7 +314,6 @@ def test_a_second_engine_reads_the_quantised_model_and_alphas_share_the_cache(ca
 
 @needs_int8
 def test_a_cached_int8_model_that_loads_but_is_wrong_is_quantised_again(cache, monkeypatch, caplog):
-    from ultrares_stream.engine import quantise as q
     from ultrares_stream.engine.openvino import load_graph, save_ir
 
     net, other = build("compact"), build("compact", seed=5)
@@ -314,11 +321,4 @@ def test_a_cached_int8_model_that_loads_but_is_wrong_is_quantised_again(cache, m
     [entry] = [e for e in cache.entries() if e.key.backend == "openvino-int8"]
     wrong = quantise(load_graph(other, cache).with_weights(other.state_dict()), calibration())
     cache.save(entry.key, lambda path: save_ir(wrong, path))  # intact file, other weights' model
-    count = Counting()
-    monkeypatch.setattr(q, "quantise", count)
-    engine = int8_engine("compact", cache)
-    engine.load_weights(net.state_dict())
-    assert count.calls == 1 and "quantising again" in caplog.text
-    x = frame()
-    with torch.no_grad():
-        assert psnr(engine(x), net(x)) >= MIN_PSNR_DB
+    assert_quantised_once_more(cache, net, monkeypatch, caplog, "quantising again")
