@@ -83,7 +83,8 @@ def build(spec: PipelineSpec, *, batcher: Batcher, router: Callable[[], Route], 
     """The whole path of a frame for ``spec``: decode, queue, device stages on ``batcher`` (routed by
     ``router``: which model view and output size, asked once per batch), queue, encode and publish."""
     source = Source(spec.input, spec.name, live=spec.live, transport=spec.transport, reconnect=spec.reconnect,
-                    metrics=metrics, hwaccel=spec.hwaccel, copy=spec.copy, quantisers=spec.quantisers)
+                    metrics=metrics, hwaccel=spec.hwaccel, copy=spec.copy)
+    source.quantisers = spec.quantisers
     policy = "drop_oldest" if source.live else "block"
     frames = FrameQueue(spec.queue_size, policy if spec.queue_policy == "auto" else spec.queue_policy,
                         on_drop=hooks.on_drop)

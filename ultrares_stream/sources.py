@@ -189,13 +189,14 @@ class Source:
     ``reconnect``: the read/connect timeout and the reconnect backoff (default :class:`Reconnect`).
     ``copy``: indices of audio/subtitle streams whose packets ride along with the frames
     (``Frame.packets``: those demuxed before the next frame) for a sink that copies them.
-    ``quantisers``: each frame carries its encoder's block quantisers (``Frame.quantisers``,
-    :mod:`.fusion.codec`), for a camera's zoom history; recorded jobs do without.
+    :attr:`quantisers` (set before :meth:`frames`): each frame carries its encoder's block
+    quantisers (``Frame.quantisers``, :mod:`.fusion.codec`), for a camera's zoom history;
+    recorded jobs do without.
     """
 
     def __init__(self, url: str, name: str = "camera", *, live: bool | None = None, transport: str = "tcp",
                  reconnect: Reconnect | None = None, metrics=None, hwaccel: str | None = None,
-                 copy: Collection[int] = (), quantisers: bool = False):
+                 copy: Collection[int] = ()):
         self.url = str(url)
         self.name = name
         self.live = is_live(self.url) if live is None else live
@@ -212,7 +213,7 @@ class Source:
         self.hardware_decoding: bool | None = None
         self.fps: Fraction | None = None  # frame rate of the input, known once connected
         self.copy = frozenset(copy)
-        self.quantisers = quantisers  # keep each frame's encoder quantisers (a camera's zoom verdict reads them)
+        self.quantisers = False  # keep each frame's encoder quantisers (a camera's zoom verdict reads them)
         self.copied_streams: list = []  # the input streams of ``copy``, known once connected
         self.bad_packets = 0  # undecodable packets a file skipped
         self.state = "starting"
